@@ -1,0 +1,294 @@
+"""TOML config -> Config: every problem found at load, before any socket is opened.
+
+Each problem is one line naming the file, the table (listener index and name), the
+key, the value and what is allowed; all of them are reported together in one
+ConfigError.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from portd.binds import PROTOCOLS, BindSpec, Protocol, SocketAddress, parse_bind, resolve_bind
+from portd.errors import BindSyntaxError, ConfigError, HandlerError, OptionError
+from portd.handlers.base import Handler
+from portd.handlers.registry import load_handler
+from portd.options import Option, Settings, defaults
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+NAME_RULE = "1-64 characters from A-Z a-z 0-9 . _ -, starting with a letter or digit"
+
+DAEMON_OPTIONS = (
+    Option("log_format", str, "auto", "console on a terminal, JSON lines otherwise",
+           choices=("auto", "console", "json")),
+    Option("log_level", str, "info", "lowest level logged",
+           choices=("debug", "info", "warning", "error")),
+    Option("shutdown_timeout_s", float, 10.0, "how long live connections may finish on stop",
+           minimum=0, maximum=86400),
+    Option("loop", str, "auto", "event loop: uvloop when installed (auto), or asyncio",
+           choices=("auto", "uvloop", "asyncio")),
+)
+LISTENER_OPTIONS = (
+    Option("name", str, None, "unique name used in logs and by systemd"),
+    Option("bind", str, None, "[HOST:]PORT"),
+    Option("protocol", str, "tcp", "transport", choices=PROTOCOLS),
+    Option("handler", str, None, "handler name"),
+    Option("backlog", int, 1024, "pending-connection queue length (tcp)", minimum=1, maximum=65535),
+)
+_LISTENER_KEYS = {option.name: option for option in LISTENER_OPTIONS}
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonConfig:
+    """The ``[daemon]`` table."""
+
+    log_format: str = "auto"
+    log_level: str = "info"
+    shutdown_timeout_s: float = 10.0
+    loop: str = "auto"
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerConfig:
+    """One ``[[listener]]``: where to bind, what serves it, and the resolved addresses."""
+
+    index: int
+    name: str
+    bind: BindSpec
+    protocol: Protocol
+    handler: type[Handler]
+    backlog: int
+    settings: Settings
+    addresses: tuple[SocketAddress, ...]
+
+    @property
+    def label(self) -> str:
+        """How messages name this listener."""
+        return f'listener "{self.name}"'
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """A whole validated config file."""
+
+    source: str
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    listeners: tuple[ListenerConfig, ...] = ()
+
+
+class _Problems:
+    """Collects one-line problems, each prefixed with the file name."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.lines: list[str] = []
+
+    def add(self, where: str, message: str, key: str | None = None, value: Any = None) -> None:
+        setting = f" {key} = {_toml(value)}:" if key is not None else ""
+        self.lines.append(f"{self.source}: {where}:{setting} {message}")
+
+    def raise_if_any(self) -> None:
+        if self.lines:
+            raise ConfigError(self.lines)
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{...}"
+    if isinstance(value, list):
+        return "[...]"
+    try:
+        return json.dumps(value)
+    except TypeError:
+        return str(value)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read, parse and validate a config file.
+
+    Raises:
+        ConfigError: the file cannot be read, is not TOML, or has problems (all listed).
+    """
+    source = str(path)
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError([f"{source}: cannot read config: {exc.strerror}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{source}: not UTF-8 text: {exc.reason}"]) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{source}: TOML syntax error: {exc}"]) from exc
+    return parse_config(data, source)
+
+
+def parse_config(data: Mapping[str, Any], source: str) -> Config:
+    """Validate already-parsed TOML data (``source`` names it in messages).
+
+    Raises:
+        ConfigError: every problem found, one line each.
+    """
+    problems = _Problems(source)
+    for key in data:
+        if key not in ("daemon", "listener"):
+            problems.add("top level", f"unknown table [{key}]; expected [daemon] and [[listener]]")
+    daemon = _build_daemon(data.get("daemon", {}), problems)
+    tables = data.get("listener", [])
+    if not isinstance(tables, list) or not tables:
+        problems.add("top level", "no [[listener]] tables; declare at least one listener")
+        tables = []
+    listeners = [
+        listener
+        for index, table in enumerate(tables, start=1)
+        if (listener := build_listener(index, table, problems)) is not None
+    ]
+    _check_names(listeners, problems)
+    _check_conflicts(listeners, problems)
+    problems.raise_if_any()
+    return Config(source, daemon, tuple(listeners))
+
+
+def _build_daemon(table: Any, problems: _Problems) -> DaemonConfig:
+    if not isinstance(table, dict):
+        problems.add("[daemon]", "must be a table")
+        return DaemonConfig()
+    values = _check_options(table, DAEMON_OPTIONS, "[daemon]", problems)
+    return DaemonConfig(**values)
+
+
+def _check_options(
+    table: Mapping[str, Any], options: tuple[Option, ...], where: str, problems: _Problems
+) -> dict[str, Any]:
+    known = {option.name: option for option in options}
+    values = defaults(options)
+    for key, value in table.items():
+        option = known.get(key)
+        if option is None:
+            allowed = ", ".join(sorted(known))
+            problems.add(where, f"unknown key; allowed keys: {allowed}", key, value)
+            continue
+        try:
+            values[key] = option.check(value)
+        except OptionError as exc:
+            problems.add(where, str(exc), key, value)
+    return values
+
+
+def build_listener(index: int, table: Any, problems: _Problems) -> ListenerConfig | None:
+    """Validate one ``[[listener]]`` table; problems go to ``problems``.
+
+    Returns:
+        The listener, or None when it has problems.
+    """
+    where = f"[[listener]] #{index}"
+    if not isinstance(table, dict):
+        problems.add(where, "must be a table")
+        return None
+    if isinstance(table.get("name"), str):
+        where = f'{where} "{table["name"]}"'
+    before = len(problems.lines)
+    handler = _check_handler(table, where, problems)
+    options = LISTENER_OPTIONS + (handler.options if handler else ())
+    values = _check_options(table, options, where, problems)
+    for key in ("bind", "handler"):
+        if key not in table:
+            problems.add(where, f"missing required key {key!r}")
+    protocol: Protocol = values["protocol"]
+    if handler and protocol not in handler.protocols:
+        allowed = ", ".join(sorted(handler.protocols))
+        problems.add(where, f"handler {handler.name!r} serves {allowed} only", "protocol", protocol)
+    if protocol == "udp" and "backlog" in table:
+        problems.add(where, "applies to tcp listeners only", "backlog", table["backlog"])
+    bind, addresses = _check_bind(table.get("bind"), protocol, where, problems)
+    if len(problems.lines) > before or handler is None or bind is None:
+        return None
+    name = values["name"] or default_name(handler.name, protocol, bind)
+    if not NAME_PATTERN.fullmatch(name):
+        problems.add(where, f"expected {NAME_RULE}", "name", name)
+        return None
+    settings = {option.name: values[option.name] for option in handler.options}
+    return ListenerConfig(
+        index, name, bind, protocol, handler, values["backlog"], settings, addresses
+    )
+
+
+def _check_handler(table: Mapping[str, Any], where: str, problems: _Problems) -> type[Handler] | None:
+    name = table.get("handler")
+    if not isinstance(name, str):
+        return None
+    try:
+        return load_handler(name)
+    except HandlerError as exc:
+        problems.add(where, str(exc), "handler", name)
+        return None
+
+
+def _check_bind(
+    text: Any, protocol: Protocol, where: str, problems: _Problems
+) -> tuple[BindSpec | None, tuple[SocketAddress, ...]]:
+    if not isinstance(text, str):
+        return None, ()
+    try:
+        bind = parse_bind(text, protocol)
+        return bind, tuple(resolve_bind(bind, protocol))
+    except BindSyntaxError as exc:
+        problems.add(where, f"{exc}", "bind", text)
+        return None, ()
+
+
+def default_name(handler: str, protocol: Protocol, bind: BindSpec) -> str:
+    """``handler-protocol-host-port`` with characters systemd cannot take replaced."""
+    host = "any" if bind.is_wildcard else bind.host
+    return re.sub(r"[^A-Za-z0-9._-]", "_", f"{handler}-{protocol}-{host}-{bind.port}")[:64]
+
+
+def _check_names(listeners: list[ListenerConfig], problems: _Problems) -> None:
+    seen: dict[str, ListenerConfig] = {}
+    for listener in listeners:
+        first = seen.setdefault(listener.name, listener)
+        if first is not listener:
+            problems.add(
+                f'[[listener]] #{listener.index} "{listener.name}"',
+                f"duplicate name; [[listener]] #{first.index} already has it",
+                "name",
+                listener.name,
+            )
+
+
+def _check_conflicts(listeners: list[ListenerConfig], problems: _Problems) -> None:
+    """Two listeners on one protocol and port whose addresses overlap cannot both bind."""
+    by_port: dict[tuple[str, int], list[tuple[ListenerConfig, SocketAddress]]] = {}
+    for listener in listeners:
+        if listener.bind.port == 0:
+            continue
+        claimed = by_port.setdefault((listener.protocol, listener.bind.port), [])
+        clash = _find_clash(listener, claimed)
+        if clash is not None:
+            other, address, theirs = clash
+            problems.add(
+                f'[[listener]] #{listener.index} "{listener.name}"',
+                f"{address} overlaps {theirs} of [[listener]] #{other.index} "
+                f'"{other.name}" ({listener.protocol})',
+                "bind",
+                str(listener.bind),
+            )
+            continue
+        claimed.extend((listener, address) for address in listener.addresses)
+
+
+def _find_clash(
+    listener: ListenerConfig, claimed: list[tuple[ListenerConfig, SocketAddress]]
+) -> tuple[ListenerConfig, SocketAddress, SocketAddress] | None:
+    for address in listener.addresses:
+        for other, theirs in claimed:
+            same_family = address.family == theirs.family
+            if same_family and (
+                address.host == theirs.host or address.is_wildcard or theirs.is_wildcard
+            ):
+                return other, address, theirs
+    return None

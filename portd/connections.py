@@ -1,0 +1,190 @@
+"""The server side of one TCP connection and of one UDP socket.
+
+These asyncio protocols sit between the event loop and a handler: they count bytes,
+own closing, contain handler crashes (logged once, that connection only) and write the
+one ``connection_closed`` line. They stay thin because every received chunk passes
+through them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any, cast
+
+from portd.binds import format_host_port
+from portd.handlers.base import Peer, StreamSession
+
+if TYPE_CHECKING:
+    from portd.listeners import Listener
+
+FAILURE_LOG_INTERVAL_S = 1.0
+
+
+def format_peer(peer: Peer | None) -> str:
+    """``host:port`` of a socket peer, ``?`` when the kernel no longer knows it."""
+    if not peer:
+        return "?"
+    return format_host_port(str(peer[0]), int(peer[1]))
+
+
+class StreamConnection(asyncio.Protocol):
+    """One accepted TCP connection, offered to the handler as a Connection."""
+
+    __slots__ = (
+        "bytes_in", "bytes_out", "conn_id", "failed", "listener", "peer", "session",
+        "started", "transport",
+    )  # fmt: skip
+
+    def __init__(self, listener: Listener) -> None:
+        self.listener = listener
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.failed = False
+        self.session: StreamSession = StreamSession()
+        self.conn_id = 0
+        self.peer = "?"
+        self.started = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement the interface without subclassing asyncio's.
+        self.transport = cast(asyncio.Transport, transport)
+        self.started = time.monotonic()
+        self.conn_id = self.listener.next_conn_id()
+        self.peer = format_peer(transport.get_extra_info("peername"))
+        self.listener.connection_opened(self)
+        try:
+            self.session = self.listener.handler.open_session(self)
+        except Exception as exc:  # noqa: BLE001 - a handler bug must not reach the loop
+            self._handler_failed(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        try:
+            self.session.data_received(data)
+        except Exception as exc:  # noqa: BLE001
+            self._handler_failed(exc)
+
+    def eof_received(self) -> bool:
+        try:
+            return bool(self.session.eof_received())
+        except Exception as exc:  # noqa: BLE001
+            self._handler_failed(exc)
+            return False
+
+    def pause_writing(self) -> None:
+        try:
+            self.session.pause_writing()
+        except Exception as exc:  # noqa: BLE001
+            self._handler_failed(exc)
+
+    def resume_writing(self) -> None:
+        try:
+            self.session.resume_writing()
+        except Exception as exc:  # noqa: BLE001
+            self._handler_failed(exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        try:
+            self.session.connection_lost(exc)
+        except Exception as error:  # noqa: BLE001
+            self._handler_failed(error)
+        self.listener.connection_closed(self, exc)
+
+    def _handler_failed(self, exc: Exception) -> None:
+        if not self.failed:
+            self.failed = True
+            self.listener.log.error(
+                "handler_failed", conn_id=self.conn_id, peer=self.peer, exc_info=exc
+            )
+        self.transport.abort()
+
+    # The Connection interface offered to sessions.
+
+    def write(self, data: bytes) -> None:
+        """Queue ``data`` for the peer."""
+        self.bytes_out += len(data)
+        self.transport.write(data)
+
+    def write_eof(self) -> None:
+        """Half-close after queued data."""
+        if self.transport.can_write_eof() and not self.transport.is_closing():
+            self.transport.write_eof()
+
+    def close(self) -> None:
+        """Close after queued data."""
+        self.transport.close()
+
+    def abort(self) -> None:
+        """Close now, dropping queued data."""
+        self.transport.abort()
+
+    def pause_reading(self) -> None:
+        """Stop reading from the peer."""
+        if not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        """Read from the peer again."""
+        if not self.transport.is_closing():
+            self.transport.resume_reading()
+
+
+class DatagramServer(asyncio.DatagramProtocol):
+    """One bound UDP socket, offered to the handler as a DatagramEndpoint.
+
+    While the kernel's send buffer is full, replies are dropped and counted instead of
+    queued: UDP promises no delivery, and a queue would grow without bound.
+    """
+
+    def __init__(self, listener: Listener) -> None:
+        self.listener = listener
+        self.transport: asyncio.DatagramTransport | None = None
+        self.paused = False
+        self.datagrams_in = 0
+        self.datagrams_out = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.dropped = 0
+        self.failures = 0
+        self._last_failure_log = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.datagrams_in += 1
+        self.bytes_in += len(data)
+        try:
+            self.listener.handler.datagram_received(data, addr, self)
+        except Exception as exc:  # noqa: BLE001 - a handler bug must not stop the socket
+            self._handler_failed(exc, addr)
+
+    def send(self, data: bytes, peer: Peer) -> bool:
+        """Send one datagram; False (and counted) when dropped under back-pressure."""
+        if self.paused or self.transport is None or self.transport.is_closing():
+            self.dropped += 1
+            return False
+        self.datagrams_out += 1
+        self.bytes_out += len(data)
+        self.transport.sendto(data, peer)
+        return True
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors (port unreachable) for an earlier reply: the peer went away.
+        self.listener.log.debug("datagram_error", error=str(exc))
+
+    def _handler_failed(self, exc: Exception, addr: Any) -> None:
+        self.failures += 1
+        now = time.monotonic()
+        if now - self._last_failure_log >= FAILURE_LOG_INTERVAL_S:
+            self._last_failure_log = now
+            self.listener.log.error(
+                "handler_failed", peer=format_peer(addr), failures=self.failures, exc_info=exc
+            )

@@ -1,0 +1,47 @@
+"""Finding handlers by name: built-ins first, then the ``portd.handlers`` entry points.
+
+Built-ins are imported only when used and entry points are scanned only for names that
+are not built in, so start-up pays for exactly the handlers a run needs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import entry_points
+
+from portd.errors import HandlerError
+from portd.handlers.base import Handler
+
+ENTRY_POINT_GROUP = "portd.handlers"
+BUILTIN_HANDLERS = {
+    "echo": "portd.handlers.echo:EchoHandler",
+}
+
+
+def load_handler(name: str) -> type[Handler]:
+    """The handler class called ``name``.
+
+    Raises:
+        HandlerError: no built-in or installed handler has that name, or the one that
+            does is not a Handler subclass.
+    """
+    target = BUILTIN_HANDLERS.get(name)
+    if target is not None:
+        module_name, _, attribute = target.partition(":")
+        loaded: object = getattr(importlib.import_module(module_name), attribute)
+    else:
+        found = entry_points(group=ENTRY_POINT_GROUP, name=name)
+        if not found:
+            known = ", ".join(available_handlers())
+            raise HandlerError(f"unknown handler {name!r}; installed handlers: {known}")
+        loaded = next(iter(found)).load()
+    if not (isinstance(loaded, type) and issubclass(loaded, Handler)):
+        raise HandlerError(f"handler {name!r} ({loaded!r}) is not a portd Handler subclass")
+    return loaded
+
+
+def available_handlers() -> list[str]:
+    """Every handler name, built-in and installed, sorted."""
+    names = set(BUILTIN_HANDLERS)
+    names.update(point.name for point in entry_points(group=ENTRY_POINT_GROUP))
+    return sorted(names)

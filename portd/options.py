@@ -1,0 +1,81 @@
+"""Declared options: what a listener or handler accepts, with checks that say what is allowed.
+
+The config loader, ``portd listen --set`` and test fixtures all validate through here,
+so a bad value reads the same wherever it came from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from portd.errors import OptionError
+
+Settings = Mapping[str, Any]
+
+_KIND_NAMES: dict[type, str] = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One option: its name, type, default and allowed range or choices.
+
+    ``convert`` turns an accepted raw value into the stored one (a size such as "1GiB"
+    into bytes) and raises OptionError when it cannot.
+    """
+
+    name: str
+    kind: type
+    default: Any
+    help: str
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] = ()
+    convert: Callable[[Any], Any] | None = field(default=None, compare=False)
+
+    @property
+    def allowed(self) -> str:
+        """What the option accepts, as a phrase for error messages."""
+        if self.choices:
+            return "one of " + ", ".join(repr(choice) for choice in self.choices)
+        text = _KIND_NAMES.get(self.kind, self.kind.__name__)
+        if self.minimum is not None and self.maximum is not None:
+            return f"{text} from {_number(self.minimum)} to {_number(self.maximum)}"
+        if self.minimum is not None:
+            return f"{text} >= {_number(self.minimum)}"
+        return text
+
+    def check(self, value: Any) -> Any:
+        """Validate ``value`` and return what to store.
+
+        Raises:
+            OptionError: the value has the wrong type, range or choice.
+        """
+        if not _has_kind(value, self.kind):
+            raise OptionError(f"expected {self.allowed}")
+        if self.choices and value not in self.choices:
+            raise OptionError(f"expected {self.allowed}")
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            too_low = self.minimum is not None and value < self.minimum
+            too_high = self.maximum is not None and value > self.maximum
+            if too_low or too_high:
+                raise OptionError(f"expected {self.allowed}")
+        return self.convert(value) if self.convert else value
+
+
+def _has_kind(value: Any, kind: type) -> bool:
+    if kind is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def defaults(options: Iterable[Option]) -> dict[str, Any]:
+    """The default value of every option, by name."""
+    return {option.name: option.default for option in options}
