@@ -128,7 +128,7 @@ def _split_host_port(text: str) -> tuple[str, str]:
 
 def _check_ipv6(host: str, text: str) -> None:
     try:
-        ipaddress.IPv6Address(host.split("%")[0])
+        ipaddress.IPv6Address(host.split("%", maxsplit=1)[0])
     except ValueError:
         raise BindSyntaxError(f"bad bind {text!r}; {host!r} is not an IPv6 address") from None
 

@@ -32,12 +32,21 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the daemon from a config file")
-    serve.add_argument("-c", "--config", default=DEFAULT_CONFIG, metavar="FILE",
-                       help=f"TOML config (default: {DEFAULT_CONFIG})")
-    serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
-                       help="override [daemon] log_level")
-    serve.add_argument("--log-format", choices=("auto", "console", "json"),
-                       help="override [daemon] log_format")
+    serve.add_argument(
+        "-c",
+        "--config",
+        default=DEFAULT_CONFIG,
+        metavar="FILE",
+        help=f"TOML config (default: {DEFAULT_CONFIG})",
+    )
+    serve.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        help="override [daemon] log_level",
+    )
+    serve.add_argument(
+        "--log-format", choices=("auto", "console", "json"), help="override [daemon] log_format"
+    )
     serve.set_defaults(run=run_serve)
 
     check = commands.add_parser("check", help="validate a config file without binding")
@@ -56,8 +65,11 @@ def run_serve(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     daemon = config.daemon
-    daemon = replace(daemon, log_level=args.log_level or daemon.log_level,
-                     log_format=args.log_format or daemon.log_format)
+    daemon = replace(
+        daemon,
+        log_level=args.log_level or daemon.log_level,
+        log_format=args.log_format or daemon.log_format,
+    )
     configure_logging(daemon.log_format, daemon.log_level)
     return run_daemon(replace(config, daemon=daemon))
 
@@ -72,7 +84,8 @@ def run_check(args: argparse.Namespace) -> int:
     width = max(len(listener.name) for listener in config.listeners)
     for listener in config.listeners:
         sockets = ", ".join(str(address) for address in listener.addresses)
-        print(f"  {listener.name:<{width}}  {listener.protocol}  {listener.handler.name:<10}  {sockets}")
+        handler = listener.handler.name
+        print(f"  {listener.name:<{width}}  {listener.protocol}  {handler:<10}  {sockets}")
     return 0
 
 

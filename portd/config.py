@@ -25,14 +25,35 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 NAME_RULE = "1-64 characters from A-Z a-z 0-9 . _ -, starting with a letter or digit"
 
 DAEMON_OPTIONS = (
-    Option("log_format", str, "auto", "console on a terminal, JSON lines otherwise",
-           choices=("auto", "console", "json")),
-    Option("log_level", str, "info", "lowest level logged",
-           choices=("debug", "info", "warning", "error")),
-    Option("shutdown_timeout_s", float, 10.0, "how long live connections may finish on stop",
-           minimum=0, maximum=86400),
-    Option("loop", str, "auto", "event loop: uvloop when installed (auto), or asyncio",
-           choices=("auto", "uvloop", "asyncio")),
+    Option(
+        "log_format",
+        str,
+        "auto",
+        "console on a terminal, JSON lines otherwise",
+        choices=("auto", "console", "json"),
+    ),
+    Option(
+        "log_level",
+        str,
+        "info",
+        "lowest level logged",
+        choices=("debug", "info", "warning", "error"),
+    ),
+    Option(
+        "shutdown_timeout_s",
+        float,
+        10.0,
+        "how long live connections may finish on stop",
+        minimum=0,
+        maximum=86400,
+    ),
+    Option(
+        "loop",
+        str,
+        "auto",
+        "event loop: uvloop when installed (auto), or asyncio",
+        choices=("auto", "uvloop", "asyncio"),
+    ),
 )
 LISTENER_OPTIONS = (
     Option("name", str, None, "unique name used in logs and by systemd"),
@@ -217,7 +238,9 @@ def build_listener(index: int, table: Any, problems: _Problems) -> ListenerConfi
     )
 
 
-def _check_handler(table: Mapping[str, Any], where: str, problems: _Problems) -> type[Handler] | None:
+def _check_handler(
+    table: Mapping[str, Any], where: str, problems: _Problems
+) -> type[Handler] | None:
     name = table.get("handler")
     if not isinstance(name, str):
         return None

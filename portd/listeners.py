@@ -1,14 +1,16 @@
 """A listener at run time: its bound sockets, its handler, and its live connections.
 
-The Listener owns its sockets. The event loop serves duplicates of them, so stopping
-the loop's server never closes the socket the listener may still need (a listener
-that lives on across a reload keeps the very same socket).
+The Listener owns its sockets and accepts on them itself rather than through
+``loop.create_server``: uvloop closes a server for good when accept() fails with
+ENOBUFS or ENOMEM (and sheds every pending client on EMFILE), while portd must back
+off and recover. Accepting here also keeps the socket usable after the listener stops
+serving it (a listener that lives on across a reload keeps the very same socket).
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
+import errno
 import socket
 import time
 from collections.abc import Callable
@@ -19,6 +21,11 @@ from portd.config import ListenerConfig
 from portd.connections import DatagramServer, StreamConnection
 from portd.logging import get_logger
 from portd.sockets import bound_addresses
+
+ACCEPT_BATCH = 64
+ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+ACCEPT_BACKOFF_START_S = 0.05
+ACCEPT_BACKOFF_MAX_S = 1.0
 
 
 class Listener:
@@ -35,9 +42,12 @@ class Listener:
         self.log: Any = get_logger(listener=config.name)
         self.connections: set[StreamConnection] = set()
         self.total_connections = 0
-        self._servers: list[asyncio.AbstractServer] = []
         self._endpoints: list[DatagramServer] = []
         self._idle: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._accepting = False
+        self._backoff_s = 0.0
+        self._resume: asyncio.TimerHandle | None = None
 
     @property
     def port(self) -> int:
@@ -46,16 +56,14 @@ class Listener:
 
     async def start(self) -> None:
         """Serve every socket on the running loop and log ``listener_started``."""
-        loop = asyncio.get_running_loop()
-        for sock in self.sockets:
-            served = socket.socket(fileno=os.dup(sock.fileno()))
-            if self.config.protocol == "tcp":
-                server = await loop.create_server(
-                    lambda: StreamConnection(self), sock=served, backlog=self.config.backlog
-                )
-                self._servers.append(server)
-            else:
+        self._loop = loop = asyncio.get_running_loop()
+        if self.config.protocol == "tcp":
+            self._watch_accept(True)
+        else:
+            for sock in self.sockets:
                 endpoint = DatagramServer(self)
+                # The transport takes a duplicate: closing it leaves our socket open.
+                served = sock.dup()
                 await loop.create_datagram_endpoint(lambda e=endpoint: e, sock=served)  # type: ignore[misc]
                 self._endpoints.append(endpoint)
         self.log.info(
@@ -66,6 +74,56 @@ class Listener:
             port=self.port,
             addresses=[str(address) for address in self.addresses],
         )
+
+    def _watch_accept(self, on: bool) -> None:
+        assert self._loop is not None
+        self._accepting = on
+        for sock in self.sockets:
+            if on:
+                self._loop.add_reader(sock.fileno(), self._accept_ready, sock)
+            else:
+                self._loop.remove_reader(sock.fileno())
+
+    def _accept_ready(self, sock: socket.socket) -> None:
+        assert self._loop is not None
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, _peer = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as exc:
+                self._back_off(exc)
+                return
+            self._backoff_s = 0.0
+            conn.setblocking(False)
+            self._loop.create_task(self._adopt(conn))
+
+    async def _adopt(self, conn: socket.socket) -> None:
+        assert self._loop is not None
+        try:
+            await self._loop.connect_accepted_socket(lambda: StreamConnection(self), conn)
+        except OSError as exc:  # the peer left before the transport was made
+            conn.close()
+            self.log.debug("connection_lost_early", error=str(exc))
+
+    def _back_off(self, exc: OSError) -> None:
+        """Out of descriptors or memory: stop accepting for a while, never spin.
+
+        Pending clients wait in the kernel's backlog and are served once resources
+        return; the pause doubles up to ACCEPT_BACKOFF_MAX_S while the errors last.
+        """
+        assert self._loop is not None
+        self._backoff_s = min(
+            max(self._backoff_s * 2, ACCEPT_BACKOFF_START_S), ACCEPT_BACKOFF_MAX_S
+        )
+        capacity = exc.errno in ACCEPT_CAPACITY_ERRNOS
+        self.log.warning(
+            "accept_failed", error=exc.strerror, capacity=capacity, retry_in_s=self._backoff_s
+        )
+        self._watch_accept(False)
+        self._resume = self._loop.call_later(self._backoff_s, self._watch_accept, True)
 
     def connection_opened(self, conn: StreamConnection) -> None:
         """Called by a connection once it is accepted."""
@@ -89,8 +147,10 @@ class Listener:
 
     def stop_accepting(self) -> None:
         """Stop accepting connections and datagrams; live connections go on."""
-        for server in self._servers:
-            server.close()
+        if self._resume is not None:
+            self._resume.cancel()
+        if self._accepting:
+            self._watch_accept(False)
         for endpoint in self._endpoints:
             if endpoint.transport is not None:
                 endpoint.transport.close()

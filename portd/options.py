@@ -14,7 +14,12 @@ from portd.errors import OptionError
 
 Settings = Mapping[str, Any]
 
-_KIND_NAMES: dict[type, str] = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+_KIND_NAMES: dict[type, str] = {
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    bool: "true or false",
+}
 
 
 @dataclass(frozen=True, slots=True)

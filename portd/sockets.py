@@ -98,9 +98,9 @@ def open_listener_sockets(
     for _attempt in range(SAME_PORT_ATTEMPTS):
         try:
             return _open_same_port(addresses, protocol, backlog, skip_missing_ipv6)
-        except _PortTakenElsewhere:
+        except _PortTakenElsewhereError:
             continue
-        except _AddressFailed as failed:
+        except _AddressFailedError as failed:
             raise _bind_error(failed.error, protocol, label, failed.address) from failed.error
     raise AddressInUseError(
         f"{label}: no port number was free in every address family after "
@@ -108,11 +108,11 @@ def open_listener_sockets(
     )
 
 
-class _PortTakenElsewhere(Exception):
+class _PortTakenElsewhereError(Exception):
     """The kernel's chosen port is busy for a later address: pick again."""
 
 
-class _AddressFailed(Exception):
+class _AddressFailedError(Exception):
     """Carries the OSError of one address out of the all-or-nothing loop."""
 
     def __init__(self, address: SocketAddress, error: OSError) -> None:
@@ -130,13 +130,21 @@ def _open_same_port(
         for address in addresses:
             target = _with_port(address, port) if opened else address
             try:
-                sock = open_tcp_socket(target, backlog) if protocol == "tcp" else open_udp_socket(target)
+                sock = (
+                    open_tcp_socket(target, backlog)
+                    if protocol == "tcp"
+                    else open_udp_socket(target)
+                )
             except OSError as exc:
-                if skip_missing_ipv6 and address.family == socket.AF_INET6 and exc.errno in NO_FAMILY_ERRNOS:
+                if (
+                    skip_missing_ipv6
+                    and address.family == socket.AF_INET6
+                    and exc.errno in NO_FAMILY_ERRNOS
+                ):
                     continue
                 if opened and port != addresses[0].port and exc.errno == errno.EADDRINUSE:
-                    raise _PortTakenElsewhere from exc
-                raise _AddressFailed(target, exc) from exc
+                    raise _PortTakenElsewhereError from exc
+                raise _AddressFailedError(target, exc) from exc
             opened.append(sock)
             port = sock.getsockname()[1]
     except BaseException:
@@ -147,7 +155,7 @@ def _open_same_port(
 
 
 def _with_port(address: SocketAddress, port: int) -> SocketAddress:
-    return SocketAddress(address.family, (address.sockaddr[0], port, *address.sockaddr[2:]))  # type: ignore[arg-type]
+    return SocketAddress(address.family, (address.sockaddr[0], port, *address.sockaddr[2:]))
 
 
 def _bind_error(exc: OSError, protocol: Protocol, label: str, address: SocketAddress) -> BindError:

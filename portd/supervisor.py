@@ -70,12 +70,55 @@ class Supervisor:
             The exit code: 0 after a drain, 128+signal when a second signal cut it short.
         """
         with anyio.open_signal_receiver(*HANDLED_SIGNALS) as signals:
-            asyncio.get_running_loop().set_exception_handler(self._on_loop_error)
-            for listener in self.listeners:
-                await listener.start()
-            self.log.info("daemon_ready", listeners=len(self.listeners))
+            await self.start()
             received = await self._wait_for_stop(signals)
-            return await self._drain(signals, received)
+            live = sum(len(listener.connections) for listener in self.listeners)
+            timeout_s = self.config.daemon.shutdown_timeout_s
+            self.log.info(
+                "shutdown_started", signal=received.name, connections=live, timeout_s=timeout_s
+            )
+            exit_code = 0
+            async with anyio.create_task_group() as group:
+
+                async def cut_short_on_second_signal() -> None:
+                    nonlocal exit_code
+                    async for again in signals:
+                        if again in STOP_SIGNALS:
+                            exit_code = 128 + again
+                            group.cancel_scope.cancel()
+
+                group.start_soon(cut_short_on_second_signal)
+                await self.drain(timeout_s)
+                group.cancel_scope.cancel()
+            aborted = await self.abort_connections()
+            self.log.info("shutdown_complete", aborted=aborted, exit_code=exit_code)
+            return exit_code
+
+    async def start(self) -> None:
+        """Serve every bound listener on the running loop (after bind_all)."""
+        asyncio.get_running_loop().set_exception_handler(self._on_loop_error)
+        for listener in self.listeners:
+            await listener.start()
+        self.log.info("daemon_ready", listeners=len(self.listeners))
+
+    async def drain(self, timeout_s: float) -> None:
+        """Stop accepting everywhere, then wait up to ``timeout_s`` for connections to end."""
+        for listener in self.listeners:
+            listener.stop_accepting()
+        with anyio.move_on_after(timeout_s):
+            for listener in self.listeners:
+                await listener.wait_idle()
+
+    async def abort_connections(self) -> int:
+        """Close every live connection now and let their closing lines be written.
+
+        Returns:
+            How many connections were still open.
+        """
+        aborted = sum(listener.abort_connections() for listener in self.listeners)
+        for _ in range(3):  # connection_lost runs on the next loop iterations
+            await asyncio.sleep(0)
+        return aborted
 
     async def _wait_for_stop(self, signals: AsyncIterator[signal.Signals]) -> signal.Signals:
         async for received in signals:
@@ -84,40 +127,10 @@ class Supervisor:
             self.log.warning("reload_not_supported", signal=received.name)
         raise AssertionError("signal receiver ended")  # pragma: no cover
 
-    async def _drain(self, signals: AsyncIterator[signal.Signals], received: signal.Signals) -> int:
-        live = sum(len(listener.connections) for listener in self.listeners)
-        timeout_s = self.config.daemon.shutdown_timeout_s
-        self.log.info("shutdown_started", signal=received.name, connections=live, timeout_s=timeout_s)
-        for listener in self.listeners:
-            listener.stop_accepting()
-        exit_code = 0
-        async with anyio.create_task_group() as group:
-
-            async def cut_short_on_second_signal() -> None:
-                nonlocal exit_code
-                async for again in signals:
-                    if again in STOP_SIGNALS:
-                        exit_code = 128 + again
-                        group.cancel_scope.cancel()
-
-            group.start_soon(cut_short_on_second_signal)
-            with anyio.move_on_after(timeout_s):
-                for listener in self.listeners:
-                    await listener.wait_idle()
-            group.cancel_scope.cancel()
-        aborted = sum(listener.abort_connections() for listener in self.listeners)
-        for _ in range(3):  # let connection_lost callbacks write their closing lines
-            await asyncio.sleep(0)
-        self.log.info("shutdown_complete", aborted=aborted, exit_code=exit_code)
-        return exit_code
-
     def _on_loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        error = context.get("exception")
-        if isinstance(error, OSError) and "accept" in context.get("message", ""):
-            # asyncio stops accepting on that socket for a second and retries by itself.
-            self.log.warning("accept_failed", error=str(error))
-            return
-        self.log.error("loop_error", message=context.get("message"), exc_info=error)
+        self.log.error(
+            "loop_error", message=context.get("message"), exc_info=context.get("exception")
+        )
 
 
 def run_daemon(config: Config) -> int:
@@ -130,7 +143,9 @@ def run_daemon(config: Config) -> int:
     supervisor = Supervisor(config)
     supervisor.bind_all()
     try:
-        return anyio.run(supervisor.run, backend="asyncio", backend_options=loop_options(config.daemon.loop))
+        return anyio.run(
+            supervisor.run, backend="asyncio", backend_options=loop_options(config.daemon.loop)
+        )
     finally:
         supervisor.close()
 
@@ -147,6 +162,6 @@ def loop_options(choice: str) -> dict[str, Any]:
         import uvloop
     except ImportError:
         if choice == "uvloop":
-            raise PortdError("loop = \"uvloop\" but uvloop is not installed") from None
+            raise PortdError('loop = "uvloop" but uvloop is not installed') from None
         return {}
     return {"loop_factory": uvloop.new_event_loop}
