@@ -139,14 +139,16 @@ def parse_port(text: str, protocol: Protocol = "tcp") -> int:
     Raises:
         BindSyntaxError: out of range, or no such service for that protocol.
     """
-    if text.isdigit():
-        port = int(text)
-        if port > MAX_PORT:
-            raise BindSyntaxError(f"port {port} is out of range; expected 0-{MAX_PORT}")
-        return port
+    # isdigit() alone admits digits such as "²" that int() rejects or reads as decimal.
+    if text.isascii() and text.isdigit():
+        # int() refuses over 4300 digits, so compare lengths before converting.
+        digits = text.lstrip("0") or "0"
+        if len(digits) > len(str(MAX_PORT)) or int(digits) > MAX_PORT:
+            raise BindSyntaxError(f"port {text} is out of range; expected 0-{MAX_PORT}")
+        return int(digits)
     try:
         return socket.getservbyname(text, protocol)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: NUL or unencodable text in the name
         raise BindSyntaxError(_unknown_service_message(text, protocol)) from None
 
 
@@ -155,7 +157,7 @@ def _unknown_service_message(name: str, protocol: Protocol) -> str:
     for other in others:
         try:
             port = socket.getservbyname(name, other)
-        except OSError:
+        except (OSError, ValueError):
             continue
         return f"service {name!r} is {port}/{other} in /etc/services, not {protocol}"
     return f"bad port {name!r}; expected 0-{MAX_PORT} or a service name from /etc/services"

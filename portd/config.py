@@ -8,6 +8,7 @@ ConfigError.
 from __future__ import annotations
 
 import json
+import math
 import re
 import tomllib
 from collections.abc import Mapping
@@ -124,6 +125,8 @@ def _toml(value: Any) -> str:
         return "{...}"
     if isinstance(value, list):
         return "[...]"
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # TOML spells inf, -inf and nan as Python does; JSON has no spelling
     try:
         return json.dumps(value)
     except TypeError:
@@ -211,7 +214,7 @@ def build_listener(index: int, table: Any, problems: _Problems) -> ListenerConfi
         problems.add(where, "must be a table")
         return None
     if isinstance(table.get("name"), str):
-        where = f'{where} "{table["name"]}"'
+        where = f"{where} {_toml(table['name'])}"  # quoted and escaped: one line whatever the name
     before = len(problems.lines)
     handler = _check_handler(table, where, problems)
     options = LISTENER_OPTIONS + (handler.options if handler else ())
@@ -226,16 +229,27 @@ def build_listener(index: int, table: Any, problems: _Problems) -> ListenerConfi
     if protocol == "udp" and "backlog" in table:
         problems.add(where, "applies to tcp listeners only", "backlog", table["backlog"])
     bind, addresses = _check_bind(table.get("bind"), protocol, where, problems)
+    name = values["name"]
+    if name is not None:
+        _check_name(name, where, problems)
     if len(problems.lines) > before or handler is None or bind is None:
         return None
-    name = values["name"] or default_name(handler.name, protocol, bind)
-    if not NAME_PATTERN.fullmatch(name):
-        problems.add(where, f"expected {NAME_RULE}", "name", name)
-        return None
+    if name is None:
+        name = default_name(handler.name, protocol, bind)
+        if not _check_name(name, where, problems):
+            return None
     settings = {option.name: values[option.name] for option in handler.options}
     return ListenerConfig(
         index, name, bind, protocol, handler, values["backlog"], settings, addresses
     )
+
+
+def _check_name(name: str, where: str, problems: _Problems) -> bool:
+    """True when ``name`` is valid; otherwise the problem is added."""
+    if NAME_PATTERN.fullmatch(name):
+        return True
+    problems.add(where, f"expected {NAME_RULE}", "name", name)
+    return False
 
 
 def _check_handler(

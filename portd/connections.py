@@ -9,6 +9,7 @@ through them.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from typing import TYPE_CHECKING, Any, cast
 
@@ -137,8 +138,9 @@ class DatagramServer(asyncio.DatagramProtocol):
     queued: UDP promises no delivery, and a queue would grow without bound.
     """
 
-    def __init__(self, listener: Listener) -> None:
+    def __init__(self, listener: Listener, sock: socket.socket) -> None:
         self.listener = listener
+        self.sock = sock
         self.transport: asyncio.DatagramTransport | None = None
         self.paused = False
         self.datagrams_in = 0
@@ -165,9 +167,17 @@ class DatagramServer(asyncio.DatagramProtocol):
         if self.paused or self.transport is None or self.transport.is_closing():
             self.dropped += 1
             return False
+        if data:
+            self.transport.sendto(data, peer)
+        else:
+            # asyncio and uvloop transports drop empty datagrams; an empty reply is a reply.
+            try:
+                self.sock.sendto(data, peer)
+            except OSError:
+                self.dropped += 1
+                return False
         self.datagrams_out += 1
         self.bytes_out += len(data)
-        self.transport.sendto(data, peer)
         return True
 
     def pause_writing(self) -> None:

@@ -42,6 +42,8 @@ class Listener:
         self.log: Any = get_logger(listener=config.name)
         self.connections: set[StreamConnection] = set()
         self.total_connections = 0
+        self._adopting = 0  # accepted, transport not made yet: live for draining
+        self._aborted = False
         self._endpoints: list[DatagramServer] = []
         self._idle: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -61,7 +63,7 @@ class Listener:
             self._watch_accept(True)
         else:
             for sock in self.sockets:
-                endpoint = DatagramServer(self)
+                endpoint = DatagramServer(self, sock)
                 # The transport takes a duplicate: closing it leaves our socket open.
                 served = sock.dup()
                 await loop.create_datagram_endpoint(lambda e=endpoint: e, sock=served)  # type: ignore[misc]
@@ -98,6 +100,7 @@ class Listener:
                 return
             self._backoff_s = 0.0
             conn.setblocking(False)
+            self._adopting += 1
             self._loop.create_task(self._adopt(conn))
 
     async def _adopt(self, conn: socket.socket) -> None:
@@ -107,6 +110,18 @@ class Listener:
         except OSError as exc:  # the peer left before the transport was made
             conn.close()
             self.log.debug("connection_lost_early", error=str(exc))
+        finally:
+            self._adopting -= 1
+            self._check_idle()
+
+    @property
+    def live(self) -> int:
+        """Connections accepted and not yet closed."""
+        return len(self.connections) + self._adopting
+
+    def _check_idle(self) -> None:
+        if self._idle is not None and not self.live:
+            self._idle.set()
 
     def _back_off(self, exc: OSError) -> None:
         """Out of descriptors or memory: stop accepting for a while, never spin.
@@ -129,6 +144,8 @@ class Listener:
         """Called by a connection once it is accepted."""
         self.connections.add(conn)
         self.total_connections += 1
+        if self._aborted:  # accepted before the stop, made after the final abort
+            conn.abort()
 
     def connection_closed(self, conn: StreamConnection, exc: Exception | None) -> None:
         """Called by a connection once it is closed: the one summary line per connection."""
@@ -142,8 +159,7 @@ class Listener:
             duration_ms=round((time.monotonic() - conn.started) * 1000, 1),
             error=str(exc) if exc else None,
         )
-        if self._idle is not None and not self.connections:
-            self._idle.set()
+        self._check_idle()
 
     def stop_accepting(self) -> None:
         """Stop accepting connections and datagrams; live connections go on."""
@@ -158,17 +174,18 @@ class Listener:
 
     async def wait_idle(self) -> None:
         """Return once every live connection has closed."""
-        if not self.connections:
+        if not self.live:
             return
         self._idle = asyncio.Event()
         await self._idle.wait()
 
     def abort_connections(self) -> int:
-        """Close every live connection now; return how many there were."""
+        """Close every live connection now (and any still being adopted); return how many."""
+        self._aborted = True
         live = list(self.connections)
         for conn in live:
             conn.abort()
-        return len(live)
+        return len(live) + self._adopting
 
     def close_sockets(self) -> None:
         """Close the listener's own sockets (idempotent)."""

@@ -6,6 +6,7 @@ so a bad value reads the same wherever it came from.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,7 +65,8 @@ class Option:
         if isinstance(value, int | float) and not isinstance(value, bool):
             too_low = self.minimum is not None and value < self.minimum
             too_high = self.maximum is not None and value > self.maximum
-            if too_low or too_high:
+            # TOML's nan compares false with every bound, so it would pass the range check.
+            if too_low or too_high or math.isnan(value):
                 raise OptionError(f"expected {self.allowed}")
         return self.convert(value) if self.convert else value
 

@@ -72,7 +72,8 @@ class Supervisor:
         with anyio.open_signal_receiver(*HANDLED_SIGNALS) as signals:
             await self.start()
             received = await self._wait_for_stop(signals)
-            live = sum(len(listener.connections) for listener in self.listeners)
+            self.stop_accepting()
+            live = sum(listener.live for listener in self.listeners)
             timeout_s = self.config.daemon.shutdown_timeout_s
             self.log.info(
                 "shutdown_started", signal=received.name, connections=live, timeout_s=timeout_s
@@ -101,10 +102,14 @@ class Supervisor:
             await listener.start()
         self.log.info("daemon_ready", listeners=len(self.listeners))
 
-    async def drain(self, timeout_s: float) -> None:
-        """Stop accepting everywhere, then wait up to ``timeout_s`` for connections to end."""
+    def stop_accepting(self) -> None:
+        """Stop accepting on every listener (idempotent); live connections go on."""
         for listener in self.listeners:
             listener.stop_accepting()
+
+    async def drain(self, timeout_s: float) -> None:
+        """Stop accepting everywhere, then wait up to ``timeout_s`` for connections to end."""
+        self.stop_accepting()
         with anyio.move_on_after(timeout_s):
             for listener in self.listeners:
                 await listener.wait_idle()
