@@ -1,0 +1,39 @@
+"""The repository's promises to users and CI: README's commands and .ci/run agree."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def readme_commands() -> list[str]:
+    """The shell commands of README.md's code blocks marked `sh`, in order."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    return [block.strip() for block in re.findall(r"```sh\n(.*?)```", text, flags=re.S)]
+
+
+def test_readme_opens_with_exactly_two_setup_commands() -> None:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    head = text.split("\n## ", 1)[0]
+    assert len(re.findall(r"```sh\n", head)) == 2
+    serve, test = readme_commands()[:2]
+    assert "portd serve -c config.example.toml" in serve
+    assert "pytest" in test
+
+
+def test_ci_runs_the_readme_test_command_verbatim() -> None:
+    test_command = readme_commands()[1]
+    ci_lines = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    assert test_command in ci_lines
+
+
+def test_example_config_serves_only_loopback_high_ports() -> None:
+    from portd.config import load_config
+
+    config = load_config(ROOT / "config.example.toml")
+    for listener in config.listeners:
+        for address in listener.addresses:
+            assert address.host in ("127.0.0.1", "::1")
+            assert address.port >= 1024
