@@ -92,6 +92,13 @@ class StreamConnection(asyncio.Protocol):
             self._handler_failed(error)
         self.listener.connection_closed(self, exc)
 
+    def shutdown_requested(self) -> None:
+        """Tell the session the daemon is draining."""
+        try:
+            self.session.shutdown_requested()
+        except Exception as exc:  # noqa: BLE001
+            self._handler_failed(exc)
+
     def _handler_failed(self, exc: Exception) -> None:
         if not self.failed:
             self.failed = True
@@ -102,10 +109,24 @@ class StreamConnection(asyncio.Protocol):
 
     # The Connection interface offered to sessions.
 
+    @property
+    def log(self) -> Any:
+        """The listener's logger bound to this connection."""
+        return self.listener.log.bind(conn_id=self.conn_id, peer=self.peer)
+
+    @property
+    def draining(self) -> bool:
+        """True once the daemon is stopping."""
+        return self.listener.draining
+
     def write(self, data: bytes) -> None:
         """Queue ``data`` for the peer."""
         self.bytes_out += len(data)
         self.transport.write(data)
+
+    def get_write_buffer_size(self) -> int:
+        """Bytes queued in the transport."""
+        return self.transport.get_write_buffer_size()
 
     def write_eof(self) -> None:
         """Half-close after queued data."""
@@ -179,6 +200,11 @@ class DatagramServer(asyncio.DatagramProtocol):
         self.datagrams_out += 1
         self.bytes_out += len(data)
         return True
+
+    @property
+    def log(self) -> Any:
+        """The listener's logger."""
+        return self.listener.log
 
     def pause_writing(self) -> None:
         self.paused = True

@@ -39,10 +39,12 @@ class Listener:
         self.addresses: list[SocketAddress] = bound_addresses(sockets)
         self.next_conn_id = next_conn_id
         self.handler = config.handler(config.settings)
+        self._handler_closed = False
         self.log: Any = get_logger(listener=config.name)
         self.connections: set[StreamConnection] = set()
         self.total_connections = 0
         self._adopting = 0  # accepted, transport not made yet: live for draining
+        self.draining = False
         self._aborted = False
         self._endpoints: list[DatagramServer] = []
         self._idle: asyncio.Event | None = None
@@ -162,7 +164,7 @@ class Listener:
         self._check_idle()
 
     def stop_accepting(self) -> None:
-        """Stop accepting connections and datagrams; live connections go on."""
+        """Stop accepting connections and datagrams; tell live sessions the daemon drains."""
         if self._resume is not None:
             self._resume.cancel()
         if self._accepting:
@@ -171,6 +173,10 @@ class Listener:
             if endpoint.transport is not None:
                 endpoint.transport.close()
         self.close_sockets()
+        if not self.draining:
+            self.draining = True
+            for conn in list(self.connections):
+                conn.shutdown_requested()
 
     async def wait_idle(self) -> None:
         """Return once every live connection has closed."""
@@ -191,3 +197,10 @@ class Listener:
         """Close the listener's own sockets (idempotent)."""
         for sock in self.sockets:
             sock.close()
+
+    def close(self) -> None:
+        """Release the sockets and whatever the handler holds (idempotent)."""
+        self.close_sockets()
+        if not self._handler_closed:
+            self._handler_closed = True
+            self.handler.close()

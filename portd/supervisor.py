@@ -39,6 +39,7 @@ class Supervisor:
 
         Raises:
             BindError: the first listener that could not be bound, naming it.
+            PortdError: a handler could not start (its message names why).
         """
         opened: list[Listener] = []
         next_conn_id = self._conn_ids.__next__
@@ -51,17 +52,22 @@ class Supervisor:
                     config.backlog,
                     skip_missing_ipv6=config.bind.is_wildcard,
                 )
-                opened.append(Listener(config, sockets, next_conn_id))
+                try:
+                    opened.append(Listener(config, sockets, next_conn_id))
+                except BaseException:  # the handler could not start: its sockets go too
+                    for sock in sockets:
+                        sock.close()
+                    raise
         except BaseException:
             for listener in opened:
-                listener.close_sockets()
+                listener.close()
             raise
         self.listeners = opened
 
     def close(self) -> None:
-        """Close every listener's sockets (idempotent)."""
+        """Close every listener's sockets and handlers (idempotent)."""
         for listener in self.listeners:
-            listener.close_sockets()
+            listener.close()
 
     async def run(self) -> int:
         """Serve until a stop signal, then drain.

@@ -133,3 +133,34 @@ async def test_drain_refuses_new_clients_and_lets_live_ones_finish() -> None:
             assert await live.receive() == b"during"
             await live.aclose()
         assert supervisor.listeners[0].connections == set()
+
+
+class PoliteSession(StreamSession):
+    """Closes its connection as soon as the daemon starts draining."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def shutdown_requested(self) -> None:
+        assert self.conn.draining
+        self.conn.write(b"bye")
+        self.conn.close()
+
+
+class PoliteHandler(Handler):
+    name = "polite"
+    protocols = frozenset({"tcp"})
+
+    def open_session(self, conn: Connection) -> StreamSession:
+        return PoliteSession(conn)
+
+
+async def test_drain_tells_live_sessions_so_they_can_close_early() -> None:
+    async with started(PoliteHandler) as supervisor:
+        port = supervisor.listeners[0].port
+        async with await anyio.connect_tcp("127.0.0.1", port) as client:
+            while not supervisor.listeners[0].connections:
+                await anyio.lowlevel.checkpoint()
+            with anyio.fail_after(5):  # far below the 30 s drain timeout
+                await supervisor.drain(30)
+                assert await client.receive() == b"bye"

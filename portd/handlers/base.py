@@ -27,14 +27,28 @@ class Connection(Protocol):
     conn_id: int
     peer: str
 
+    @property
+    def log(self) -> Any:
+        """A structlog logger bound to the listener, ``conn_id`` and ``peer``."""
+
+    @property
+    def draining(self) -> bool:
+        """True once the daemon is stopping: finish the current exchange, then close."""
+
     def write(self, data: bytes) -> None:
         """Queue bytes for the peer; watch pause_writing to keep the queue bounded."""
+
+    def get_write_buffer_size(self) -> int:
+        """Bytes queued and not yet handed to the kernel."""
 
     def write_eof(self) -> None:
         """Half-close: the peer reads EOF once queued bytes are sent."""
 
     def close(self) -> None:
         """Close after queued bytes are sent."""
+
+    def abort(self) -> None:
+        """Close now, dropping queued bytes (the peer may see a reset)."""
 
     def pause_reading(self) -> None:
         """Stop receiving data_received calls until resume_reading."""
@@ -45,6 +59,10 @@ class Connection(Protocol):
 
 class DatagramEndpoint(Protocol):
     """What the server offers a datagram handler."""
+
+    @property
+    def log(self) -> Any:
+        """A structlog logger bound to the listener."""
 
     def send(self, data: bytes, peer: Peer) -> bool:
         """Send one datagram; False when it was dropped because the socket is backed up."""
@@ -66,6 +84,12 @@ class StreamSession:
 
     def resume_writing(self) -> None:
         """The write queue drained below its low-water mark."""
+
+    def shutdown_requested(self) -> None:
+        """The daemon started draining: close when idle, finish what is in flight.
+
+        The default does nothing, so the connection may run until the drain timeout.
+        """
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The connection is closed; release what the session holds."""
@@ -92,3 +116,6 @@ class Handler:
     def datagram_received(self, data: bytes, peer: Peer, endpoint: DatagramEndpoint) -> None:
         """One UDP datagram from ``peer``."""
         raise NotImplementedError(f"handler {self.name!r} does not serve UDP")
+
+    def close(self) -> None:
+        """The listener stopped for good: release what the handler holds (files, fds)."""

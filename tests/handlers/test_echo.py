@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import structlog
+
 from portd.handlers.base import Peer
 from portd.handlers.echo import EchoHandler, EchoSession
 
@@ -11,6 +15,8 @@ class RecordingConnection:
 
     conn_id = 1
     peer = "127.0.0.1:1"
+    log: Any = structlog.get_logger()
+    draining = False
 
     def __init__(self) -> None:
         self.written: list[bytes] = []
@@ -19,6 +25,12 @@ class RecordingConnection:
 
     def write(self, data: bytes) -> None:
         self.written.append(data)
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def abort(self) -> None:
+        self.closed = True
 
     def write_eof(self) -> None:
         self.closed = True
@@ -35,6 +47,8 @@ class RecordingConnection:
 
 class RecordingEndpoint:
     """A DatagramEndpoint that records sends."""
+
+    log: Any = structlog.get_logger()
 
     def __init__(self) -> None:
         self.sent: list[tuple[bytes, Peer]] = []
