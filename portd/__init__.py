@@ -1,26 +1,34 @@
 """portd: listen on ports. A daemon, a netcat for the shell, and real ports for tests.
 
-Public API only; everything else is importable from its module but not promised.
+Public API only. Names are imported on first use (PEP 562), so ``portd listen`` and
+test fixtures pay at start-up only for the modules they touch.
 """
 
 from __future__ import annotations
 
-from portd.binds import BindSpec, parse_bind
-from portd.errors import (
-    AddressInUseError,
-    AddressNotAvailableError,
-    BindError,
-    BindSyntaxError,
-    ConfigError,
-    HandlerError,
-    PortdError,
-    PrivilegedPortError,
-    UsageError,
-)
-from portd.handlers.base import Connection, DatagramEndpoint, Handler, StreamSession
-from portd.options import Option
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0.dev0"
+
+_EXPORTS = {
+    "AddressInUseError": "portd.errors",
+    "AddressNotAvailableError": "portd.errors",
+    "BindError": "portd.errors",
+    "BindSpec": "portd.binds",
+    "BindSyntaxError": "portd.errors",
+    "ConfigError": "portd.errors",
+    "Connection": "portd.handlers.base",
+    "DatagramEndpoint": "portd.handlers.base",
+    "Handler": "portd.handlers.base",
+    "HandlerError": "portd.errors",
+    "Option": "portd.options",
+    "PortdError": "portd.errors",
+    "PrivilegedPortError": "portd.errors",
+    "StreamSession": "portd.handlers.base",
+    "UsageError": "portd.errors",
+    "parse_bind": "portd.binds",
+}
 
 __all__ = [
     "AddressInUseError",
@@ -41,3 +49,28 @@ __all__ = [
     "__version__",
     "parse_bind",
 ]
+
+if TYPE_CHECKING:
+    from portd.binds import BindSpec, parse_bind
+    from portd.errors import (
+        AddressInUseError,
+        AddressNotAvailableError,
+        BindError,
+        BindSyntaxError,
+        ConfigError,
+        HandlerError,
+        PortdError,
+        PrivilegedPortError,
+        UsageError,
+    )
+    from portd.handlers.base import Connection, DatagramEndpoint, Handler, StreamSession
+    from portd.options import Option
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'portd' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value

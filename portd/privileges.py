@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from functools import cache
-from pathlib import Path
 
 from portd.errors import PrivilegedPortError
 
-UNPRIVILEGED_PORT_START = Path("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+UNPRIVILEGED_PORT_START = "/proc/sys/net/ipv4/ip_unprivileged_port_start"
 CAP_NET_BIND_SERVICE = 10
 _DEFAULT_UNPRIVILEGED_PORT_START = 1024
 
@@ -16,7 +15,8 @@ _DEFAULT_UNPRIVILEGED_PORT_START = 1024
 def unprivileged_port_start() -> int:
     """The lowest port anyone may bind (the sysctl; 1024 where it cannot be read)."""
     try:
-        return int(UNPRIVILEGED_PORT_START.read_text())
+        with open(UNPRIVILEGED_PORT_START, encoding="ascii") as file:  # noqa: PTH123 - pathlib costs start-up time
+            return int(file.read())
     except (OSError, ValueError):
         return _DEFAULT_UNPRIVILEGED_PORT_START
 
@@ -25,7 +25,8 @@ def unprivileged_port_start() -> int:
 def has_capability(bit: int) -> bool:
     """True when the effective capability set of this process holds ``bit``."""
     try:
-        status = Path("/proc/self/status").read_text()
+        with open("/proc/self/status", encoding="utf-8") as file:  # noqa: PTH123
+            status = file.read()
     except OSError:
         return False
     for line in status.splitlines():

@@ -19,9 +19,9 @@ import pytest
 from portd.binds import BindSpec, Protocol, SocketAddress
 from portd.config import Config, DaemonConfig, load_config, parse_config
 from portd.errors import EX_CONFIG, ConfigError
-from portd.handlers import available_handlers, load_handler
 from portd.handlers.base import Handler
 from portd.handlers.echo import EchoHandler
+from portd.handlers.registry import available_handlers, load_handler
 from portd.options import Option
 from tests.support import write_config
 

@@ -1,16 +1,1 @@
-"""Handlers: the registry and one module per built-in handler."""
-
-from __future__ import annotations
-
-from portd.handlers.base import Connection, DatagramEndpoint, Handler, Peer, StreamSession
-from portd.handlers.registry import available_handlers, load_handler
-
-__all__ = [
-    "Connection",
-    "DatagramEndpoint",
-    "Handler",
-    "Peer",
-    "StreamSession",
-    "available_handlers",
-    "load_handler",
-]
+"""Handlers: the contract (base.py), the registry (registry.py), one module per built-in."""

@@ -7,7 +7,6 @@ are not built in, so start-up pays for exactly the handlers a run needs.
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import entry_points
 
 from portd.errors import HandlerError
 from portd.handlers.base import Handler
@@ -30,6 +29,8 @@ def load_handler(name: str) -> type[Handler]:
         module_name, _, attribute = target.partition(":")
         loaded: object = getattr(importlib.import_module(module_name), attribute)
     else:
+        from importlib.metadata import entry_points
+
         found = entry_points(group=ENTRY_POINT_GROUP, name=name)
         if not found:
             known = ", ".join(available_handlers())
@@ -42,6 +43,8 @@ def load_handler(name: str) -> type[Handler]:
 
 def available_handlers() -> list[str]:
     """Every handler name, built-in and installed, sorted."""
+    from importlib.metadata import entry_points
+
     names = set(BUILTIN_HANDLERS)
     names.update(point.name for point in entry_points(group=ENTRY_POINT_GROUP))
     return sorted(names)
