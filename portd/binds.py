@@ -85,6 +85,13 @@ def format_host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def format_peer(peer: tuple[object, ...] | None) -> str:
+    """``host:port`` of a socket peer (any sockaddr tuple), ``?`` when unknown."""
+    if not peer:
+        return "?"
+    return format_host_port(str(peer[0]), int(peer[1]))  # type: ignore[call-overload]
+
+
 def parse_bind(text: str, protocol: Protocol = "tcp") -> BindSpec:
     """Parse ``[HOST:]PORT``.
 

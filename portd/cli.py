@@ -9,10 +9,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from portd import __version__
-from portd.errors import EX_SOFTWARE, EX_USAGE, ConfigError, PortdError
+from portd.errors import EX_SOFTWARE, EX_USAGE, ConfigError, PortdError, UsageError
+
+if TYPE_CHECKING:
+    from portd.binds import Protocol
 
 DEFAULT_CONFIG = "/etc/portd/portd.toml"
 
@@ -25,9 +28,168 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
 
 
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """-q SECS: a number; negative means wait for the peer (Debian nc)."""
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+
+
+def _count(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) == 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
+def _add_family_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-4", dest="ipv4", action="store_true", help="IPv4 only")
+    parser.add_argument("-6", dest="ipv6", action="store_true", help="IPv6 only")
+
+
+def _add_eof_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--close-on-eof",
+        action="store_true",
+        help="close the connection when stdin ends (default: half-close, keep reading)",
+    )
+    parser.add_argument(
+        "-q",
+        dest="quit_after",
+        type=_seconds,
+        metavar="SECS",
+        help="after stdin ends, quit SECS later (negative: wait for the peer)",
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="report peers, and byte counts with sha256 at the end, on stderr",
+    )
+
+
+def _add_shell_commands(commands: Any) -> None:
+    listen = commands.add_parser(
+        "listen",
+        help="nc -l: accept a connection, relay stdin/stdout",
+        description="Listen like nc -l; stdout carries only data.",
+    )
+    listen.add_argument("bind", metavar="[HOST:]PORT")
+    listen.add_argument(
+        "-u", "--udp", action="store_true", help="UDP (replies go to the last peer)"
+    )
+    listen.add_argument(
+        "-k", "--keep", action="store_true", help="keep listening and serve clients concurrently"
+    )
+    _add_family_flags(listen)
+    _add_eof_flags(listen)
+    listen.add_argument("--port-file", metavar="FILE", help="write the bound port to FILE")
+    handler = listen.add_mutually_exclusive_group()
+    handler.add_argument("--handler", metavar="NAME", help="serve with a handler instead of stdio")
+    handler.add_argument(
+        "--echo", dest="handler", action="store_const", const="echo", help="same as --handler echo"
+    )
+    handler.add_argument(
+        "--http",
+        dest="handler",
+        action="store_const",
+        const="http-hello",
+        help="same as --handler http-hello",
+    )
+    listen.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a handler option (repeatable)",
+    )
+    listen.set_defaults(run=run_listen)
+
+    connect = commands.add_parser("connect", help="nc HOST PORT: connect, relay stdin/stdout")
+    connect.add_argument("host")
+    connect.add_argument("port")
+    connect.add_argument("-u", "--udp", action="store_true", help="UDP")
+    connect.add_argument(
+        "-w",
+        dest="wait",
+        type=_positive,
+        metavar="SECS",
+        default=10.0,
+        help="connect timeout (default 10)",
+    )
+    _add_family_flags(connect)
+    _add_eof_flags(connect)
+    connect.set_defaults(run=run_connect)
+
+    wait = commands.add_parser("wait", help="wait until every HOST:PORT accepts TCP connections")
+    wait.add_argument("targets", nargs="+", metavar="HOST:PORT")
+    wait.add_argument(
+        "--timeout",
+        type=_positive,
+        default=30.0,
+        metavar="SECS",
+        help="give up after SECS (default 30); exit 1",
+    )
+    wait.add_argument(
+        "--interval",
+        type=_positive,
+        default=0.25,
+        metavar="SECS",
+        help="pause between attempts (default 0.25)",
+    )
+    wait.add_argument("-v", "--verbose", action="store_true", help="say when each comes up")
+    wait.set_defaults(run=run_wait)
+
+    scan = commands.add_parser("scan", help="TCP connect scan of a host's ports")
+    scan.add_argument("host")
+    scan.add_argument("ports", metavar="PORTS", help="e.g. 22,80,8000-8100,http")
+    scan.add_argument(
+        "--timeout",
+        type=_positive,
+        default=1.0,
+        metavar="SECS",
+        help="per-port connect timeout (default 1)",
+    )
+    scan.add_argument(
+        "--concurrency",
+        type=_count,
+        default=256,
+        metavar="N",
+        help="connects in flight at once (default 256)",
+    )
+    scan.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_family_flags(scan)
+    scan.set_defaults(run=run_scan)
+
+    ports = commands.add_parser("ports", help="every listening socket here, like ss -ltnup")
+    ports.add_argument("--tcp", action="store_true", help="TCP only")
+    ports.add_argument("--udp", action="store_true", help="UDP only")
+    ports.add_argument("--port", type=int, metavar="N", help="only port N")
+    ports.add_argument("--json", action="store_true", help="machine-readable output")
+    ports.set_defaults(run=run_ports)
+
+    services = commands.add_parser("services", help="look up /etc/services: http -> 80/tcp")
+    services.add_argument("query", metavar="NAME|PORT")
+    services.set_defaults(run=run_services)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (also used to render --help)."""
-    parser = _Parser(prog="portd", description="Listen on ports: daemon, netcat, test servers.")
+    parser = _Parser(
+        prog="portd",
+        description="Listen on ports: daemon, netcat, test servers.",
+        allow_abbrev=False,
+    )
     parser.add_argument("--version", action="version", version=f"portd {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -52,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="validate a config file without binding")
     check.add_argument("config", metavar="FILE")
     check.set_defaults(run=run_check)
+    _add_shell_commands(commands)
     return parser
 
 
@@ -86,6 +249,66 @@ def run_check(args: argparse.Namespace) -> int:
         sockets = ", ".join(str(address) for address in listener.addresses)
         handler = listener.handler.name
         print(f"  {listener.name:<{width}}  {listener.protocol}  {handler:<10}  {sockets}")
+    return 0
+
+
+def run_listen(args: argparse.Namespace) -> int:
+    """``portd listen``: stdio relay, or a handler with --handler/--echo/--http."""
+    from portd.shell.listen import ListenOptions
+    from portd.shell.listen import run_listen as listen
+
+    options = ListenOptions(args)
+    if args.handler:
+        from portd.shell.adhoc import run_handler
+
+        return run_handler(options, args.bind, args.handler, args.set)
+    if args.set:
+        raise UsageError("--set needs --handler (or --echo/--http)")
+    return listen(options)
+
+
+def run_connect(args: argparse.Namespace) -> int:
+    """``portd connect``."""
+    from portd.shell.connect import run_connect as connect
+
+    return connect(args)
+
+
+def run_wait(args: argparse.Namespace) -> int:
+    """``portd wait``."""
+    from portd.inspect.wait import run_wait as wait
+
+    return wait(args.targets, args.timeout, args.interval, args.verbose)
+
+
+def run_scan(args: argparse.Namespace) -> int:
+    """``portd scan``."""
+    from portd.inspect.scan import run_scan as scan
+    from portd.shell.listen import address_families
+
+    families = address_families(args.ipv4, args.ipv6)
+    return scan(
+        args.host, args.ports, timeout_s=args.timeout, concurrency=args.concurrency,
+        as_json=args.json, families=families,
+    )  # fmt: skip
+
+
+def run_ports(args: argparse.Namespace) -> int:
+    """``portd ports``."""
+    from portd.inspect.ports import run_ports as ports
+
+    protocols: tuple[Protocol, ...] = ("tcp", "udp")
+    if args.tcp != args.udp:
+        protocols = ("tcp",) if args.tcp else ("udp",)
+    return ports(protocols, args.port, args.json)
+
+
+def run_services(args: argparse.Namespace) -> int:
+    """``portd services``."""
+    from portd.inspect.services import lookup
+
+    for name, port, protocol in lookup(args.query):
+        print(f"{name} {port}/{protocol}")
     return 0
 
 

@@ -13,20 +13,13 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any, cast
 
-from portd.binds import format_host_port
+from portd.binds import format_peer
 from portd.handlers.base import Peer, StreamSession
 
 if TYPE_CHECKING:
     from portd.listeners import Listener
 
 FAILURE_LOG_INTERVAL_S = 1.0
-
-
-def format_peer(peer: Peer | None) -> str:
-    """``host:port`` of a socket peer, ``?`` when the kernel no longer knows it."""
-    if not peer:
-        return "?"
-    return format_host_port(str(peer[0]), int(peer[1]))
 
 
 class StreamConnection(asyncio.Protocol):

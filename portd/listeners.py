@@ -48,6 +48,7 @@ class Listener:
         self._aborted = False
         self._endpoints: list[DatagramServer] = []
         self._idle: asyncio.Event | None = None
+        self._opened: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._accepting = False
         self._backoff_s = 0.0
@@ -146,6 +147,8 @@ class Listener:
         """Called by a connection once it is accepted."""
         self.connections.add(conn)
         self.total_connections += 1
+        if self._opened is not None:
+            self._opened.set()
         if self._aborted:  # accepted before the stop, made after the final abort
             conn.abort()
 
@@ -177,6 +180,12 @@ class Listener:
             self.draining = True
             for conn in list(self.connections):
                 conn.shutdown_requested()
+
+    async def wait_for_connection(self) -> None:
+        """Return once at least one connection has been accepted."""
+        if not self.total_connections:
+            self._opened = asyncio.Event()
+            await self._opened.wait()
 
     async def wait_idle(self) -> None:
         """Return once every live connection has closed."""

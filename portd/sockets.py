@@ -161,7 +161,7 @@ def _with_port(address: SocketAddress, port: int) -> SocketAddress:
 def _bind_error(exc: OSError, protocol: Protocol, label: str, address: SocketAddress) -> BindError:
     where = f"{label}: {address} ({protocol})"
     if exc.errno == errno.EADDRINUSE:
-        from portd.inspect import find_port_owner
+        from portd.inspect.owner import find_port_owner
 
         owner = find_port_owner(protocol, address)
         held = f" by {owner}" if owner else ""

@@ -1,4 +1,4 @@
-"""Looking at this host's sockets: who holds a port.
+"""Who holds a port: the process behind an address already in use.
 
 psutil is imported only here and only when asked, so commands that never inspect pay
 nothing for it at start-up.

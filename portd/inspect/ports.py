@@ -1,0 +1,94 @@
+"""``portd ports``: every listening socket on this host, like ``ss -ltnup``.
+
+psutil reads the kernel's tables; the owning process is visible for one's own sockets,
+and for everyone's as root.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+from typing import Any, NamedTuple
+
+from portd.binds import Protocol
+from portd.inspect.services import port_range, service_name
+
+
+class ListeningSocket(NamedTuple):
+    """One listening socket, with what is known of its owner."""
+
+    protocol: Protocol
+    address: str
+    port: int
+    service: str | None
+    range: str
+    pid: int | None
+    program: str | None
+    family: str
+
+
+def listening_sockets(
+    protocols: tuple[Protocol, ...], port: int | None = None
+) -> list[ListeningSocket]:
+    """Listening TCP sockets and bound, unconnected UDP sockets, sorted by port."""
+    import psutil
+
+    found: set[ListeningSocket] = set()
+    names: dict[int, str | None] = {}
+    for protocol in protocols:
+        for entry in psutil.net_connections(kind=protocol):
+            if not entry.laddr or entry.raddr:
+                continue
+            if protocol == "tcp" and entry.status != psutil.CONN_LISTEN:
+                continue
+            if port is not None and entry.laddr.port != port:
+                continue
+            program = _program(entry.pid, names) if entry.pid is not None else None
+            number = entry.laddr.port
+            family = "ipv6" if entry.family == socket.AF_INET6 else "ipv4"
+            found.add(ListeningSocket(
+                protocol, entry.laddr.ip, number, service_name(number, protocol),
+                port_range(number), entry.pid, program, family,
+            ))  # fmt: skip
+    return sorted(found, key=lambda s: (s.port, s.protocol, s.family, s.address))
+
+
+def _program(pid: int, names: dict[int, str | None]) -> str | None:
+    import psutil
+
+    if pid not in names:
+        try:
+            names[pid] = psutil.Process(pid).name()
+        except psutil.Error:
+            names[pid] = None
+    return names[pid]
+
+
+def run_ports(protocols: tuple[Protocol, ...], port: int | None, as_json: bool) -> int:
+    """Print the table (or JSON); say when some owners are hidden."""
+    rows = listening_sockets(protocols, port)
+    if as_json:
+        print(json.dumps([row._asdict() for row in rows]))
+        return 0
+    _print_table(rows)
+    if any(row.pid is None for row in rows):
+        print("portd: some owners are hidden: run as root to see every process", file=sys.stderr)
+    return 0
+
+
+def _print_table(rows: list[ListeningSocket]) -> None:
+    table: list[tuple[Any, ...]] = [
+        ("PROTO", "ADDRESS", "PORT", "SERVICE", "RANGE", "PID", "PROGRAM")
+    ]
+    for row in rows:
+        address = f"[{row.address}]" if ":" in row.address else row.address
+        table.append((row.protocol, address, row.port, row.service or "-", row.range,
+                      row.pid if row.pid is not None else "-", row.program or "-"))  # fmt: skip
+    widths = [max(len(str(line[i])) for line in table) for i in range(len(table[0]))]
+    for line in table:
+        print(
+            "  ".join(
+                str(cell).ljust(width) for cell, width in zip(line, widths, strict=True)
+            ).rstrip()
+        )

@@ -1,0 +1,78 @@
+"""``portd wait HOST:PORT ...``: block until every address accepts a TCP connection."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import time
+from collections.abc import Sequence
+
+from portd.binds import BindSpec, SocketAddress, parse_bind
+from portd.errors import UsageError
+from portd.inspect.probe import probe_tcp
+
+PROBE_TIMEOUT_S = 1.0
+EX_STILL_DOWN = 1
+
+
+def parse_targets(texts: Sequence[str]) -> list[BindSpec]:
+    """``HOST:PORT`` for each argument (a host is required: nothing to wait for on ``*``).
+
+    Raises:
+        UsageError: a bare port or ``*``.
+    """
+    specs = [parse_bind(text) for text in texts]
+    for text, spec in zip(texts, specs, strict=True):
+        if spec.is_wildcard:
+            raise UsageError(f"wait needs HOST:PORT, got {text!r}")
+    return specs
+
+
+def run_wait(texts: Sequence[str], timeout_s: float, interval_s: float, verbose: bool) -> int:
+    """Return 0 as soon as all are up, or 1 after printing one line per address still down."""
+    pending = parse_targets(texts)
+    reasons: dict[BindSpec, str] = {}
+    started = time.monotonic()
+    deadline = started + timeout_s
+    while True:
+        up = _probe_round(
+            pending, reasons, min(PROBE_TIMEOUT_S, max(deadline - time.monotonic(), 0.05))
+        )
+        for spec in up:
+            pending.remove(spec)
+            if verbose:
+                print(f"{spec} is up after {time.monotonic() - started:.1f} s", file=sys.stderr)
+        if not pending:
+            return 0
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            for spec in pending:
+                print(
+                    f"portd: {spec} is still down after {timeout_s:g} s: {reasons[spec]}",
+                    file=sys.stderr,
+                )
+            return EX_STILL_DOWN
+        time.sleep(min(interval_s, remaining))  # poll interval between rounds
+
+
+def _probe_round(
+    specs: Sequence[BindSpec], reasons: dict[BindSpec, str], timeout_s: float
+) -> list[BindSpec]:
+    targets: dict[SocketAddress, BindSpec] = {}
+    for spec in specs:
+        try:
+            infos = socket.getaddrinfo(spec.host, spec.port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            reasons[spec] = f"cannot resolve {spec.host!r}: {exc.strerror}"
+            continue
+        for family, _type, _proto, _name, sockaddr in infos:
+            targets[SocketAddress(family, sockaddr)] = spec  # type: ignore[arg-type]
+    up: list[BindSpec] = []
+    for target, reason in probe_tcp(targets, timeout_s):
+        spec = targets[target]
+        if reason is None:
+            if spec not in up:
+                up.append(spec)
+        else:
+            reasons[spec] = reason
+    return up

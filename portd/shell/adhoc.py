@@ -1,0 +1,78 @@
+"""``portd listen --handler NAME``: one listener of the daemon, built from the command line.
+
+This path loads the daemon's machinery (anyio, structlog, uvloop) only when a handler is
+asked for, so plain ``portd listen`` keeps its fast start.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from portd.errors import UsageError
+from portd.shell.listen import ListenOptions, announce
+
+
+def parse_sets(pairs: Sequence[str]) -> dict[str, Any]:
+    """``["max_bytes=1GiB", "keep_partial=true"]`` -> typed values (TOML scalars, else text).
+
+    Raises:
+        UsageError: a pair without ``=``.
+    """
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--set expects KEY=VALUE, got {pair!r}")
+        try:
+            values[key] = tomllib.loads(f"value = {text}")["value"]
+        except tomllib.TOMLDecodeError:
+            values[key] = text
+    return values
+
+
+def run_handler(options: ListenOptions, bind_text: str, handler: str, sets: Sequence[str]) -> int:
+    """Serve ``handler`` on the bind; one connection unless -k (UDP: until interrupted).
+
+    Raises:
+        ConfigError: unknown handler or bad option (the same lines as a config file).
+        BindError: the same messages and exit codes as the daemon.
+    """
+    import anyio
+
+    from portd.config import parse_config
+    from portd.logging import configure_logging
+    from portd.supervisor import Supervisor, loop_options
+
+    table = {"name": "listen", "bind": bind_text, "protocol": options.protocol, "handler": handler}
+    config = parse_config({"listener": [{**table, **parse_sets(sets)}]}, "portd listen")
+    listener = config.listeners[0]
+    if options.families:
+        kept = tuple(a for a in listener.addresses if a.family in options.families)
+        listener = replace(listener, addresses=kept)
+    configure_logging("auto", "info" if options.verbose else "warning")
+    supervisor = Supervisor(replace(config, listeners=(listener,)))
+    supervisor.bind_all()
+    try:
+        announce(supervisor.listeners[0].addresses, options.protocol, options.port_file)
+        result: int = anyio.run(
+            _serve, supervisor, options, backend="asyncio", backend_options=loop_options("auto")
+        )
+        return result
+    finally:
+        supervisor.close()
+
+
+async def _serve(supervisor: Any, options: ListenOptions) -> int:
+    import anyio
+
+    await supervisor.start()
+    listener = supervisor.listeners[0]
+    if options.keep or options.protocol == "udp":
+        await anyio.sleep_forever()
+    await listener.wait_for_connection()
+    supervisor.stop_accepting()
+    await listener.wait_idle()
+    return 0

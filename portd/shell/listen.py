@@ -1,0 +1,189 @@
+"""``portd listen``: nc -l with explicit EOF rules, concurrent -k, and any handler ad hoc."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import socket
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from portd.binds import BindSpec, Protocol, SocketAddress, format_peer, parse_bind, resolve_bind
+from portd.shell.relay import (
+    BUFFER_SIZE,
+    STDIN,
+    STDOUT,
+    DatagramRelay,
+    EofPolicy,
+    Session,
+    StreamRelay,
+    write_all,
+)
+from portd.shell.stats import Transfer
+from portd.sockets import bound_addresses, open_listener_sockets
+
+
+class ListenOptions:
+    """The parsed options of ``portd listen`` (a plain class: no dataclass import cost)."""
+
+    def __init__(self, args: Any) -> None:
+        self.protocol: Protocol = "udp" if args.udp else "tcp"
+        self.spec: BindSpec = parse_bind(args.bind, self.protocol)
+        self.families = address_families(args.ipv4, args.ipv6)
+        self.keep: bool = args.keep
+        self.verbose: bool = args.verbose
+        self.port_file: str | None = args.port_file
+        self.policy = EofPolicy(args.close_on_eof, args.quit_after)
+
+
+def address_families(ipv4: bool, ipv6: bool) -> tuple[socket.AddressFamily, ...]:
+    if ipv4 and not ipv6:
+        return (socket.AF_INET,)
+    if ipv6 and not ipv4:
+        return (socket.AF_INET6,)
+    return ()
+
+
+def open_sockets(options: ListenOptions, backlog: int = 1024) -> list[socket.socket]:
+    """Bind what the command line asks for and announce it on stderr (and --port-file).
+
+    Raises:
+        BindSyntaxError, BindError: the same messages and exit codes as the daemon.
+    """
+    addresses = resolve_bind(options.spec, options.protocol, options.families)
+    sockets = open_listener_sockets(
+        addresses, options.protocol, f"listen {options.spec}", backlog,
+        skip_missing_ipv6=options.spec.is_wildcard and not options.families,
+    )  # fmt: skip
+    announce(bound_addresses(sockets), options.protocol, options.port_file)
+    return sockets
+
+
+def announce(addresses: Sequence[SocketAddress], protocol: str, port_file: str | None) -> None:
+    """``listening on 127.0.0.1:40123 (tcp)`` on stderr; the port into ``port_file``."""
+    where = ", ".join(str(address) for address in addresses)
+    print(f"listening on {where} ({protocol})", file=sys.stderr, flush=True)
+    if port_file:
+        temporary = f"{port_file}.{os.getpid()}.tmp"
+        with open(temporary, "w", encoding="ascii") as file:  # noqa: PTH123 - start-up time
+            file.write(f"{addresses[0].port}\n")
+        os.replace(temporary, port_file)  # noqa: PTH105 - readers never see a half-written file
+
+
+def run_listen(options: ListenOptions) -> int:
+    """Serve stdin/stdout over the socket(s); return the exit status."""
+    sockets = open_sockets(options)
+    try:
+        if options.protocol == "udp":
+            return _relay_datagrams(sockets, options)
+        if options.keep:
+            return _serve_many(sockets, options)
+        conn = _accept_one(sockets)
+    finally:
+        for sock in sockets:
+            sock.close()  # like nc -l: one connection, no further listening
+    with conn:
+        return _relay_stream(conn, options)
+
+
+def _accept_one(sockets: list[socket.socket]) -> socket.socket:
+    while True:
+        readable, _, _ = select.select(sockets, [], [])
+        for sock in readable:
+            try:
+                conn, _peer = sock.accept()
+            except (BlockingIOError, ConnectionAbortedError):
+                continue
+            conn.setblocking(True)
+            return conn
+
+
+def _relay_stream(conn: socket.socket, options: ListenOptions) -> int:
+    peer = format_peer(conn.getpeername())
+    if options.verbose:
+        print(f"connection from {peer}", file=sys.stderr, flush=True)
+    transfer = Transfer(options.verbose)
+    session = Session(transfer, options.policy)
+    StreamRelay(conn, session).run()
+    transfer.finish()
+    return report_session(session, peer, options.verbose)
+
+
+def report_session(session: Session, peer: str, verbose: bool) -> int:
+    if session.message:
+        print(f"portd: {peer}: {session.message}", file=sys.stderr)
+    elif verbose:
+        print(f"connection from {peer} closed", file=sys.stderr)
+    return session.status
+
+
+def _relay_datagrams(sockets: list[socket.socket], options: ListenOptions) -> int:
+    for sock in sockets:
+        sock.setblocking(True)
+    transfer = Transfer(options.verbose)
+    session = Session(transfer, options.policy)
+    DatagramRelay(sockets, session, connected=False).run()
+    transfer.finish()
+    if session.message:
+        print(f"portd: {session.message}", file=sys.stderr)
+    return session.status
+
+
+class _Clients:
+    """-k: every connected client; stdin is sent to all, their bytes go to stdout."""
+
+    def __init__(self, options: ListenOptions) -> None:
+        self.options = options
+        self.lock = threading.Lock()
+        self.stdout_lock = threading.Lock()
+        self.clients: set[socket.socket] = set()
+        self.stdin_done = False
+
+    def add(self, conn: socket.socket) -> None:
+        with self.lock:
+            self.clients.add(conn)
+            if self.stdin_done:
+                _half_close(conn)
+        threading.Thread(target=self._pump, args=(conn,), daemon=True).start()
+
+    def _pump(self, conn: socket.socket) -> None:
+        peer = format_peer(conn.getpeername())
+        if self.options.verbose:
+            print(f"connection from {peer}", file=sys.stderr, flush=True)
+        with contextlib.suppress(OSError):
+            while data := conn.recv(BUFFER_SIZE):
+                with self.stdout_lock:
+                    write_all(STDOUT, data)
+        with self.lock:
+            self.clients.discard(conn)
+        conn.close()
+        if self.options.verbose:
+            print(f"connection from {peer} closed", file=sys.stderr, flush=True)
+
+    def broadcast_stdin(self) -> None:
+        while data := os.read(STDIN, BUFFER_SIZE):
+            with self.lock:
+                targets = list(self.clients)
+            for conn in targets:
+                with contextlib.suppress(OSError):
+                    conn.sendall(data)
+        with self.lock:
+            self.stdin_done = True
+            for conn in self.clients:
+                _half_close(conn)
+
+
+def _half_close(conn: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        conn.shutdown(socket.SHUT_WR)
+
+
+def _serve_many(sockets: list[socket.socket], options: ListenOptions) -> int:
+    """-k: serve clients concurrently until interrupted (nc -lk takes them one at a time)."""
+    clients = _Clients(options)
+    threading.Thread(target=clients.broadcast_stdin, daemon=True).start()
+    while True:
+        clients.add(_accept_one(sockets))

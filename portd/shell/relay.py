@@ -1,0 +1,234 @@
+"""Relays between stdin/stdout and sockets, the data path of ``listen`` and ``connect``.
+
+Two threads move bytes with blocking I/O: stdin and stdout may be regular files, which
+epoll cannot watch, and blocking reads and writes give flow control for free (a slow
+stdout stops reads from the socket; a peer that does not read stops reads from stdin).
+
+End-of-stream rules, the same for listen and connect (README, "EOF handling"):
+
+- stdin ends: half-close the connection and keep reading (default); close at once
+  (``--close-on-eof``); or half-close and quit SECS later (``-q SECS``).
+- the peer ends: stop reading. The session is over once portd has nothing left to send:
+  stdin reached its end, or stdin is a terminal (nobody is piping a file in).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+from typing import NamedTuple
+
+from portd.shell.stats import Transfer
+
+BUFFER_SIZE = 256 * 1024
+MAX_DATAGRAM = 65507
+STDIN, STDOUT = 0, 1
+
+
+class EofPolicy(NamedTuple):
+    """What stdin's end means: close at once, quit after a delay, or wait for the peer."""
+
+    close_on_eof: bool = False
+    quit_after_s: float | None = None
+
+
+def write_all(fd: int, data: memoryview | bytes) -> None:
+    """os.write until every byte is out (pipes and terminals take partial writes)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+class Session:
+    """Shared end-of-session state for the relay threads: the first finish wins."""
+
+    def __init__(self, transfer: Transfer, policy: EofPolicy) -> None:
+        self.transfer = transfer
+        self.policy = policy
+        self.done = threading.Event()
+        self.status = 0
+        self.message: str | None = None
+        self._lock = threading.Lock()
+
+    def finish(self, status: int = 0, message: str | None = None) -> None:
+        """End the session (only the first call counts)."""
+        with self._lock:
+            if self.done.is_set():
+                return
+            self.status, self.message = status, message
+            self.done.set()
+
+    def quit_later(self) -> None:
+        """Apply -q after stdin's end: finish once the delay has passed."""
+        delay = self.policy.quit_after_s
+        if delay is not None and delay >= 0:
+            threading.Timer(delay, self.finish).start()
+
+
+class StreamRelay:
+    """stdin -> socket and socket -> stdout for one connected TCP socket."""
+
+    def __init__(self, sock: socket.socket, session: Session) -> None:
+        self.sock = sock
+        self.session = session
+        self.stdin_is_tty = os.isatty(STDIN)
+        self._peer_done = False
+        self._stdin_done = False
+        self._lock = threading.Lock()
+
+    def run(self) -> None:
+        """Relay until the session ends; the caller closes the socket."""
+        reader = threading.Thread(target=self._socket_to_stdout, daemon=True)
+        writer = threading.Thread(target=self._stdin_to_socket, daemon=True)
+        reader.start()
+        writer.start()
+        self.session.done.wait()
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # unblocks the reader's recv
+        reader.join()
+
+    def _socket_to_stdout(self) -> None:
+        buffer = bytearray(BUFFER_SIZE)
+        view = memoryview(buffer)
+        received = self.session.transfer.received
+        while True:
+            try:
+                count = self.sock.recv_into(buffer)
+            except OSError as exc:
+                self.session.finish(1, f"connection lost: {exc.strerror or exc}")
+                return
+            if count == 0:
+                break
+            received.add(view[:count])
+            try:
+                write_all(STDOUT, view[:count])
+            except BrokenPipeError:  # `| head`: the reader has what it wanted
+                self.session.finish(0)
+                return
+            except OSError as exc:
+                self.session.finish(1, f"cannot write to stdout: {exc.strerror}")
+                return
+        with self._lock:
+            self._peer_done = True
+            over = self._stdin_done or self.stdin_is_tty
+        if over:
+            self.session.finish(0)
+
+    def _stdin_to_socket(self) -> None:
+        sent = self.session.transfer.sent
+        while True:
+            try:
+                data = os.read(STDIN, BUFFER_SIZE)
+            except OSError as exc:
+                self.session.finish(1, f"cannot read stdin: {exc.strerror}")
+                return
+            if not data:
+                break
+            try:
+                self.sock.sendall(data)
+            except OSError as exc:
+                if not self.session.done.is_set():
+                    reason = exc.strerror or str(exc)
+                    self.session.finish(1, f"peer stopped reading before stdin ended: {reason}")
+                return
+            sent.add(data)
+        self._stdin_ended()
+
+    def _stdin_ended(self) -> None:
+        if self.session.policy.close_on_eof:
+            self.session.finish(0)
+            return
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_WR)
+        with self._lock:
+            self._stdin_done = True
+            over = self._peer_done
+        if over:
+            self.session.finish(0)
+        else:
+            self.session.quit_later()
+
+
+class DatagramRelay:
+    """stdin -> datagrams and datagrams -> stdout on UDP sockets.
+
+    Connected (``portd connect -u``): one socket, every datagram goes to its peer.
+    Listening: replies go to whoever sent the last datagram, from the socket it reached
+    (``*`` listens on IPv4 and IPv6); stdin waits for a first sender. Each read from
+    stdin becomes one datagram (split at 65,507 bytes).
+    """
+
+    def __init__(self, sockets: list[socket.socket], session: Session, connected: bool) -> None:
+        self.sockets = sockets
+        self.session = session
+        self.connected = connected
+        self.reply: tuple[socket.socket, tuple[object, ...] | None] = (sockets[0], None)
+        self._have_peer = threading.Event()
+        if connected:
+            self._have_peer.set()
+
+    def run(self) -> None:
+        """Relay until the session ends; the caller closes the sockets."""
+        for sock in self.sockets:
+            threading.Thread(target=self._socket_to_stdout, args=(sock,), daemon=True).start()
+        threading.Thread(target=self._stdin_to_socket, daemon=True).start()
+        self.session.done.wait()
+
+    def _socket_to_stdout(self, sock: socket.socket) -> None:
+        received = self.session.transfer.received
+        while True:
+            try:
+                data, peer = sock.recvfrom(BUFFER_SIZE)
+            except ConnectionRefusedError:
+                self.session.finish(1, "connection refused (nothing listens on that UDP port)")
+                return
+            except OSError as exc:
+                self.session.finish(1, f"receive failed: {exc.strerror}")
+                return
+            if not self.connected:
+                self.reply = (sock, peer)
+                self._have_peer.set()
+            received.add(data)
+            try:
+                write_all(STDOUT, data)
+            except BrokenPipeError:
+                self.session.finish(0)
+                return
+            except OSError as exc:
+                self.session.finish(1, f"cannot write to stdout: {exc.strerror}")
+                return
+
+    def _stdin_to_socket(self) -> None:
+        sent = self.session.transfer.sent
+        while True:
+            try:
+                data = os.read(STDIN, BUFFER_SIZE)
+            except OSError as exc:
+                self.session.finish(1, f"cannot read stdin: {exc.strerror}")
+                return
+            if not data:
+                break
+            self._have_peer.wait()
+            for start in range(0, len(data), MAX_DATAGRAM):
+                chunk = data[start : start + MAX_DATAGRAM]
+                if not self._send(chunk):
+                    return
+                sent.add(chunk)
+        if self.session.policy.close_on_eof:
+            self.session.finish(0)
+        else:
+            self.session.quit_later()
+
+    def _send(self, chunk: bytes) -> bool:
+        sock, peer = self.reply
+        try:
+            if peer is None:
+                sock.send(chunk)
+            else:
+                sock.sendto(chunk, peer)
+        except OSError as exc:
+            self.session.finish(1, f"send failed: {exc.strerror}")
+            return False
+        return True
