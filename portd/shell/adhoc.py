@@ -11,8 +11,11 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from portd.errors import UsageError
+from portd.errors import ConfigError, UsageError
 from portd.shell.listen import ListenOptions, announce
+
+SOURCE = "portd listen"
+LOCATION = '[[listener]] #1 "listen"'
 
 
 def parse_sets(pairs: Sequence[str]) -> dict[str, Any]:
@@ -37,7 +40,7 @@ def run_handler(options: ListenOptions, bind_text: str, handler: str, sets: Sequ
     """Serve ``handler`` on the bind; one connection unless -k (UDP: until interrupted).
 
     Raises:
-        ConfigError: unknown handler or bad option (the same lines as a config file).
+        UsageError: unknown handler or a bad ``--set`` (each problem named, on one line).
         BindError: the same messages and exit codes as the daemon.
     """
     import anyio
@@ -47,7 +50,10 @@ def run_handler(options: ListenOptions, bind_text: str, handler: str, sets: Sequ
     from portd.supervisor import Supervisor, loop_options
 
     table = {"name": "listen", "bind": bind_text, "protocol": options.protocol, "handler": handler}
-    config = parse_config({"listener": [{**table, **parse_sets(sets)}]}, "portd listen")
+    try:
+        config = parse_config({"listener": [{**table, **parse_sets(sets)}]}, SOURCE)
+    except ConfigError as exc:  # on the command line these are usage errors (64)
+        raise UsageError("; ".join(_as_argument(line) for line in exc.lines)) from None
     listener = config.listeners[0]
     if options.families:
         kept = tuple(a for a in listener.addresses if a.family in options.families)
@@ -63,6 +69,11 @@ def run_handler(options: ListenOptions, bind_text: str, handler: str, sets: Sequ
         return result
     finally:
         supervisor.close()
+
+
+def _as_argument(line: str) -> str:
+    """``portd listen: [[listener]] #1 "listen": limit = 0: ...`` -> ``limit = 0: ...``."""
+    return line.removeprefix(f"{SOURCE}: {LOCATION}: ")
 
 
 async def _serve(supervisor: Any, options: ListenOptions) -> int:
