@@ -209,7 +209,23 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--log-format", choices=("auto", "console", "json"), help="override [daemon] log_format"
     )
+    serve.add_argument(
+        "--activation-only",
+        action="store_true",
+        help="serve only sockets passed by systemd; exit 78 naming listeners without",
+    )
     serve.set_defaults(run=run_serve)
+
+    units = commands.add_parser("units", help="print systemd socket and service units for a config")
+    units.add_argument("config", metavar="FILE")
+    units.add_argument(
+        "--portd",
+        default="/usr/local/bin/portd",
+        metavar="PATH",
+        help="the portd executable the service runs (default: /usr/local/bin/portd)",
+    )
+    units.add_argument("--output-dir", metavar="DIR", help="write the unit files there")
+    units.set_defaults(run=run_units)
 
     check = commands.add_parser("check", help="validate a config file without binding")
     check.add_argument("config", metavar="FILE")
@@ -224,17 +240,47 @@ def run_serve(args: argparse.Namespace) -> int:
 
     from portd.config import load_config
     from portd.logging import configure_logging
+    from portd.privileges import resolve_identity
     from portd.supervisor import run_daemon
+    from portd.systemd import take_inherited_sockets
 
     config = load_config(args.config)
-    daemon = config.daemon
-    daemon = replace(
-        daemon,
-        log_level=args.log_level or daemon.log_level,
-        log_format=args.log_format or daemon.log_format,
-    )
+    overrides = {
+        key: value
+        for key, value in (("log_level", args.log_level), ("log_format", args.log_format))
+        if value is not None
+    }
+    daemon = replace(config.daemon, **overrides)
     configure_logging(daemon.log_format, daemon.log_level)
-    return run_daemon(replace(config, daemon=daemon))
+    identity = resolve_identity(daemon.user, daemon.group) if daemon.user else None
+    return run_daemon(
+        replace(config, daemon=daemon),
+        inherited=take_inherited_sockets(),
+        activation_only=args.activation_only,
+        identity=identity,
+        overrides=overrides,
+    )
+
+
+def run_units(args: argparse.Namespace) -> int:
+    """``portd units``: systemd units that socket-activate the config's listeners."""
+    from pathlib import Path
+
+    from portd.config import load_config
+    from portd.units import render_units
+
+    config = load_config(args.config)
+    units = render_units(config, str(Path(args.config).resolve()), args.portd)
+    if args.output_dir:
+        directory = Path(args.output_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, text in units.items():
+            (directory / name).write_text(text, encoding="utf-8")
+            print(directory / name)
+        return 0
+    for name, text in units.items():
+        print(f"# {name}\n{text}")
+    return 0
 
 
 def run_check(args: argparse.Namespace) -> int:

@@ -55,6 +55,8 @@ DAEMON_OPTIONS = (
         "event loop: uvloop when installed (auto), or asyncio",
         choices=("auto", "uvloop", "asyncio"),
     ),
+    Option("user", str, "", "after binding, switch to this user (name or uid; needs root)"),
+    Option("group", str, "", "with user: this group (name or gid; default: the user's)"),
 )
 LISTENER_OPTIONS = (
     Option("name", str, None, "unique name used in logs and by systemd"),
@@ -74,6 +76,8 @@ class DaemonConfig:
     log_level: str = "info"
     shutdown_timeout_s: float = 10.0
     loop: str = "auto"
+    user: str = ""
+    group: str = ""
 
 
 @dataclass(frozen=True, slots=True)

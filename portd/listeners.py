@@ -13,7 +13,7 @@ import asyncio
 import errno
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from portd.binds import SocketAddress
@@ -32,10 +32,15 @@ class Listener:
     """One configured listener, from bound sockets to drained connections."""
 
     def __init__(
-        self, config: ListenerConfig, sockets: list[socket.socket], next_conn_id: Callable[[], int]
+        self,
+        config: ListenerConfig,
+        sockets: list[socket.socket],
+        next_conn_id: Callable[[], int],
+        origin: str = "bound",
     ) -> None:
         self.config = config
         self.sockets = sockets
+        self.origin = origin  # bound, inherited (socket activation) or reused (reload)
         self.addresses: list[SocketAddress] = bound_addresses(sockets)
         self.next_conn_id = next_conn_id
         self.handler = config.handler(config.settings)
@@ -63,6 +68,9 @@ class Listener:
         """Serve every socket on the running loop and log ``listener_started``."""
         self._loop = loop = asyncio.get_running_loop()
         if self.config.protocol == "tcp":
+            if self.origin == "reused":  # the backlog may have changed; inherited ones keep theirs
+                for sock in self.sockets:
+                    sock.listen(self.config.backlog)
             self._watch_accept(True)
         else:
             for sock in self.sockets:
@@ -78,6 +86,7 @@ class Listener:
             handler=self.config.handler.name,
             port=self.port,
             addresses=[str(address) for address in self.addresses],
+            origin=self.origin,
         )
 
     def _watch_accept(self, on: bool) -> None:
@@ -166,8 +175,13 @@ class Listener:
         )
         self._check_idle()
 
-    def stop_accepting(self) -> None:
-        """Stop accepting connections and datagrams; tell live sessions the daemon drains."""
+    def stop_accepting(self, keep: Collection[socket.socket] = ()) -> None:
+        """Stop accepting connections and datagrams; tell live sessions the daemon drains.
+
+        Args:
+            keep: sockets a successor listener takes over (a reload): they are left open
+                and no longer belong to this listener; the others are closed.
+        """
         if self._resume is not None:
             self._resume.cancel()
         if self._accepting:
@@ -175,6 +189,7 @@ class Listener:
         for endpoint in self._endpoints:
             if endpoint.transport is not None:
                 endpoint.transport.close()
+        self.sockets = [sock for sock in self.sockets if sock not in keep]
         self.close_sockets()
         if not self.draining:
             self.draining = True
@@ -210,6 +225,10 @@ class Listener:
     def close(self) -> None:
         """Release the sockets and whatever the handler holds (idempotent)."""
         self.close_sockets()
+        self.close_handler()
+
+    def close_handler(self) -> None:
+        """Release what the handler holds (idempotent)."""
         if not self._handler_closed:
             self._handler_closed = True
             self.handler.close()

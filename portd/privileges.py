@@ -1,10 +1,29 @@
-"""What this process may bind: the privileged-port sysctl and CAP_NET_BIND_SERVICE."""
+"""Privileges: what this process may bind (the privileged-port sysctl, CAP_NET_BIND_SERVICE)
+and dropping root for a configured user and group once everything is bound."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 from functools import cache
+from typing import NamedTuple
 
-from portd.errors import PrivilegedPortError
+from portd.errors import EX_NOPERM, PortdError, PrivilegedPortError
+
+EX_NOUSER = 67
+
+
+class UnknownUserError(PortdError):
+    """[daemon] user or group names nobody on this host."""
+
+    exit_code = EX_NOUSER
+
+
+class PrivilegeError(PortdError):
+    """Switching user failed, or would leave a way back to root."""
+
+    exit_code = EX_NOPERM
+
 
 UNPRIVILEGED_PORT_START = "/proc/sys/net/ipv4/ip_unprivileged_port_start"
 CAP_NET_BIND_SERVICE = 10
@@ -49,3 +68,77 @@ def check_port_allowed(port: int, label: str) -> None:
         "and this process lacks CAP_NET_BIND_SERVICE; use socket activation (portd.socket), "
         f"AmbientCapabilities=CAP_NET_BIND_SERVICE, or a port >= {start}"
     )
+
+
+class Identity(NamedTuple):
+    """Whom portd runs as after binding."""
+
+    uid: int
+    gid: int
+    label: str
+
+
+def resolve_identity(user: str, group: str = "") -> Identity:
+    """``user``/``group`` as names or numbers; a uid need not exist in passwd (DynamicUser).
+
+    Without ``group``: the user's primary group, or the gid equal to a bare uid.
+
+    Raises:
+        PortdError: an unknown user or group name (exit 67, EX_NOUSER).
+    """
+    import grp
+    import pwd
+
+    entry = None
+    if user.isdigit():
+        uid = int(user)
+        with contextlib.suppress(KeyError):
+            entry = pwd.getpwuid(uid)
+    else:
+        try:
+            entry = pwd.getpwnam(user)
+        except KeyError:
+            raise UnknownUserError(
+                f"unknown user {user!r} (use a name from passwd or a uid)"
+            ) from None
+        uid = entry.pw_uid
+    if group.isdigit():
+        gid = int(group)
+    elif group:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise UnknownUserError(f"unknown group {group!r} (use a name or a gid)") from None
+    else:
+        gid = entry.pw_gid if entry is not None else uid
+    return Identity(uid, gid, f"{user}:{group or gid}")
+
+
+def drop_privileges(identity: Identity) -> None:
+    """Switch every uid and gid to ``identity`` and clear supplementary groups, for good.
+
+    Raises:
+        PrivilegeError: not root (and not already that user), or root could be regained.
+    """
+    if os.geteuid() != 0:
+        if (os.geteuid(), os.getegid()) == (identity.uid, identity.gid):
+            return
+        raise PrivilegeError(
+            f"switching to {identity.label} needs root; started as uid {os.geteuid()}"
+        )
+    os.setgroups([])
+    os.setresgid(identity.gid, identity.gid, identity.gid)
+    os.setresuid(identity.uid, identity.uid, identity.uid)
+    has_capability.cache_clear()
+    if identity.uid != 0 and _can_regain_root():
+        raise PrivilegeError(
+            f"dropped to {identity.label} but root can be regained; refusing to serve"
+        )
+
+
+def _can_regain_root() -> bool:
+    try:
+        os.setuid(0)
+    except PermissionError:
+        return False
+    return True

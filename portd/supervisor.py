@@ -1,8 +1,9 @@
-"""Lifecycle: bind every listener (all or nothing), serve, and drain on SIGTERM/SIGINT.
+"""Lifecycle: bind every listener (all or nothing), serve, reload on SIGHUP, drain on stop.
 
-Binding happens before the event loop starts, so a config that cannot be served fails
-fast with its exit code and leaves no socket open. Signals are handled with anyio; the
-data path itself is asyncio protocols (see connections.py).
+Binding happens before the event loop starts and before privileges are dropped, so a
+config that cannot be served fails fast with its exit code and leaves no socket open.
+Signals are handled with anyio; the data path itself is asyncio protocols (see
+connections.py). The service manager hears READY=1 only once every listener serves.
 """
 
 from __future__ import annotations
@@ -10,95 +11,127 @@ from __future__ import annotations
 import asyncio
 import itertools
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import anyio
+from anyio.abc import TaskGroup
 
-from portd.config import Config
-from portd.errors import PortdError
+from portd.config import Config, DaemonConfig, ListenerConfig, load_config
+from portd.errors import ConfigError, PortdError
 from portd.listeners import Listener
 from portd.logging import get_logger
+from portd.privileges import Identity
+from portd.reload import ReloadPlan, Start, plan_reload
 from portd.sockets import open_listener_sockets
+from portd.systemd import InheritedSocket, Notifier, match_inherited
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 HANDLED_SIGNALS = (*STOP_SIGNALS, signal.SIGHUP)
+RESTART_ONLY_SETTINGS = ("log_format", "log_level", "loop", "user", "group")
 
 
 class Supervisor:
     """Owns every listener of one config for the life of the daemon."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        inherited: Sequence[InheritedSocket] = (),
+        activation_only: bool = False,
+        notifier: Notifier | None = None,
+        overrides: dict[str, Any] | None = None,
+    ) -> None:
         self.config = config
+        self.overrides = overrides or {}  # command-line [daemon] settings that outlive reloads
         self.listeners: list[Listener] = []
+        self.retiring: list[Listener] = []
         self.log: Any = get_logger()
+        self.notifier = notifier or Notifier({})
+        self._inherited = list(inherited)
+        self._activation_only = activation_only
         self._conn_ids = itertools.count(1)
+        self._group: TaskGroup | None = None
 
     def bind_all(self) -> None:
-        """Open every listener's sockets; if any fails, close all and raise.
+        """Open every listener's sockets (or adopt inherited ones); all or nothing.
 
         Raises:
+            ConfigError: --activation-only and some listeners were passed no socket.
             BindError: the first listener that could not be bound, naming it.
             PortdError: a handler could not start (its message names why).
         """
+        claimed = match_inherited(self.config.listeners, self._inherited)
+        missing = [c for c in self.config.listeners if c.name not in claimed]
+        if self._activation_only and missing:
+            self._close_inherited()
+            raise ConfigError([
+                f"{c.label}: no socket was passed for it (--activation-only); give its "
+                f"socket unit FileDescriptorName={c.name} or ListenStream= its address"
+                for c in missing
+            ])  # fmt: skip
+        for unused in (
+            s for s in self._inherited if not any(s.sock in v for v in claimed.values())
+        ):
+            self.log.warning(
+                "inherited_socket_unused", name=unused.name, address=str(unused.address)
+            )
+            unused.sock.close()
         opened: list[Listener] = []
-        next_conn_id = self._conn_ids.__next__
         try:
             for config in self.config.listeners:
-                sockets = open_listener_sockets(
-                    config.addresses,
-                    config.protocol,
-                    config.label,
-                    config.backlog,
-                    skip_missing_ipv6=config.bind.is_wildcard,
-                )
-                try:
-                    opened.append(Listener(config, sockets, next_conn_id))
-                except BaseException:  # the handler could not start: its sockets go too
-                    for sock in sockets:
-                        sock.close()
-                    raise
+                if config.name in claimed:
+                    opened.append(self._listener(config, claimed.pop(config.name), "inherited"))
+                else:
+                    opened.append(self._listener(config, _bind(config, config.addresses), "bound"))
         except BaseException:
             for listener in opened:
                 listener.close()
+            for sockets in claimed.values():
+                for sock in sockets:
+                    sock.close()
             raise
         self.listeners = opened
 
+    def _listener(self, config: ListenerConfig, sockets: list[Any], origin: str) -> Listener:
+        try:
+            return Listener(config, sockets, self._conn_ids.__next__, origin)
+        except BaseException:  # the handler could not start: its sockets go too
+            for sock in sockets:
+                sock.close()
+            raise
+
+    def _close_inherited(self) -> None:
+        for inherited in self._inherited:
+            inherited.sock.close()
+
+    def before_privilege_drop(self, identity: Identity) -> None:
+        """Let handlers hand over what they created as root."""
+        for listener in self.listeners:
+            listener.handler.before_privilege_drop(identity.uid, identity.gid)
+
     def close(self) -> None:
         """Close every listener's sockets and handlers (idempotent)."""
-        for listener in self.listeners:
+        for listener in (*self.listeners, *self.retiring):
             listener.close()
 
     async def run(self) -> int:
-        """Serve until a stop signal, then drain.
+        """Serve until a stop signal, reloading on SIGHUP, then drain.
 
         Returns:
             The exit code: 0 after a drain, 128+signal when a second signal cut it short.
         """
         with anyio.open_signal_receiver(*HANDLED_SIGNALS) as signals:
-            await self.start()
-            received = await self._wait_for_stop(signals)
-            self.stop_accepting()
-            live = sum(listener.live for listener in self.listeners)
-            timeout_s = self.config.daemon.shutdown_timeout_s
-            self.log.info(
-                "shutdown_started", signal=received.name, connections=live, timeout_s=timeout_s
-            )
-            exit_code = 0
             async with anyio.create_task_group() as group:
-
-                async def cut_short_on_second_signal() -> None:
-                    nonlocal exit_code
-                    async for again in signals:
-                        if again in STOP_SIGNALS:
-                            exit_code = 128 + again
-                            group.cancel_scope.cancel()
-
-                group.start_soon(cut_short_on_second_signal)
-                await self.drain(timeout_s)
+                self._group = group
+                await self.start()
+                if self.notifier.watchdog_interval_s:
+                    group.start_soon(self._keep_watchdog_fed, self.notifier.watchdog_interval_s)
+                received = await self._serve_until_stop(signals)
+                exit_code = await self._shut_down(signals, received)
                 group.cancel_scope.cancel()
-            aborted = await self.abort_connections()
-            self.log.info("shutdown_complete", aborted=aborted, exit_code=exit_code)
             return exit_code
 
     async def start(self) -> None:
@@ -107,6 +140,52 @@ class Supervisor:
         for listener in self.listeners:
             await listener.start()
         self.log.info("daemon_ready", listeners=len(self.listeners))
+        self.notifier.ready(self.status())
+
+    def status(self) -> str:
+        """A one-line summary for systemctl status."""
+        parts = [
+            f"{x.config.name} {x.config.protocol} {x.addresses[0]}" for x in self.listeners[:8]
+        ]
+        more = f" and {len(self.listeners) - 8} more" if len(self.listeners) > 8 else ""
+        return f"serving {len(self.listeners)} listeners: " + ", ".join(parts) + more
+
+    async def _serve_until_stop(self, signals: AsyncIterator[signal.Signals]) -> signal.Signals:
+        async for received in signals:
+            if received in STOP_SIGNALS:
+                return received
+            await self.reload()
+        raise AssertionError("signal receiver ended")  # pragma: no cover
+
+    async def _shut_down(
+        self, signals: AsyncIterator[signal.Signals], received: signal.Signals
+    ) -> int:
+        self.notifier.stopping()
+        self.stop_accepting()
+        everyone = [*self.listeners, *self.retiring]
+        timeout_s = self.config.daemon.shutdown_timeout_s
+        self.log.info(
+            "shutdown_started",
+            signal=received.name,
+            connections=sum(listener.live for listener in everyone),
+            timeout_s=timeout_s,
+        )
+        exit_code = 0
+        async with anyio.create_task_group() as group:
+
+            async def cut_short_on_second_signal() -> None:
+                nonlocal exit_code
+                async for again in signals:
+                    if again in STOP_SIGNALS:
+                        exit_code = 128 + again
+                        group.cancel_scope.cancel()
+
+            group.start_soon(cut_short_on_second_signal)
+            await self.drain(timeout_s)
+            group.cancel_scope.cancel()
+        aborted = await self.abort_connections()
+        self.log.info("shutdown_complete", aborted=aborted, exit_code=exit_code)
+        return exit_code
 
     def stop_accepting(self) -> None:
         """Stop accepting on every listener (idempotent); live connections go on."""
@@ -117,7 +196,7 @@ class Supervisor:
         """Stop accepting everywhere, then wait up to ``timeout_s`` for connections to end."""
         self.stop_accepting()
         with anyio.move_on_after(timeout_s):
-            for listener in self.listeners:
+            for listener in (*self.listeners, *self.retiring):
                 await listener.wait_idle()
 
     async def abort_connections(self) -> int:
@@ -126,17 +205,88 @@ class Supervisor:
         Returns:
             How many connections were still open.
         """
-        aborted = sum(listener.abort_connections() for listener in self.listeners)
+        everyone = [*self.listeners, *self.retiring]
+        aborted = sum(listener.abort_connections() for listener in everyone)
         for _ in range(3):  # connection_lost runs on the next loop iterations
             await asyncio.sleep(0)
         return aborted
 
-    async def _wait_for_stop(self, signals: AsyncIterator[signal.Signals]) -> signal.Signals:
-        async for received in signals:
-            if received in STOP_SIGNALS:
-                return received
-            self.log.warning("reload_not_supported", signal=received.name)
-        raise AssertionError("signal receiver ended")  # pragma: no cover
+    async def reload(self) -> bool:
+        """Apply the config file again; on any problem keep serving the old config.
+
+        Returns:
+            True when the new config is in force.
+        """
+        self.notifier.reloading()
+        self.log.info("reload_started", config=self.config.source)
+        try:
+            config = load_config(self.config.source)
+            config = replace(config, daemon=replace(config.daemon, **self.overrides))
+            plan = plan_reload(self.listeners, config.listeners)
+            started = self._open_started(plan.started)
+        except PortdError as exc:
+            reason = "; ".join(exc.lines) if isinstance(exc, ConfigError) else str(exc)
+            self.log.error("reload_failed", error=reason, kept=len(self.listeners))
+            self.notifier.ready(self.status())
+            return False
+        await self._commit(config, plan, started)
+        return True
+
+    def _open_started(self, starts: list[Start]) -> list[Listener]:
+        """Bind what is new and build the listeners; all or nothing, reused sockets untouched."""
+        bound: dict[str, list[Any]] = {}
+        created: list[Listener] = []
+        try:
+            for start in starts:
+                if start.missing:
+                    bound[start.config.name] = _bind(start.config, start.missing)
+            for start in starts:
+                fresh = iter(bound.get(start.config.name, []))
+                sockets = [_reused_or(start, address, fresh) for address in _addresses(start)]
+                origin = "reused" if start.reused else "bound"
+                created.append(Listener(start.config, sockets, self._conn_ids.__next__, origin))
+        except BaseException:
+            for listener in created:
+                listener.close_handler()
+            for sockets in bound.values():
+                for sock in sockets:
+                    sock.close()
+            raise
+        return created
+
+    async def _commit(self, config: Config, plan: ReloadPlan, started: list[Listener]) -> None:
+        handed_over = {sock for start in plan.started for sock in start.reused.values()}
+        for listener in plan.retired:
+            listener.stop_accepting(keep=handed_over)
+            self.retiring.append(listener)
+            if self._group is not None:  # in-process callers without run() close at close()
+                self._group.start_soon(self._retire, listener)
+        by_name = {listener.config.name: listener for listener in [*plan.kept, *started]}
+        for listener in started:
+            await listener.start()
+        self._warn_restart_only(self.config.daemon, config.daemon)
+        self.config = config
+        self.listeners = [by_name[c.name] for c in config.listeners]
+        self.log.info(
+            "reload_complete", kept=len(plan.kept), started=len(started), retired=len(plan.retired)
+        )
+        self.notifier.ready(self.status())
+
+    async def _retire(self, listener: Listener) -> None:
+        await listener.wait_idle()
+        listener.close()
+        self.retiring.remove(listener)
+        self.log.info("listener_stopped", listener=listener.config.name)
+
+    def _warn_restart_only(self, old: DaemonConfig, new: DaemonConfig) -> None:
+        changed = [key for key in RESTART_ONLY_SETTINGS if getattr(old, key) != getattr(new, key)]
+        if changed:
+            self.log.warning("reload_needs_restart", settings=changed)
+
+    async def _keep_watchdog_fed(self, interval_s: float) -> None:
+        while True:  # runs on the loop: it pings only while the loop is responsive
+            self.notifier.watchdog()
+            await anyio.sleep(interval_s)
 
     def _on_loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         self.log.error(
@@ -144,19 +294,61 @@ class Supervisor:
         )
 
 
-def run_daemon(config: Config) -> int:
-    """Bind, serve until stopped, and return the exit code.
+def _reused_or(start: Start, address: Any, fresh: Iterator[Any]) -> Any:
+    sock = start.reused.get(address)
+    return next(fresh) if sock is None else sock
+
+
+def _addresses(start: Start) -> list[Any]:
+    """The addresses a started listener serves, reused ones first in their old order."""
+    return (
+        [*start.reused, *start.missing]
+        if start.config.bind.port == 0
+        else list(start.config.addresses)
+    )
+
+
+def _bind(config: ListenerConfig, addresses: Sequence[Any]) -> list[Any]:
+    return open_listener_sockets(
+        addresses,
+        config.protocol,
+        config.label,
+        config.backlog,
+        skip_missing_ipv6=config.bind.is_wildcard,
+    )
+
+
+def run_daemon(
+    config: Config,
+    *,
+    inherited: Sequence[InheritedSocket] = (),
+    activation_only: bool = False,
+    identity: Identity | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> int:
+    """Bind (or adopt), drop privileges, serve until stopped, and return the exit code.
 
     Raises:
         BindError: a listener could not be bound (nothing stays open).
-        PortdError: the event loop asked for is not installed.
+        ConfigError: --activation-only without a socket for every listener.
+        PortdError: the event loop asked for is not installed, or dropping privileges failed.
     """
-    supervisor = Supervisor(config)
+    from portd.privileges import drop_privileges
+
+    supervisor = Supervisor(
+        config,
+        inherited=inherited,
+        activation_only=activation_only,
+        notifier=Notifier(),
+        overrides=overrides,
+    )
     supervisor.bind_all()
     try:
-        return anyio.run(
-            supervisor.run, backend="asyncio", backend_options=loop_options(config.daemon.loop)
-        )
+        if identity is not None:
+            supervisor.before_privilege_drop(identity)
+            drop_privileges(identity)
+        options = loop_options(config.daemon.loop)
+        return anyio.run(supervisor.run, backend="asyncio", backend_options=options)
     finally:
         supervisor.close()
 

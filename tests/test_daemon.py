@@ -199,11 +199,13 @@ def test_a_second_signal_exits_at_once(start_daemon: StartDaemon) -> None:
     assert daemon.wait_for("shutdown_complete")["aborted"] == 1
 
 
-def test_sighup_does_not_kill_the_daemon(start_daemon: StartDaemon) -> None:
+def test_sighup_reloads_an_unchanged_config_and_keeps_serving(start_daemon: StartDaemon) -> None:
     daemon = start_daemon(config(echo_listener("e")))
     port = daemon.ready()["e"]
     daemon.signal(signal.SIGHUP)
-    daemon.wait_for("reload_not_supported")
+    done = daemon.wait_for("reload_complete")
+    assert (done["kept"], done["started"], done["retired"]) == (1, 0, 0)
+    assert not [e for e in daemon.events if e["event"] == "reload_needs_restart"]
     assert tcp_roundtrip("127.0.0.1", port, b"alive") == b"alive"
 
 

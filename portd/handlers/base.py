@@ -117,5 +117,9 @@ class Handler:
         """One UDP datagram from ``peer``."""
         raise NotImplementedError(f"handler {self.name!r} does not serve UDP")
 
+    def before_privilege_drop(self, uid: int, gid: int) -> None:
+        """Called as root just before portd switches to ``uid``/``gid`` ([daemon] user):
+        hand over what the handler created while root (a directory's owner)."""
+
     def close(self) -> None:
         """The listener stopped for good: release what the handler holds (files, fds)."""
