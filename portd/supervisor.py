@@ -43,8 +43,10 @@ class Supervisor:
         activation_only: bool = False,
         notifier: Notifier | None = None,
         overrides: dict[str, Any] | None = None,
+        identity: Identity | None = None,
     ) -> None:
         self.config = config
+        self.identity = identity
         self.overrides = overrides or {}  # command-line [daemon] settings that outlive reloads
         self.listeners: list[Listener] = []
         self.retiring: list[Listener] = []
@@ -107,10 +109,23 @@ class Supervisor:
         for inherited in self._inherited:
             inherited.sock.close()
 
-    def before_privilege_drop(self, identity: Identity) -> None:
-        """Let handlers hand over what they created as root."""
+    def drop_privileges(self) -> None:
+        """Switch to [daemon] user/group, after handlers hand over what they made as root.
+
+        Called inside the running loop, before any listener accepts: by then every module
+        serving needs is imported, as root, whatever the target user may read.
+
+        Raises:
+            PrivilegeError: not root, or root could be regained.
+        """
+        from portd.privileges import drop_privileges
+
+        if self.identity is None:
+            return
         for listener in self.listeners:
-            listener.handler.before_privilege_drop(identity.uid, identity.gid)
+            listener.handler.before_privilege_drop(self.identity.uid, self.identity.gid)
+        drop_privileges(self.identity)
+        self.log.info("privileges_dropped", uid=self.identity.uid, gid=self.identity.gid)
 
     def close(self) -> None:
         """Close every listener's sockets and handlers (idempotent)."""
@@ -123,6 +138,7 @@ class Supervisor:
         Returns:
             The exit code: 0 after a drain, 128+signal when a second signal cut it short.
         """
+        self.drop_privileges()
         with anyio.open_signal_receiver(*HANDLED_SIGNALS) as signals:
             async with anyio.create_task_group() as group:
                 self._group = group
@@ -333,24 +349,32 @@ def run_daemon(
         ConfigError: --activation-only without a socket for every listener.
         PortdError: the event loop asked for is not installed, or dropping privileges failed.
     """
-    from portd.privileges import drop_privileges
-
     supervisor = Supervisor(
         config,
         inherited=inherited,
         activation_only=activation_only,
         notifier=Notifier(),
         overrides=overrides,
+        identity=identity,
     )
     supervisor.bind_all()
     try:
-        if identity is not None:
-            supervisor.before_privilege_drop(identity)
-            drop_privileges(identity)
         options = loop_options(config.daemon.loop)
         return anyio.run(supervisor.run, backend="asyncio", backend_options=options)
+    except BaseExceptionGroup as group:  # a task group wrapped an expected failure
+        expected = group.subgroup(PortdError)
+        if expected is None or expected.split(PortdError)[1] is not None:
+            raise
+        raise _first_leaf(expected) from None
     finally:
         supervisor.close()
+
+
+def _first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:
+    leaf: BaseException = group
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    return leaf
 
 
 def loop_options(choice: str) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +30,9 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     """Start ``portd serve`` on a config text; every daemon is killed at teardown."""
     started: list[Daemon] = []
 
-    def start(config: str, *args: str, **popen: Any) -> Daemon:
+    def start(config: str, *args: str, prefix: Sequence[str] = (), **popen: Any) -> Daemon:
         path = write_config(tmp_path, config, name=f"portd-{len(started)}.toml")
-        daemon = Daemon(["-c", str(path), *args], **popen)
+        daemon = Daemon(["-c", str(path), *args], prefix=prefix, **popen)
         started.append(daemon)
         return daemon
 
@@ -51,3 +51,16 @@ def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
     """In-process async tests run on both event loops portd supports."""
     backend: tuple[str, dict[str, Any]] = request.param
     return backend
+
+
+@pytest.fixture
+def public_dir() -> Iterator[Path]:
+    """A directory every user can read (pytest's tmp_path is root-only), for daemons
+    that drop root and must still read their config."""
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="portd-test-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path)

@@ -52,9 +52,11 @@ def require_tool(name: str) -> str:
 class Daemon:
     """A running ``portd serve``; its stderr JSON log is read line by line in a thread."""
 
-    def __init__(self, args: Sequence[str], **popen: Any) -> None:
+    def __init__(self, args: Sequence[str], prefix: Sequence[str] = (), **popen: Any) -> None:
+        """Start ``[*prefix] python -m portd serve --log-format json [*args]``."""
+        self.args = list(args)
         self.proc = subprocess.Popen(
-            [*PORTD, "serve", "--log-format", "json", *args],
+            [*prefix, *PORTD, "serve", "--log-format", "json", *args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

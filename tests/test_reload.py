@@ -1,0 +1,226 @@
+"""SIGHUP reloads as a real process: kept sockets, handed-over sockets, removed listeners
+draining, bad configs ignored, and no refused or reset connection under load."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from portd.handlers.echo import EchoHandler
+from portd.listeners import Listener
+from portd.reload import plan_reload
+from tests.support import Daemon, listener_config
+
+StartDaemon = Callable[..., Daemon]
+
+
+def listeners(*specs: tuple[str, str] | tuple[str, str, int]) -> str:
+    text = ""
+    for name, bind, *backlog in specs:
+        text += f'[[listener]]\nname = "{name}"\nbind = "{bind}"\nhandler = "echo"\n'
+        if backlog:
+            text += f"backlog = {backlog[0]}\n"
+    return text
+
+
+def config_path(daemon: Daemon) -> Path:
+    return Path(daemon.args[daemon.args.index("-c") + 1])
+
+
+def reload(daemon: Daemon, text: str) -> dict[str, Any]:
+    """Rewrite the config, send SIGHUP, return the next reload_complete event."""
+    config_path(daemon).write_text(text)
+    daemon.signal(signal.SIGHUP)
+    return daemon.wait_for("reload_complete")
+
+
+def echo(sock: socket.socket, data: bytes) -> bytes:
+    sock.sendall(data)
+    received = b""
+    while len(received) < len(data):
+        chunk = sock.recv(len(data) - len(received))
+        if not chunk:
+            break
+        received += chunk
+    return received
+
+
+def started_events(daemon: Daemon, name: str) -> list[dict[str, Any]]:
+    return [
+        e for e in daemon.events if e.get("event") == "listener_started" and e["listener"] == name
+    ]
+
+
+def test_added_listener_serves_and_unchanged_one_keeps_its_connections(
+    start_daemon: StartDaemon,
+) -> None:
+    daemon = start_daemon(listeners(("steady", "127.0.0.1:0")))
+    ports = daemon.ready()
+    with socket.create_connection(("127.0.0.1", ports["steady"]), timeout=10) as live:
+        assert echo(live, b"before") == b"before"
+        done = reload(daemon, listeners(("steady", "127.0.0.1:0"), ("extra", "127.0.0.1:0")))
+        assert (done["kept"], done["started"], done["retired"]) == (1, 1, 0)
+        assert echo(live, b"after") == b"after"
+    extra = started_events(daemon, "extra")[0]["port"]
+    with socket.create_connection(("127.0.0.1", extra), timeout=10) as sock:
+        assert echo(sock, b"new") == b"new"
+    assert len(started_events(daemon, "steady")) == 1  # never restarted
+
+
+def test_removed_listener_refuses_new_clients_and_finishes_live_ones(
+    start_daemon: StartDaemon,
+) -> None:
+    daemon = start_daemon(listeners(("keep", "127.0.0.1:0"), ("gone", "127.0.0.1:0")))
+    ports = daemon.ready()
+    with socket.create_connection(("127.0.0.1", ports["gone"]), timeout=10) as live:
+        assert echo(live, b"1") == b"1"
+        done = reload(daemon, listeners(("keep", "127.0.0.1:0")))
+        assert (done["kept"], done["started"], done["retired"]) == (1, 0, 1)
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", ports["gone"]), timeout=5)
+        assert echo(live, b"still here") == b"still here"
+    assert daemon.wait_for("listener_stopped")["listener"] == "gone"
+
+
+def test_changed_options_take_over_the_same_socket(start_daemon: StartDaemon) -> None:
+    """Port 0 with the same name and bind keeps the kernel's port across a change."""
+    daemon = start_daemon(listeners(("web", "127.0.0.1:0", 128)))
+    port = daemon.ready()["web"]
+    done = reload(daemon, listeners(("web", "127.0.0.1:0", 256)))
+    assert (done["kept"], done["started"], done["retired"]) == (0, 1, 1)
+    second = started_events(daemon, "web")[1]
+    assert (second["port"], second["origin"]) == (port, "reused")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        assert echo(sock, b"x") == b"x"
+
+
+def test_an_invalid_config_is_logged_in_one_line_and_the_old_one_keeps_serving(
+    start_daemon: StartDaemon,
+) -> None:
+    daemon = start_daemon(listeners(("e", "127.0.0.1:0")))
+    port = daemon.ready()["e"]
+    config_path(daemon).write_text(listeners(("e", "127.0.0.1:0")) + "backlog = 0\nbogus = 1\n")
+    daemon.signal(signal.SIGHUP)
+    failed = daemon.wait_for("reload_failed")
+    assert "\n" not in failed["error"]
+    assert "backlog = 0: expected an integer from 1 to 65535" in failed["error"]
+    assert "bogus = 1: unknown key" in failed["error"]
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        assert echo(sock, b"ok") == b"ok"
+
+
+def test_a_reload_that_cannot_bind_everything_changes_nothing(start_daemon: StartDaemon) -> None:
+    daemon = start_daemon(listeners(("e", "127.0.0.1:0")))
+    port = daemon.ready()["e"]
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        busy = holder.getsockname()[1]
+        config_path(daemon).write_text(
+            listeners(("new", "127.0.0.1:0"), ("clash", f"127.0.0.1:{busy}"))
+        )
+        daemon.signal(signal.SIGHUP)
+        failed = daemon.wait_for("reload_failed")
+    assert failed["error"].startswith(f'listener "clash": 127.0.0.1:{busy} (tcp) is already in use')
+    assert not started_events(daemon, "new")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        assert echo(sock, b"old config") == b"old config"
+
+
+class Load:
+    """200 open connections echoing in turn, plus new connections at ~500/s."""
+
+    def __init__(self, port: int, open_count: int = 200, new_per_s: float = 500) -> None:
+        self.port = port
+        self.errors: list[str] = []
+        self.opened = 0
+        self.progress = threading.Condition()
+        self.stop = threading.Event()
+        self.open = [
+            socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(open_count)
+        ]
+        self.new_interval_s = 1 / new_per_s
+        self.threads = [
+            threading.Thread(target=self._churn, daemon=True),
+            threading.Thread(target=self._ping_open, daemon=True),
+        ]
+        for thread in self.threads:
+            thread.start()
+
+    def _churn(self) -> None:
+        next_at = time.monotonic()
+        while not self.stop.is_set():
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
+                    if echo(sock, b"n") != b"n":
+                        self.errors.append("new connection: short echo")
+                with self.progress:
+                    self.opened += 1
+                    self.progress.notify_all()
+            except OSError as exc:
+                self.errors.append(f"new connection: {exc!r}")
+            next_at += self.new_interval_s
+            time.sleep(max(0.0, next_at - time.monotonic()))  # pacing, not readiness
+
+    def _ping_open(self) -> None:
+        while not self.stop.is_set():
+            for sock in self.open:
+                try:
+                    if echo(sock, b"o") != b"o":
+                        self.errors.append("open connection: short echo")
+                except OSError as exc:
+                    self.errors.append(f"open connection: {exc!r}")
+
+    def wait_for_new(self, count: int) -> None:
+        """Block until ``count`` more new connections went through."""
+        with self.progress:
+            target = self.opened + count
+            assert self.progress.wait_for(lambda: self.opened >= target, timeout=30)
+
+    def finish(self) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=30)
+        for sock in self.open:
+            sock.close()
+
+
+def test_twenty_reloads_under_load_refuse_or_reset_nothing_on_unchanged_listeners(
+    start_daemon: StartDaemon,
+) -> None:
+    """Also on a listener whose options change every round: it is handed over, not closed."""
+    steady = ("steady", "127.0.0.1:0")
+    daemon = start_daemon(listeners(steady, ("moving", "127.0.0.1:0", 100)))
+    ports = daemon.ready()
+    loads = [Load(ports["steady"]), Load(ports["moving"], open_count=20, new_per_s=100)]
+    try:
+        for round_number in range(20):
+            extra = [("extra", "127.0.0.1:0")] if round_number % 2 == 0 else []
+            moving = ("moving", "127.0.0.1:0", 101 + round_number)
+            done = reload(daemon, listeners(steady, moving, *extra))
+            assert done["kept"] == 1
+            loads[0].wait_for_new(25)  # the reloads are spread over 500+ new connections
+    finally:
+        for load in loads:
+            load.finish()
+    assert [load.errors for load in loads] == [[], []]
+    assert loads[0].opened >= 500, f"only {loads[0].opened} new connections during the reloads"
+    assert len(started_events(daemon, "steady")) == 1
+    assert {e["port"] for e in started_events(daemon, "moving")} == {ports["moving"]}
+
+
+def test_plan_keeps_unchanged_and_hands_over_addresses() -> None:
+    first = listener_config(EchoHandler, name="a")
+    second = listener_config(EchoHandler, name="b", index=2)
+    running = [Listener(first, [], lambda: 0), Listener(second, [], lambda: 0)]
+    plan = plan_reload(running, [first, listener_config(EchoHandler, name="c", index=2)])
+    assert plan.kept == [running[0]]
+    assert [start.config.name for start in plan.started] == ["c"]
+    assert plan.retired == [running[1]]
