@@ -22,11 +22,17 @@ if TYPE_CHECKING:
 FAILURE_LOG_INTERVAL_S = 1.0
 
 
+def _describe_loss(exc: Exception) -> str:
+    if isinstance(exc, ConnectionResetError):
+        return "reset"
+    return str(exc) or type(exc).__name__
+
+
 class StreamConnection(asyncio.Protocol):
     """One accepted TCP connection, offered to the handler as a Connection."""
 
     __slots__ = (
-        "bytes_in", "bytes_out", "conn_id", "failed", "listener", "peer", "session",
+        "bytes_in", "bytes_out", "conn_id", "ending", "failed", "listener", "peer", "session",
         "started", "transport",
     )  # fmt: skip
 
@@ -35,6 +41,7 @@ class StreamConnection(asyncio.Protocol):
         self.bytes_in = 0
         self.bytes_out = 0
         self.failed = False
+        self.ending: str | None = None  # set by whoever ends it; see ``how_it_ended``
         self.session: StreamSession = StreamSession()
         self.conn_id = 0
         self.peer = "?"
@@ -83,7 +90,15 @@ class StreamConnection(asyncio.Protocol):
             self.session.connection_lost(exc)
         except Exception as error:  # noqa: BLE001
             self._handler_failed(error)
+        if self.ending is None:
+            self.ending = "closed" if exc is None else _describe_loss(exc)
         self.listener.connection_closed(self, exc)
+
+    @property
+    def how_it_ended(self) -> str:
+        """closed (cleanly), reset (by the peer), aborted (by portd), handler_failed, or
+        another error's text; "open" while it lasts."""
+        return self.ending or "open"
 
     def shutdown_requested(self) -> None:
         """Tell the session the daemon is draining."""
@@ -95,6 +110,7 @@ class StreamConnection(asyncio.Protocol):
     def _handler_failed(self, exc: Exception) -> None:
         if not self.failed:
             self.failed = True
+            self.ending = "handler_failed"
             self.listener.log.error(
                 "handler_failed", conn_id=self.conn_id, peer=self.peer, exc_info=exc
             )
@@ -132,6 +148,8 @@ class StreamConnection(asyncio.Protocol):
 
     def abort(self) -> None:
         """Close now, dropping queued data."""
+        if self.ending is None:
+            self.ending = "aborted"
         self.transport.abort()
 
     def pause_reading(self) -> None:
@@ -171,6 +189,8 @@ class DatagramServer(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: Any) -> None:
         self.datagrams_in += 1
         self.bytes_in += len(data)
+        for observer in self.listener.observers:
+            observer.datagram_received(data, addr)
         try:
             self.listener.handler.datagram_received(data, addr, self)
         except Exception as exc:  # noqa: BLE001 - a handler bug must not stop the socket

@@ -14,11 +14,12 @@ import errno
 import socket
 import time
 from collections.abc import Callable, Collection
-from typing import Any
+from typing import Any, Protocol
 
 from portd.binds import SocketAddress
 from portd.config import ListenerConfig
 from portd.connections import DatagramServer, StreamConnection
+from portd.handlers.base import Peer
 from portd.logging import get_logger
 from portd.sockets import bound_addresses
 
@@ -26,6 +27,16 @@ ACCEPT_BATCH = 64
 ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 ACCEPT_BACKOFF_START_S = 0.05
 ACCEPT_BACKOFF_MAX_S = 1.0
+
+
+class Observer(Protocol):
+    """Sees what a listener serves (the testing API records with one)."""
+
+    def connection_closed(self, conn: StreamConnection) -> None:
+        """A TCP connection ended; its counters and ``how_it_ended`` are final."""
+
+    def datagram_received(self, data: bytes, peer: Peer) -> None:
+        """A UDP datagram arrived (before the handler sees it)."""
 
 
 class Listener:
@@ -47,6 +58,7 @@ class Listener:
         self._handler_closed = False
         self.log: Any = get_logger(listener=config.name)
         self.connections: set[StreamConnection] = set()
+        self.observers: list[Observer] = []
         self.total_connections = 0
         self._adopting = 0  # accepted, transport not made yet: live for draining
         self.draining = False
@@ -173,6 +185,8 @@ class Listener:
             duration_ms=round((time.monotonic() - conn.started) * 1000, 1),
             error=str(exc) if exc else None,
         )
+        for observer in self.observers:
+            observer.connection_closed(conn)
         self._check_idle()
 
     def stop_accepting(self, keep: Collection[socket.socket] = ()) -> None:
