@@ -7,6 +7,7 @@ ConfigError.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import re
@@ -20,6 +21,7 @@ from portd.binds import PROTOCOLS, BindSpec, Protocol, SocketAddress, parse_bind
 from portd.errors import BindSyntaxError, ConfigError, HandlerError, OptionError
 from portd.handlers.base import Handler
 from portd.handlers.registry import load_handler
+from portd.limits import LIMIT_OPTIONS, TCP_ONLY, UDP_ONLY, Limits
 from portd.options import Option, Settings, defaults
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -59,13 +61,13 @@ DAEMON_OPTIONS = (
     Option("group", str, "", "with user: this group (name or gid; default: the user's)"),
 )
 LISTENER_OPTIONS = (
+    *LIMIT_OPTIONS,
     Option("name", str, None, "unique name used in logs and by systemd"),
     Option("bind", str, None, "[HOST:]PORT"),
     Option("protocol", str, "tcp", "transport", choices=PROTOCOLS),
     Option("handler", str, None, "handler name"),
     Option("backlog", int, 1024, "pending-connection queue length (tcp)", minimum=1, maximum=65535),
 )
-_LISTENER_KEYS = {option.name: option for option in LISTENER_OPTIONS}
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +94,7 @@ class ListenerConfig:
     backlog: int
     settings: Settings
     addresses: tuple[SocketAddress, ...]
+    limits: Limits = field(default_factory=Limits)
 
     @property
     def label(self) -> str:
@@ -198,7 +201,9 @@ def _check_options(
         option = known.get(key)
         if option is None:
             allowed = ", ".join(sorted(known))
-            problems.add(where, f"unknown key; allowed keys: {allowed}", key, value)
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            problems.add(where, f"unknown key; {hint}allowed keys: {allowed}", key, value)
             continue
         try:
             values[key] = option.check(value)
@@ -230,8 +235,9 @@ def build_listener(index: int, table: Any, problems: _Problems) -> ListenerConfi
     if handler and protocol not in handler.protocols:
         allowed = ", ".join(sorted(handler.protocols))
         problems.add(where, f"handler {handler.name!r} serves {allowed} only", "protocol", protocol)
-    if protocol == "udp" and "backlog" in table:
-        problems.add(where, "applies to tcp listeners only", "backlog", table["backlog"])
+    foreign, other = ((TCP_ONLY | {"backlog"}), "tcp") if protocol == "udp" else (UDP_ONLY, "udp")
+    for key in sorted(set(table) & foreign):
+        problems.add(where, f"applies to {other} listeners only", key, table[key])
     bind, addresses = _check_bind(table.get("bind"), protocol, where, problems)
     name = values["name"]
     if name is not None:
@@ -243,8 +249,9 @@ def build_listener(index: int, table: Any, problems: _Problems) -> ListenerConfi
         if not _check_name(name, where, problems):
             return None
     settings = {option.name: values[option.name] for option in handler.options}
+    limits = Limits(**{option.name: values[option.name] for option in LIMIT_OPTIONS})
     return ListenerConfig(
-        index, name, bind, protocol, handler, values["backlog"], settings, addresses
+        index, name, bind, protocol, handler, values["backlog"], settings, addresses, limits
     )
 
 

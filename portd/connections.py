@@ -20,6 +20,11 @@ if TYPE_CHECKING:
     from portd.listeners import Listener
 
 FAILURE_LOG_INTERVAL_S = 1.0
+_monotonic = time.monotonic
+
+
+def _call_later(delay_s: float, callback: Any, *args: Any) -> asyncio.TimerHandle:
+    return asyncio.get_running_loop().call_later(delay_s, callback, *args)
 
 
 def _describe_loss(exc: Exception) -> str:
@@ -32,12 +37,16 @@ class StreamConnection(asyncio.Protocol):
     """One accepted TCP connection, offered to the handler as a Connection."""
 
     __slots__ = (
-        "bytes_in", "bytes_out", "conn_id", "ending", "failed", "listener", "peer", "session",
-        "started", "transport",
+        "_idle_timer", "_send_timer", "bytes_in", "bytes_out", "conn_id", "ending", "failed",
+        "last_active", "listener", "peer", "peer_host", "session", "started", "transport",
     )  # fmt: skip
 
-    def __init__(self, listener: Listener) -> None:
+    def __init__(self, listener: Listener, peer_host: str = "") -> None:
         self.listener = listener
+        self.peer_host = peer_host  # as admitted by the listener's gate, which it releases
+        self.last_active = 0.0
+        self._send_timer: asyncio.TimerHandle | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
         self.bytes_in = 0
         self.bytes_out = 0
         self.failed = False
@@ -50,10 +59,13 @@ class StreamConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement the interface without subclassing asyncio's.
         self.transport = cast(asyncio.Transport, transport)
-        self.started = time.monotonic()
+        self.started = self.last_active = time.monotonic()
         self.conn_id = self.listener.next_conn_id()
         self.peer = format_peer(transport.get_extra_info("peername"))
         self.listener.connection_opened(self)
+        idle_timeout_s = self.listener.config.limits.idle_timeout_s
+        if idle_timeout_s:
+            self._idle_timer = _call_later(idle_timeout_s, self._check_idle, idle_timeout_s)
         try:
             self.session = self.listener.handler.open_session(self)
         except Exception as exc:  # noqa: BLE001 - a handler bug must not reach the loop
@@ -61,6 +73,7 @@ class StreamConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.bytes_in += len(data)
+        self.last_active = _monotonic()
         try:
             self.session.data_received(data)
         except Exception as exc:  # noqa: BLE001
@@ -74,18 +87,27 @@ class StreamConnection(asyncio.Protocol):
             return False
 
     def pause_writing(self) -> None:
+        send_timeout_s = self.listener.config.limits.send_timeout_s
+        if send_timeout_s and self._send_timer is None:
+            self._send_timer = _call_later(send_timeout_s, self._time_out, "send_timeout")
         try:
             self.session.pause_writing()
         except Exception as exc:  # noqa: BLE001
             self._handler_failed(exc)
 
     def resume_writing(self) -> None:
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
         try:
             self.session.resume_writing()
         except Exception as exc:  # noqa: BLE001
             self._handler_failed(exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        for timer in (self._idle_timer, self._send_timer):
+            if timer is not None:
+                timer.cancel()
         try:
             self.session.connection_lost(exc)
         except Exception as error:  # noqa: BLE001
@@ -99,6 +121,19 @@ class StreamConnection(asyncio.Protocol):
         """closed (cleanly), reset (by the peer), aborted (by portd), handler_failed, or
         another error's text; "open" while it lasts."""
         return self.ending or "open"
+
+    def _check_idle(self, timeout_s: float) -> None:
+        """One timer per connection, pushed back lazily: the data path only stores a time."""
+        quiet_s = _monotonic() - self.last_active
+        if quiet_s < timeout_s:
+            self._idle_timer = _call_later(timeout_s - quiet_s, self._check_idle, timeout_s)
+        else:
+            self._time_out("idle_timeout")
+
+    def _time_out(self, reason: str) -> None:
+        if self.ending is None:
+            self.ending = reason
+        self.transport.abort()
 
     def shutdown_requested(self) -> None:
         """Tell the session the daemon is draining."""
@@ -131,6 +166,7 @@ class StreamConnection(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         """Queue ``data`` for the peer."""
         self.bytes_out += len(data)
+        self.last_active = _monotonic()
         self.transport.write(data)
 
     def get_write_buffer_size(self) -> int:
@@ -189,6 +225,10 @@ class DatagramServer(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: Any) -> None:
         self.datagrams_in += 1
         self.bytes_in += len(data)
+        refusal = self.listener.datagram_gate.admit(addr[0], addr[1])
+        if refusal is not None:
+            self.listener.datagram_log.refused(refusal, format_peer(addr))
+            return
         for observer in self.listener.observers:
             observer.datagram_received(data, addr)
         try:

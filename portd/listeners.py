@@ -10,16 +10,19 @@ serving it (a listener that lives on across a reload keeps the very same socket)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable, Collection
 from typing import Any, Protocol
 
-from portd.binds import SocketAddress
+from portd.binds import SocketAddress, format_peer
 from portd.config import ListenerConfig
 from portd.connections import DatagramServer, StreamConnection
 from portd.handlers.base import Peer
+from portd.limits import ConnectionGate, DatagramGate, RefusalLog
 from portd.logging import get_logger
 from portd.sockets import bound_addresses
 
@@ -60,6 +63,14 @@ class Listener:
         self.connections: set[StreamConnection] = set()
         self.observers: list[Observer] = []
         self.total_connections = 0
+        self.bytes_in = 0  # of closed connections; live ones are added by stats()
+        self.bytes_out = 0
+        self.endings: Counter[str] = Counter()
+        self.started_at = time.monotonic()
+        self.gate = ConnectionGate(config.limits)
+        self.refusal_log = RefusalLog(self.log)
+        self.datagram_gate = DatagramGate(config.limits)
+        self.datagram_log = RefusalLog(self.log, "datagram_dropped")
         self._adopting = 0  # accepted, transport not made yet: live for draining
         self.draining = False
         self._aborted = False
@@ -114,7 +125,7 @@ class Listener:
         assert self._loop is not None
         for _ in range(ACCEPT_BATCH):
             try:
-                conn, _peer = sock.accept()
+                conn, peer = sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except ConnectionAbortedError:
@@ -123,16 +134,31 @@ class Listener:
                 self._back_off(exc)
                 return
             self._backoff_s = 0.0
+            refusal = self.gate.admit(peer[0])
+            if refusal is not None:
+                self._refuse(conn, refusal, peer)
+                continue
             conn.setblocking(False)
             self._adopting += 1
-            self._loop.create_task(self._adopt(conn))
+            self._loop.create_task(self._adopt(conn, peer[0]))
 
-    async def _adopt(self, conn: socket.socket) -> None:
+    def _refuse(self, conn: socket.socket, reason: str, peer: Peer) -> None:
+        """Close a refused peer at once; a full listener may first say so (HTTP 503)."""
+        if reason == "max_connections":
+            busy = self.handler.busy_response()
+            if busy:
+                with contextlib.suppress(OSError):
+                    conn.send(busy)  # best effort: a small reply into an empty buffer
+        conn.close()
+        self.refusal_log.refused(reason, format_peer(peer))
+
+    async def _adopt(self, conn: socket.socket, host: str) -> None:
         assert self._loop is not None
         try:
-            await self._loop.connect_accepted_socket(lambda: StreamConnection(self), conn)
+            await self._loop.connect_accepted_socket(lambda: StreamConnection(self, host), conn)
         except OSError as exc:  # the peer left before the transport was made
             conn.close()
+            self.gate.release(host)
             self.log.debug("connection_lost_early", error=str(exc))
         finally:
             self._adopting -= 1
@@ -176,6 +202,10 @@ class Listener:
     def connection_closed(self, conn: StreamConnection, exc: Exception | None) -> None:
         """Called by a connection once it is closed: the one summary line per connection."""
         self.connections.discard(conn)
+        self.gate.release(conn.peer_host)
+        self.bytes_in += conn.bytes_in
+        self.bytes_out += conn.bytes_out
+        self.endings[conn.how_it_ended] += 1
         self.log.info(
             "connection_closed",
             conn_id=conn.conn_id,

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import pytest
 
 from portd.binds import BindSpec, Protocol, SocketAddress
-from portd.config import Config, DaemonConfig, load_config, parse_config
+from portd.config import LISTENER_OPTIONS, Config, DaemonConfig, load_config, parse_config
 from portd.errors import EX_CONFIG, ConfigError
 from portd.handlers.base import Handler
 from portd.handlers.echo import EchoHandler
@@ -28,7 +28,7 @@ from tests.support import write_config
 EXAMPLE = Path(__file__).resolve().parents[1] / "config.example.toml"
 EXAMPLE_PORT = 7007  # the port config.example.toml uses; these tests never bind it
 NAME_RULE = "expected 1-64 characters from A-Z a-z 0-9 . _ -, starting with a letter or digit"
-LISTENER_KEYS = "backlog, bind, handler, name, protocol"
+LISTENER_KEYS = ", ".join(sorted(option.name for option in LISTENER_OPTIONS))
 ECHO = """
     [[listener]]
     bind = "127.0.0.1:80"
@@ -415,7 +415,7 @@ def test_config_error_carries_exit_code_78_and_joins_lines() -> None:
         ),
         pytest.param(
             ECHO + "bakclog = 5\n",
-            f"[[listener]] #1: bakclog = 5: unknown key; allowed keys: {LISTENER_KEYS}",
+            f"[[listener]] #1: bakclog = 5: unknown key; did you mean 'backlog'? allowed keys: {LISTENER_KEYS}",
             id="unknown-key",
         ),
         pytest.param(
@@ -585,7 +585,7 @@ def test_unknown_key_lists_the_handler_options_too(tmp_path: Path, tcp_only_hand
     )
     assert line == (
         '[[listener]] #1: colour = "red": unknown key; '
-        "allowed keys: backlog, bind, greeting, handler, limit, name, protocol"
+        "allowed keys: " + ", ".join(sorted([*LISTENER_KEYS.split(", "), "greeting", "limit"]))
     )
 
 

@@ -117,6 +117,11 @@ class Handler:
         """One UDP datagram from ``peer``."""
         raise NotImplementedError(f"handler {self.name!r} does not serve UDP")
 
+    def busy_response(self) -> bytes | None:
+        """A few bytes to send a client turned away because the listener is full (an
+        HTTP 503), or None to just close."""
+        return None
+
     def before_privilege_drop(self, uid: int, gid: int) -> None:
         """Called as root just before portd switches to ``uid``/``gid`` ([daemon] user):
         hand over what the handler created while root (a directory's owner)."""

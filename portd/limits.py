@@ -1,0 +1,240 @@
+"""Admission policy for one listener: allow/deny lists, connection caps, rates, UDP gates.
+
+Everything here is decided from the peer's address alone, before a transport or any
+handler code exists, so a refused client costs an accept() and a close(). Limits pause
+and resume; they never disable a listener (unlike systemd's trigger limit or xinetd's
+cps). Every refusal is counted by reason; the listener logs each reason at most once a
+second.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+from portd.errors import OptionError
+from portd.options import Option
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+MAX_TRACKED_SOURCES = 65536  # per-source UDP buckets: bounded even under spoofed floods
+LOW_PORT_END = 1024
+
+
+def parse_networks(value: Any) -> tuple[Network, ...]:
+    """``["10.0.0.0/8", "::1", "192.0.2.7"]`` -> networks (a bare address is one host).
+
+    Raises:
+        OptionError: not a list of strings, or an entry that is not an address or CIDR.
+    """
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise OptionError('expected a list of addresses or CIDR ranges, e.g. ["10.0.0.0/8"]')
+    networks = []
+    for item in value:
+        try:
+            networks.append(ipaddress.ip_network(item.strip(), strict=False))
+        except ValueError:
+            raise OptionError(f"{item!r} is not an IPv4/IPv6 address or CIDR range") from None
+    return tuple(networks)
+
+
+LIMIT_OPTIONS = (
+    Option("max_connections", int, 1024, "connections served at once; the next is closed",
+           minimum=1, maximum=1_000_000),
+    Option("max_connections_per_source", int, 0, "per peer address (0: no limit)",
+           minimum=0, maximum=1_000_000),
+    Option("connection_rate", float, 0.0, "new connections per second, token bucket (0: off)",
+           minimum=0, maximum=1e9),
+    Option("connection_burst", int, 0, "bucket size (0: one second of connection_rate)",
+           minimum=0, maximum=1_000_000_000),
+    Option("idle_timeout_s", float, 0.0, "close after this long without a byte either way (0: off)",
+           minimum=0, maximum=86400 * 7),
+    Option("send_timeout_s", float, 60.0, "drop a peer that stops reading for this long (0: off)",
+           minimum=0, maximum=86400 * 7),
+    Option("allow", list, [], "addresses/CIDRs let in (empty: everyone not denied)",
+           convert=parse_networks),
+    Option("deny", list, [], "addresses/CIDRs kept out; the most specific rule wins",
+           convert=parse_networks),
+    Option("datagram_rate", float, 0.0, "UDP datagrams per second per source (0: off)",
+           minimum=0, maximum=1e9),
+    Option("datagram_burst", int, 0, "per-source bucket size (0: one second of datagram_rate)",
+           minimum=0, maximum=1_000_000_000),
+    Option("allow_low_source_ports", bool, False,
+           "accept UDP from source ports below 1024 (echo/chargen loops come from there)"),
+)  # fmt: skip
+TCP_ONLY = frozenset({"max_connections", "max_connections_per_source", "connection_rate",
+                      "connection_burst", "idle_timeout_s", "send_timeout_s"})  # fmt: skip
+UDP_ONLY = frozenset({"datagram_rate", "datagram_burst", "allow_low_source_ports"})
+
+
+class Limits(NamedTuple):
+    """A listener's validated limit settings."""
+
+    max_connections: int = 1024
+    max_connections_per_source: int = 0
+    connection_rate: float = 0.0
+    connection_burst: int = 0
+    idle_timeout_s: float = 0.0
+    send_timeout_s: float = 60.0
+    allow: tuple[Network, ...] = ()
+    deny: tuple[Network, ...] = ()
+    datagram_rate: float = 0.0
+    datagram_burst: int = 0
+    allow_low_source_ports: bool = False
+
+
+def peer_address(host: str) -> Address:
+    """The peer's address; IPv4-mapped IPv6 (::ffff:1.2.3.4) is the IPv4 address."""
+    address = ipaddress.ip_address(host.split("%", 1)[0])
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+class AccessList:
+    """allow/deny by the most specific matching rule; deny wins a tie.
+
+    No rule matches: let in, unless an allow list exists (then only what it allows).
+    """
+
+    def __init__(self, allow: Sequence[Network], deny: Sequence[Network]) -> None:
+        rules = [(net, True) for net in allow] + [(net, False) for net in deny]
+        # Longest prefix first; at equal length deny (False) sorts before allow (True).
+        self.rules = sorted(rules, key=lambda rule: (-rule[0].prefixlen, rule[1]))
+        self.default = not allow
+
+    def permits(self, address: Address) -> bool:
+        """True when ``address`` may connect."""
+        for network, allowed in self.rules:
+            if address.version == network.version and address in network:
+                return allowed
+        return self.default
+
+
+class TokenBucket:
+    """``rate`` tokens a second, at most ``burst`` saved up."""
+
+    __slots__ = ("burst", "rate", "stamp", "tokens")
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = float(burst or max(1, round(rate)))
+        self.tokens = self.burst
+        self.stamp = time.monotonic()
+
+    def take(self) -> bool:
+        """Spend one token if there is one."""
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+class ConnectionGate:
+    """Decides, per accepted TCP peer, whether it is served; counts what it refuses."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.access = AccessList(limits.allow, limits.deny)
+        rate, burst = limits.connection_rate, limits.connection_burst
+        self.bucket = TokenBucket(rate, burst) if rate else None
+        self.per_source: Counter[Address] = Counter()
+        self.active = 0
+        self.refusals: Counter[str] = Counter()
+
+    def admit(self, host: str) -> str | None:
+        """None when the peer is admitted (and counted), else the refusal reason."""
+        address = peer_address(host)
+        reason = self._check(address)
+        if reason is not None:
+            self.refusals[reason] += 1
+            return reason
+        self.active += 1
+        self.per_source[address] += 1
+        return None
+
+    def _check(self, address: Address) -> str | None:
+        if not self.access.permits(address):
+            return "denied"
+        if self.active >= self.limits.max_connections:
+            return "max_connections"
+        cap = self.limits.max_connections_per_source
+        if cap and self.per_source[address] >= cap:
+            return "max_connections_per_source"
+        if self.bucket is not None and not self.bucket.take():
+            return "connection_rate"
+        return None
+
+    def release(self, host: str) -> None:
+        """An admitted connection ended."""
+        address = peer_address(host)
+        self.active -= 1
+        self.per_source[address] -= 1
+        if self.per_source[address] <= 0:
+            del self.per_source[address]
+
+
+class DatagramGate:
+    """Decides, per UDP datagram, whether the handler sees it."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.access = AccessList(limits.allow, limits.deny)
+        self.buckets: OrderedDict[Address, TokenBucket] = OrderedDict()
+        self.refusals: Counter[str] = Counter()
+
+    def admit(self, host: str, port: int) -> str | None:
+        """None when the datagram is passed on, else the reason it is dropped."""
+        reason = self._check(host, port)
+        if reason is not None:
+            self.refusals[reason] += 1
+        return reason
+
+    def _check(self, host: str, port: int) -> str | None:
+        if port < LOW_PORT_END and not self.limits.allow_low_source_ports:
+            return "low_source_port"
+        address = peer_address(host)
+        if not self.access.permits(address):
+            return "denied"
+        if self.limits.datagram_rate and not self._bucket(address).take():
+            return "datagram_rate"
+        return None
+
+    def _bucket(self, address: Address) -> TokenBucket:
+        bucket = self.buckets.get(address)
+        if bucket is None:
+            if len(self.buckets) >= MAX_TRACKED_SOURCES:
+                self.buckets.popitem(last=False)  # forget the least recently seen source
+            bucket = TokenBucket(self.limits.datagram_rate, self.limits.datagram_burst)
+            self.buckets[address] = bucket
+        else:
+            self.buckets.move_to_end(address)
+        return bucket
+
+
+class RefusalLog:
+    """Logs each refusal reason at most once a second, with the count since the last line."""
+
+    def __init__(
+        self, log: Any, event: str = "connection_refused", interval_s: float = 1.0
+    ) -> None:
+        self.log = log
+        self.event = event
+        self.interval_s = interval_s
+        self._last: dict[str, float] = {}
+        self._pending: Counter[str] = Counter()
+
+    def refused(self, reason: str, peer: str) -> None:
+        """Count one refusal; write a line when this reason has been quiet for a second."""
+        self._pending[reason] += 1
+        now = time.monotonic()
+        if now - self._last.get(reason, -self.interval_s) >= self.interval_s:
+            self._last[reason] = now
+            count, self._pending[reason] = self._pending[reason], 0
+            self.log.warning(self.event, reason=reason, count=count, last_peer=peer)
