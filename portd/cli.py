@@ -216,6 +216,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(run=run_serve)
 
+    status = commands.add_parser("status", help="ask the running daemon for its listeners' numbers")
+    where = status.add_mutually_exclusive_group()
+    where.add_argument("--socket", metavar="PATH", help="the control socket")
+    where.add_argument("-c", "--config", metavar="FILE", help="take the socket path from FILE")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(run=run_status)
+
     units = commands.add_parser("units", help="print systemd socket and service units for a config")
     units.add_argument("config", metavar="FILE")
     units.add_argument(
@@ -260,6 +267,45 @@ def run_serve(args: argparse.Namespace) -> int:
         identity=identity,
         overrides=overrides,
     )
+
+
+def run_status(args: argparse.Namespace) -> int:
+    """``portd status``: the daemon's listeners through its control socket."""
+    import json
+
+    from portd.control import DEFAULT_SOCKET, query, resolve_socket_path
+
+    path = args.socket or DEFAULT_SOCKET
+    if args.config:
+        from portd.config import load_config
+
+        setting = load_config(args.config).daemon.control_socket
+        path = resolve_socket_path(setting) or (DEFAULT_SOCKET if setting == "auto" else "")
+        if not path:
+            raise UsageError(f'{args.config} turns the control socket off (control_socket = "")')
+    reply = query(path)
+    if args.json:
+        print(json.dumps(reply))
+        return 0
+    from portd.shell.stats import human_bytes
+
+    uptime = f"{reply['uptime_s']:.0f} s"
+    print(f"portd {reply['version']}, pid {reply['pid']}, up {uptime}, {reply['config']}")
+    header = ("NAME", "PROTO", "ADDRESS", "HANDLER", "ACTIVE", "TOTAL", "IN", "OUT", "REFUSED")
+    rows = [header]
+    for listener in reply["listeners"]:
+        refused = ", ".join(f"{k} {v}" for k, v in sorted(listener["refusals"].items())) or "-"
+        counts = (str(listener["active"]), str(listener["total"]))
+        traffic = (human_bytes(listener["bytes_in"]), human_bytes(listener["bytes_out"]))
+        where = ", ".join(listener["addresses"])
+        rows.append((listener["name"], listener["protocol"], where, listener["handler"],
+                     *counts, *traffic, refused))  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+    return 0
 
 
 def run_units(args: argparse.Namespace) -> int:

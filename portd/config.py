@@ -58,6 +58,12 @@ DAEMON_OPTIONS = (
         choices=("auto", "uvloop", "asyncio"),
     ),
     Option("user", str, "", "after binding, switch to this user (name or uid; needs root)"),
+    Option(
+        "control_socket",
+        str,
+        "auto",
+        "status socket path; auto: $RUNTIME_DIRECTORY/control.sock under systemd, else off",
+    ),
     Option("group", str, "", "with user: this group (name or gid; default: the user's)"),
 )
 LISTENER_OPTIONS = (
@@ -80,6 +86,7 @@ class DaemonConfig:
     loop: str = "auto"
     user: str = ""
     group: str = ""
+    control_socket: str = "auto"
 
 
 @dataclass(frozen=True, slots=True)

@@ -261,6 +261,32 @@ class Listener:
             conn.abort()
         return len(live) + self._adopting
 
+    def stats(self) -> dict[str, Any]:
+        """This listener's numbers for ``portd status``."""
+        live = list(self.connections)
+        endpoints = self._endpoints
+        refusals = self.gate.refusals + self.datagram_gate.refusals
+        return {
+            "name": self.config.name,
+            "protocol": self.config.protocol,
+            "handler": self.config.handler.name,
+            "addresses": [str(address) for address in self.addresses],
+            "origin": self.origin,
+            "active": len(live),
+            "total": self.total_connections,
+            "bytes_in": self.bytes_in
+            + sum(c.bytes_in for c in live)
+            + sum(e.bytes_in for e in endpoints),
+            "bytes_out": self.bytes_out
+            + sum(c.bytes_out for c in live)
+            + sum(e.bytes_out for e in endpoints),
+            "datagrams_in": sum(e.datagrams_in for e in endpoints),
+            "datagrams_dropped": sum(e.dropped for e in endpoints),
+            "refusals": dict(refusals),
+            "closed": dict(self.endings),
+            "uptime_s": round(time.monotonic() - self.started_at, 3),
+        }
+
     def close_sockets(self) -> None:
         """Close the listener's own sockets (idempotent)."""
         for sock in self.sockets:

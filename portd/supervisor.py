@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import signal
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
@@ -19,6 +21,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from portd.config import Config, DaemonConfig, ListenerConfig, load_config
+from portd.control import close_control, resolve_socket_path, serve_control
 from portd.errors import ConfigError, PortdError
 from portd.listeners import Listener
 from portd.logging import get_logger
@@ -29,7 +32,7 @@ from portd.systemd import InheritedSocket, Notifier, match_inherited
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 HANDLED_SIGNALS = (*STOP_SIGNALS, signal.SIGHUP)
-RESTART_ONLY_SETTINGS = ("log_format", "log_level", "loop", "user", "group")
+RESTART_ONLY_SETTINGS = ("log_format", "log_level", "loop", "user", "group", "control_socket")
 
 
 class Supervisor:
@@ -56,6 +59,7 @@ class Supervisor:
         self._activation_only = activation_only
         self._conn_ids = itertools.count(1)
         self._group: TaskGroup | None = None
+        self.started_at = time.monotonic()
 
     def bind_all(self) -> None:
         """Open every listener's sockets (or adopt inherited ones); all or nothing.
@@ -138,11 +142,21 @@ class Supervisor:
         Returns:
             The exit code: 0 after a drain, 128+signal when a second signal cut it short.
         """
-        self.drop_privileges()
+        control_path = resolve_socket_path(self.config.daemon.control_socket)
+        control = await serve_control(control_path, self.snapshot) if control_path else None
+        try:
+            self.drop_privileges()
+            return await self._serve(control_path)
+        finally:
+            close_control(control, control_path)
+
+    async def _serve(self, control_path: str) -> int:
         with anyio.open_signal_receiver(*HANDLED_SIGNALS) as signals:
             async with anyio.create_task_group() as group:
                 self._group = group
                 await self.start()
+                if control_path:
+                    self.log.info("control_socket_ready", path=control_path)
                 if self.notifier.watchdog_interval_s:
                     group.start_soon(self._keep_watchdog_fed, self.notifier.watchdog_interval_s)
                 received = await self._serve_until_stop(signals)
@@ -157,6 +171,19 @@ class Supervisor:
             await listener.start()
         self.log.info("daemon_ready", listeners=len(self.listeners))
         self.notifier.ready(self.status())
+
+    def snapshot(self) -> dict[str, Any]:
+        """What ``portd status`` shows: every listener's numbers."""
+        from portd import __version__
+
+        return {
+            "pid": os.getpid(),
+            "version": __version__,
+            "config": self.config.source,
+            "uptime_s": round(time.monotonic() - self.started_at, 3),
+            "listeners": [listener.stats() for listener in self.listeners],
+            "retiring": [listener.stats() for listener in self.retiring],
+        }
 
     def status(self) -> str:
         """A one-line summary for systemctl status."""
