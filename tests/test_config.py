@@ -348,7 +348,7 @@ def test_config_error_carries_exit_code_78_and_joins_lines() -> None:
         pytest.param(
             "[daemon]\ncolour = 'red'\n" + ECHO,
             '[daemon]: colour = "red": unknown key; '
-            "allowed keys: group, log_format, log_level, loop, shutdown_timeout_s, user",
+            "allowed keys: control_socket, group, log_format, log_level, loop, shutdown_timeout_s, user",
             id="daemon-unknown-key",
         ),
         pytest.param(
