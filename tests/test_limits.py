@@ -1,0 +1,113 @@
+"""Admission policy in isolation: allow/deny rules, token buckets, connection and UDP gates."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from portd.errors import OptionError
+from portd.limits import (
+    AccessList,
+    ConnectionGate,
+    DatagramGate,
+    Limits,
+    TokenBucket,
+    parse_networks,
+    peer_address,
+)
+
+RULES: list[tuple[list[str], list[str], str, bool]] = [
+    # allow, deny, peer, admitted
+    ([], [], "203.0.113.9", True),
+    ([], ["203.0.113.0/24"], "203.0.113.9", False),
+    ([], ["203.0.113.0/24"], "203.0.114.9", True),
+    (["10.0.0.0/8"], [], "10.1.2.3", True),
+    (["10.0.0.0/8"], [], "11.1.2.3", False),  # an allow list denies the rest
+    (["10.0.0.0/8"], ["10.1.0.0/16"], "10.1.2.3", False),  # more specific deny
+    (["10.0.0.0/8"], ["10.1.0.0/16"], "10.2.2.3", True),
+    (["10.1.2.3"], ["10.0.0.0/8"], "10.1.2.3", True),  # more specific allow
+    (["10.1.2.3"], ["10.0.0.0/8"], "10.1.2.4", False),
+    (["10.0.0.0/8"], ["10.0.0.0/8"], "10.0.0.1", False),  # a tie: deny wins
+    ([], ["0.0.0.0/0"], "127.0.0.1", False),
+    (["127.0.0.0/8"], ["0.0.0.0/0"], "127.0.0.2", True),
+    ([], ["::/0"], "127.0.0.1", True),  # an IPv6 rule never matches IPv4
+    ([], ["0.0.0.0/0"], "::1", True),
+    ([], ["::1"], "::1", False),
+    (["fd00::/8"], [], "fd00::5", True),
+    (["fd00::/8"], [], "fe80::5", False),
+    (["fd00::/8"], ["fd00:1::/32"], "fd00:1::5", False),
+    ([], ["192.0.2.1"], "::ffff:192.0.2.1", False),  # IPv4-mapped peers match as IPv4
+    (["192.0.2.0/24"], [], "::ffff:192.0.2.77", True),
+    ([], ["::ffff:192.0.2.1/128"], "192.0.2.1", True),  # ...so rules must be IPv4 too
+    (["10.0.0.0/8", "192.168.0.0/16"], [], "192.168.4.4", True),
+    (["2001:db8::/32"], ["2001:db8:bad::/48"], "2001:db8:bad::1", False),
+    (["2001:db8::/32"], ["2001:db8:bad::/48"], "2001:db8:600d::1", True),
+]
+
+
+@pytest.mark.parametrize(("allow", "deny", "peer", "admitted"), RULES)
+def test_most_specific_rule_wins(
+    allow: list[str], deny: list[str], peer: str, admitted: bool
+) -> None:
+    access = AccessList(parse_networks(allow), parse_networks(deny))
+    assert access.permits(peer_address(peer)) is admitted
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("10.0.0.0/8", "expected a list of addresses or CIDR ranges"),
+        ([10], "expected a list of addresses or CIDR ranges"),
+        (["10.0.0.0/33"], "'10.0.0.0/33' is not an IPv4/IPv6 address or CIDR range"),
+        (["example.com"], "'example.com' is not an IPv4/IPv6 address or CIDR range"),
+    ],
+)
+def test_bad_rules_say_what_is_allowed(value: object, message: str) -> None:
+    with pytest.raises(OptionError, match=message):
+        parse_networks(value)
+
+
+def test_a_bucket_spends_its_burst_then_refills_at_the_rate() -> None:
+    bucket = TokenBucket(rate=1000, burst=3)
+    assert [bucket.take() for _ in range(4)] == [True, True, True, False]
+    bucket.stamp -= 0.002  # as if 2 ms passed: two tokens
+    assert [bucket.take() for _ in range(3)] == [True, True, False]
+
+
+def test_connection_gate_caps_total_and_per_source_and_frees_on_release() -> None:
+    gate = ConnectionGate(Limits(max_connections=3, max_connections_per_source=2))
+    assert [gate.admit("127.0.0.2"), gate.admit("127.0.0.2")] == [None, None]
+    assert gate.admit("127.0.0.2") == "max_connections_per_source"
+    assert gate.admit("127.0.0.3") is None
+    assert gate.admit("127.0.0.4") == "max_connections"
+    gate.release("127.0.0.2")
+    assert gate.admit("127.0.0.4") is None
+    assert dict(gate.refusals) == {"max_connections_per_source": 1, "max_connections": 1}
+
+
+def test_connection_gate_checks_access_before_counting() -> None:
+    gate = ConnectionGate(Limits(deny=parse_networks(["127.0.0.2"])))
+    assert gate.admit("127.0.0.2") == "denied"
+    assert gate.active == 0
+
+
+def test_connection_rate_refuses_past_the_burst_and_recovers() -> None:
+    gate = ConnectionGate(Limits(connection_rate=50, connection_burst=2))
+    assert [gate.admit("127.0.0.1") for _ in range(3)] == [None, None, "connection_rate"]
+    assert gate.bucket is not None
+    gate.bucket.stamp = time.monotonic() - 0.05  # 50 ms later: 2.5 tokens
+    assert gate.admit("127.0.0.1") is None
+
+
+def test_datagram_gate_drops_low_source_ports_unless_allowed() -> None:
+    assert DatagramGate(Limits()).admit("127.0.0.1", 7) == "low_source_port"
+    assert DatagramGate(Limits()).admit("127.0.0.1", 40000) is None
+    assert DatagramGate(Limits(allow_low_source_ports=True)).admit("127.0.0.1", 7) is None
+
+
+def test_datagram_rate_is_per_source() -> None:
+    gate = DatagramGate(Limits(datagram_rate=1, datagram_burst=1))
+    assert gate.admit("127.0.0.2", 40000) is None
+    assert gate.admit("127.0.0.2", 40001) == "datagram_rate"
+    assert gate.admit("127.0.0.3", 40000) is None  # another source has its own bucket

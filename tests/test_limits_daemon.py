@@ -1,0 +1,266 @@
+"""Limits as a real daemon sees them: caps reached and freed, per-source caps, rates and
+their recovery, allow/deny, idle and send timeouts, UDP gates, and descriptor exhaustion.
+127.0.0.2 and up stand in for other hosts."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import select
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from portd.control import query
+from tests.support import Daemon
+
+StartDaemon = Callable[..., Daemon]
+
+
+class Served:
+    """A daemon with one listener, and its control socket to read refusal counts."""
+
+    def __init__(self, daemon: Daemon, control: Path, port: int) -> None:
+        self.daemon = daemon
+        self.control = control
+        self.port = port
+
+    def stats(self) -> dict[str, Any]:
+        listeners: list[dict[str, Any]] = query(str(self.control))["listeners"]
+        return listeners[0]
+
+    def wait_for_stat(self, check: Callable[[dict[str, Any]], bool], timeout_s: float = 10) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not check(self.stats()):
+            assert time.monotonic() < deadline, self.stats()
+            time.sleep(0.01)  # polling the daemon's counters, which have no event to wait on
+
+
+@pytest.fixture
+def serve(start_daemon: StartDaemon, tmp_path: Path) -> Callable[..., Served]:
+    def start(protocol: str = "tcp", handler: str = "echo", **limits: object) -> Served:
+        control = tmp_path / "control.sock"
+        lines = [
+            f'[daemon]\ncontrol_socket = "{control}"\n[[listener]]\nname = "l"',
+            'bind = "127.0.0.1:0"',
+            f'protocol = "{protocol}"',
+            f'handler = "{handler}"',
+        ]
+        lines += [f"{key} = {_toml(value)}" for key, value in limits.items()]
+        daemon = start_daemon("\n".join(lines) + "\n")
+        return Served(daemon, control, daemon.ready()["l"])
+
+    return start
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ", ".join(f'"{item}"' for item in value) + "]"
+    return str(value)
+
+
+def connect(port: int, source: str = "127.0.0.1") -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
+
+
+def echoes(sock: socket.socket, data: bytes = b"x") -> bool:
+    """True when the daemon echoes; False when it closed or reset the connection."""
+    try:
+        sock.sendall(data)
+        return sock.recv(len(data)) == data
+    except ConnectionError:
+        return False
+
+
+def test_the_cap_refuses_the_next_client_at_once_and_frees_up(serve: Callable[..., Served]) -> None:
+    served = serve(max_connections=3)
+    held = [connect(served.port) for _ in range(3)]
+    assert all(echoes(sock) for sock in held)
+    with connect(served.port) as extra:
+        assert not echoes(extra)
+    held.pop().close()
+    served.wait_for_stat(lambda stats: stats["active"] == 2)
+    with connect(served.port) as again:
+        assert echoes(again)
+    assert served.stats()["refusals"] == {"max_connections": 1}
+    for sock in held:
+        sock.close()
+
+
+def test_the_per_source_cap_hits_only_that_source(serve: Callable[..., Served]) -> None:
+    served = serve(max_connections_per_source=2)
+    mine = [connect(served.port, "127.0.0.2") for _ in range(2)]
+    assert all(echoes(sock) for sock in mine)
+    with connect(served.port, "127.0.0.2") as third:
+        assert not echoes(third)
+    with connect(served.port, "127.0.0.3") as other:
+        assert echoes(other)
+    assert served.stats()["refusals"] == {"max_connections_per_source": 1}
+    for sock in mine:
+        sock.close()
+
+
+def test_the_connection_rate_refuses_past_the_burst_and_recovers(
+    serve: Callable[..., Served],
+) -> None:
+    served = serve(connection_rate=4, connection_burst=4)
+    results = []
+    for _ in range(6):
+        with connect(served.port) as sock:
+            results.append(echoes(sock))
+    assert results == [True] * 4 + [False] * 2
+    started = time.monotonic()
+    while True:  # one token comes back every 0.25 s
+        with connect(served.port) as sock:
+            if echoes(sock):
+                break
+    assert 0.1 < time.monotonic() - started < 1.0
+
+
+@pytest.mark.parametrize(
+    ("allow", "deny", "admitted"),
+    [
+        ([], ["127.0.0.2"], {"127.0.0.1": True, "127.0.0.2": False, "127.0.0.3": True}),
+        (["127.0.0.0/8"], ["127.0.0.2/32"], {"127.0.0.1": True, "127.0.0.2": False}),
+        (["127.0.0.3"], [], {"127.0.0.1": False, "127.0.0.3": True}),
+    ],
+    ids=["deny-one", "allow-range-deny-host", "allow-one"],
+)
+def test_allow_and_deny_close_refused_peers_before_the_handler(
+    serve: Callable[..., Served], allow: list[str], deny: list[str], admitted: dict[str, bool]
+) -> None:
+    served = serve(allow=allow, deny=deny)
+    for source, expected in admitted.items():
+        with connect(served.port, source) as sock:
+            assert echoes(sock) is expected, source
+    refused = sum(1 for ok in admitted.values() if not ok)
+    assert served.stats()["refusals"] == {"denied": refused}
+    assert served.stats()["total"] == len(admitted) - refused  # never reached the handler
+
+
+def test_an_idle_connection_is_closed_on_time_and_activity_keeps_it(
+    serve: Callable[..., Served],
+) -> None:
+    served = serve(idle_timeout_s=0.5)
+    with connect(served.port) as busy, connect(served.port) as idle:
+        opened = time.monotonic()
+        for _ in range(4):  # 0.3 s apart: never idle for 0.5 s
+            assert echoes(busy)
+            time.sleep(0.3)  # the activity pattern under test, not a readiness wait
+        assert idle.recv(1) == b""  # closed by the daemon...
+        closed_after = time.monotonic() - opened
+        assert 0.5 <= closed_after < 1.0 + 0.3 * 4  # ...at 0.5 s (recv returns late here)
+        assert echoes(busy)
+    served.wait_for_stat(lambda stats: stats["closed"].get("idle_timeout") == 1)
+
+
+def test_idle_close_happens_within_half_a_second_of_the_timeout(
+    serve: Callable[..., Served],
+) -> None:
+    served = serve(idle_timeout_s=1.0)
+    with connect(served.port) as idle:
+        opened = time.monotonic()
+        idle.settimeout(5)
+        assert idle.recv(1) == b""
+        assert 1.0 <= time.monotonic() - opened < 1.5
+
+
+def test_a_peer_that_stops_reading_is_dropped_after_the_send_timeout(
+    serve: Callable[..., Served],
+) -> None:
+    served = serve(send_timeout_s=0.5)
+    with connect(served.port) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        chunk = b"x" * 65536
+        stalled_at = None
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            _, writable, _ = select.select([], [sock], [], 0.05)
+            if not writable:
+                stalled_at = stalled_at or time.monotonic()
+                continue
+            try:
+                sock.send(chunk)
+            except BlockingIOError:
+                continue
+            except ConnectionError:
+                break
+        else:
+            pytest.fail("the daemon never dropped a peer that does not read")
+    assert stalled_at is not None
+    assert time.monotonic() - stalled_at < 0.5 + 0.5 + 0.5  # timeout, plus slack for buffers
+    served.wait_for_stat(lambda stats: stats["closed"].get("send_timeout") == 1)
+
+
+def _low_port_udp_socket() -> socket.socket:
+    for port in range(1023, 600, -1):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            sock.close()
+            continue
+        return sock
+    pytest.skip("no free UDP port below 1024")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="sending from a port below 1024 needs root")
+def test_udp_from_low_source_ports_is_dropped_and_counted(serve: Callable[..., Served]) -> None:
+    served = serve(protocol="udp")
+    with _low_port_udp_socket() as low, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as high:
+        low.sendto(b"loop?", ("127.0.0.1", served.port))
+        served.wait_for_stat(lambda stats: stats["refusals"] == {"low_source_port": 1})
+        high.settimeout(10)
+        high.sendto(b"fine", ("127.0.0.1", served.port))
+        assert high.recv(16) == b"fine"
+
+
+def test_udp_per_source_rate_drops_the_excess(serve: Callable[..., Served]) -> None:
+    served = serve(protocol="udp", datagram_rate=1, datagram_burst=2)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.bind(("127.0.0.2", 0))
+        for index in range(5):
+            client.sendto(b"%d" % index, ("127.0.0.1", served.port))
+        served.wait_for_stat(lambda stats: stats["refusals"] == {"datagram_rate": 3})
+        client.settimeout(10)
+        assert sorted(client.recv(16) for _ in range(2)) == [b"0", b"1"]
+
+
+def test_out_of_descriptors_under_400_connections_it_idles_and_recovers(
+    start_daemon: StartDaemon,
+) -> None:
+    """prlimit --nofile=256: the daemon pauses accepting, stays idle, then serves everyone."""
+    daemon = start_daemon(
+        '[[listener]]\nname = "l"\nbind = "127.0.0.1:0"\nhandler = "echo"\nbacklog = 512\n',
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256)),
+    )
+    port = daemon.ready()["l"]
+    limits = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(limits[0], 2048), max(limits[1], 2048)))
+    clients = [connect(port) for _ in range(400)]
+    try:
+        daemon.wait_for("accept_failed")
+        process = psutil.Process(daemon.proc.pid)
+        before = process.cpu_times()
+        time.sleep(1.0)  # the interval over which a spinning accept loop would burn CPU
+        after = process.cpu_times()
+        assert (after.user + after.system) - (before.user + before.system) < 0.3
+        for sock in clients:  # each close frees a descriptor for a client still waiting
+            assert echoes(sock)
+            sock.close()
+        with connect(port) as late:
+            assert echoes(late)
+    finally:
+        for sock in clients:
+            with contextlib.suppress(OSError):
+                sock.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, limits)
