@@ -38,12 +38,12 @@ class StreamConnection(asyncio.Protocol):
 
     __slots__ = (
         "_idle_timer", "_send_timer", "bytes_in", "bytes_out", "conn_id", "ending", "failed",
-        "last_active", "listener", "peer", "peer_host", "session", "started", "transport",
+        "last_active", "listener", "peername", "session", "started", "transport",
     )  # fmt: skip
 
-    def __init__(self, listener: Listener, peer_host: str = "") -> None:
+    def __init__(self, listener: Listener, peername: Peer = ()) -> None:
         self.listener = listener
-        self.peer_host = peer_host  # as admitted by the listener's gate, which it releases
+        self.peername = peername  # from accept(): the gate admitted (and will release) it
         self.last_active = 0.0
         self._send_timer: asyncio.TimerHandle | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
@@ -53,7 +53,6 @@ class StreamConnection(asyncio.Protocol):
         self.ending: str | None = None  # set by whoever ends it; see ``how_it_ended``
         self.session: StreamSession = StreamSession()
         self.conn_id = 0
-        self.peer = "?"
         self.started = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -61,7 +60,8 @@ class StreamConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         self.started = self.last_active = time.monotonic()
         self.conn_id = self.listener.next_conn_id()
-        self.peer = format_peer(transport.get_extra_info("peername"))
+        if not self.peername:
+            self.peername = transport.get_extra_info("peername") or ()
         self.listener.connection_opened(self)
         idle_timeout_s = self.listener.config.limits.idle_timeout_s
         if idle_timeout_s:
@@ -115,6 +115,16 @@ class StreamConnection(asyncio.Protocol):
         if self.ending is None:
             self.ending = "closed" if exc is None else _describe_loss(exc)
         self.listener.connection_closed(self, exc)
+
+    @property
+    def peer(self) -> str:
+        """``host:port`` of the peer (formatted only when someone asks: logs, handlers)."""
+        return format_peer(self.peername)
+
+    @property
+    def peer_host(self) -> str:
+        """The peer's address alone."""
+        return str(self.peername[0]) if self.peername else ""
 
     @property
     def how_it_ended(self) -> str:

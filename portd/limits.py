@@ -94,6 +94,13 @@ def peer_address(host: str) -> Address:
     return address
 
 
+def source_key(host: str) -> str:
+    """The peer's address as text, IPv4-mapped IPv6 written as IPv4 (cheap: no parsing)."""
+    if host.startswith("::ffff:") and "." in host:
+        return host[7:]
+    return host
+
+
 class AccessList:
     """allow/deny by the most specific matching rule; deny wins a tie.
 
@@ -137,35 +144,39 @@ class TokenBucket:
 
 
 class ConnectionGate:
-    """Decides, per accepted TCP peer, whether it is served; counts what it refuses."""
+    """Decides, per accepted TCP peer, whether it is served; counts what it refuses.
+
+    Runs once per connection, so it parses the peer's address only when allow/deny
+    rules need it and counts per source only when that cap is set.
+    """
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
-        self.access = AccessList(limits.allow, limits.deny)
+        self.access = AccessList(limits.allow, limits.deny) if limits.allow or limits.deny else None
         rate, burst = limits.connection_rate, limits.connection_burst
         self.bucket = TokenBucket(rate, burst) if rate else None
-        self.per_source: Counter[Address] = Counter()
+        self.per_source: Counter[str] = Counter()
         self.active = 0
         self.refusals: Counter[str] = Counter()
 
     def admit(self, host: str) -> str | None:
         """None when the peer is admitted (and counted), else the refusal reason."""
-        address = peer_address(host)
-        reason = self._check(address)
+        reason = self._check(host)
         if reason is not None:
             self.refusals[reason] += 1
             return reason
         self.active += 1
-        self.per_source[address] += 1
+        if self.limits.max_connections_per_source:
+            self.per_source[source_key(host)] += 1
         return None
 
-    def _check(self, address: Address) -> str | None:
-        if not self.access.permits(address):
+    def _check(self, host: str) -> str | None:
+        if self.access is not None and not self.access.permits(peer_address(host)):
             return "denied"
         if self.active >= self.limits.max_connections:
             return "max_connections"
         cap = self.limits.max_connections_per_source
-        if cap and self.per_source[address] >= cap:
+        if cap and self.per_source[source_key(host)] >= cap:
             return "max_connections_per_source"
         if self.bucket is not None and not self.bucket.take():
             return "connection_rate"
@@ -173,20 +184,22 @@ class ConnectionGate:
 
     def release(self, host: str) -> None:
         """An admitted connection ended."""
-        address = peer_address(host)
         self.active -= 1
-        self.per_source[address] -= 1
-        if self.per_source[address] <= 0:
-            del self.per_source[address]
+        if self.limits.max_connections_per_source:
+            key = source_key(host)
+            self.per_source[key] -= 1
+            if self.per_source[key] <= 0:
+                del self.per_source[key]
 
 
 class DatagramGate:
-    """Decides, per UDP datagram, whether the handler sees it."""
+    """Decides, per UDP datagram, whether the handler sees it (the low-port check is an
+    integer comparison; addresses are parsed only when rules or rates need them)."""
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
-        self.access = AccessList(limits.allow, limits.deny)
-        self.buckets: OrderedDict[Address, TokenBucket] = OrderedDict()
+        self.access = AccessList(limits.allow, limits.deny) if limits.allow or limits.deny else None
+        self.buckets: OrderedDict[str, TokenBucket] = OrderedDict()
         self.refusals: Counter[str] = Counter()
 
     def admit(self, host: str, port: int) -> str | None:
@@ -199,22 +212,21 @@ class DatagramGate:
     def _check(self, host: str, port: int) -> str | None:
         if port < LOW_PORT_END and not self.limits.allow_low_source_ports:
             return "low_source_port"
-        address = peer_address(host)
-        if not self.access.permits(address):
+        if self.access is not None and not self.access.permits(peer_address(host)):
             return "denied"
-        if self.limits.datagram_rate and not self._bucket(address).take():
+        if self.limits.datagram_rate and not self._bucket(source_key(host)).take():
             return "datagram_rate"
         return None
 
-    def _bucket(self, address: Address) -> TokenBucket:
-        bucket = self.buckets.get(address)
+    def _bucket(self, key: str) -> TokenBucket:
+        bucket = self.buckets.get(key)
         if bucket is None:
             if len(self.buckets) >= MAX_TRACKED_SOURCES:
                 self.buckets.popitem(last=False)  # forget the least recently seen source
             bucket = TokenBucket(self.limits.datagram_rate, self.limits.datagram_burst)
-            self.buckets[address] = bucket
+            self.buckets[key] = bucket
         else:
-            self.buckets.move_to_end(address)
+            self.buckets.move_to_end(key)
         return bucket
 
 

@@ -140,7 +140,7 @@ class Listener:
                 continue
             conn.setblocking(False)
             self._adopting += 1
-            self._loop.create_task(self._adopt(conn, peer[0]))
+            self._loop.create_task(self._adopt(conn, peer))
 
     def _refuse(self, conn: socket.socket, reason: str, peer: Peer) -> None:
         """Close a refused peer at once; a full listener may first say so (HTTP 503)."""
@@ -152,13 +152,13 @@ class Listener:
         conn.close()
         self.refusal_log.refused(reason, format_peer(peer))
 
-    async def _adopt(self, conn: socket.socket, host: str) -> None:
+    async def _adopt(self, conn: socket.socket, peer: Peer) -> None:
         assert self._loop is not None
         try:
-            await self._loop.connect_accepted_socket(lambda: StreamConnection(self, host), conn)
+            await self._loop.connect_accepted_socket(lambda: StreamConnection(self, peer), conn)
         except OSError as exc:  # the peer left before the transport was made
             conn.close()
-            self.gate.release(host)
+            self.gate.release(peer[0])
             self.log.debug("connection_lost_early", error=str(exc))
         finally:
             self._adopting -= 1

@@ -29,8 +29,11 @@ def open_tcp_socket(address: SocketAddress, backlog: int = DEFAULT_BACKLOG) -> s
     """
     sock = socket.socket(address.family, socket.SOCK_STREAM)
     try:
-        # Restart through TIME_WAIT without waiting for old connections to expire.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if address.port:
+            # Restart through TIME_WAIT without waiting for old connections to expire. Not
+            # for port 0: the kernel's choice is a fresh port anyway, and with the option
+            # Linux searches only part of the range, so thousands of binds turn quadratic.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         # Small replies (echo, HTTP heads) go out at once; accepted sockets inherit it.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         _set_v6only(sock, address)

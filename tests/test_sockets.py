@@ -20,9 +20,8 @@ LOOPBACK = SocketAddress(socket.AF_INET, ("127.0.0.1", 0))
 LOOPBACK6 = SocketAddress(socket.AF_INET6, ("::1", 0, 0, 0))
 
 
-def test_tcp_socket_reuses_address_disables_nagle_and_does_not_block() -> None:
+def test_tcp_socket_disables_nagle_listens_and_does_not_block() -> None:
     with open_tcp_socket(LOOPBACK) as sock:
-        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) == 1
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
         assert sock.getblocking() is False
@@ -70,11 +69,21 @@ def test_wildcard_port_zero_gives_one_port_in_both_families(protocol: str) -> No
             sock.close()
 
 
+def test_port_zero_binds_without_reuseaddr() -> None:
+    """With SO_REUSEADDR Linux searches only part of the range for port 0, and thousands
+    of such binds (10,000 listeners) turn quadratic; a fresh port needs no reuse."""
+    with open_tcp_socket(LOOPBACK) as sock:
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) == 0
+
+
 def test_restart_through_time_wait_binds_the_same_port() -> None:
-    """The server closes first, leaving TIME_WAIT on its port; a new listener still binds it."""
-    first = open_tcp_socket(LOOPBACK)
+    """A fixed-port listener's server side closes first, leaving TIME_WAIT on its port;
+    a new listener on that port still binds."""
+    first = socket.socket()  # as portd opens a fixed port: SO_REUSEADDR, then bind
+    first.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    first.bind(("127.0.0.1", 0))
+    first.listen()
     port = first.getsockname()[1]
-    first.setblocking(True)
     client = socket.create_connection(("127.0.0.1", port))
     accepted, _ = first.accept()
     accepted.close()
@@ -88,6 +97,7 @@ def test_restart_through_time_wait_binds_the_same_port() -> None:
     assert states.strip(), "expected a TIME_WAIT entry on the server's port"
     with open_tcp_socket(SocketAddress(socket.AF_INET, ("127.0.0.1", port))) as again:
         assert again.getsockname()[1] == port
+        assert again.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) == 1
 
 
 def test_busy_port_names_the_listener_and_the_holding_process() -> None:

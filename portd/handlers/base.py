@@ -25,7 +25,10 @@ class Connection(Protocol):
     """What the server offers a stream session."""
 
     conn_id: int
-    peer: str
+
+    @property
+    def peer(self) -> str:
+        """``host:port`` of the peer."""
 
     @property
     def log(self) -> Any:
