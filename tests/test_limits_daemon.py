@@ -264,3 +264,85 @@ def test_out_of_descriptors_under_400_connections_it_idles_and_recovers(
             with contextlib.suppress(OSError):
                 sock.close()
         resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+
+
+def http_get(sock: socket.socket) -> bytes:
+    """One GET on a keep-alive connection; the whole response."""
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+    response = b""
+    while b"\r\n\r\n" not in response:
+        chunk = sock.recv(4096)
+        if not chunk:
+            return response
+        response += chunk
+    head, _, body = response.partition(b"\r\n\r\n")
+    length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+    while len(body) < length:
+        body += sock.recv(4096)
+    return head + b"\r\n\r\n" + body
+
+
+def test_a_full_http_listener_answers_503_and_closes(serve: Callable[..., Served]) -> None:
+    served = serve(handler="http-hello", max_connections=1)
+    with connect(served.port) as first:
+        assert http_get(first).startswith(b"HTTP/1.1 200 OK\r\n")
+        with connect(served.port) as second:
+            reply = b""
+            while chunk := second.recv(4096):
+                reply += chunk
+    assert reply.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+    assert b"\r\nConnection: close\r\n" in reply
+    assert served.stats()["refusals"] == {"max_connections": 1}
+
+
+def test_a_slowloris_crowd_is_cut_off_on_time_while_normal_clients_see_no_errors(
+    start_daemon: StartDaemon,
+) -> None:
+    """500 clients sending a request head one byte a second get 408 at header_timeout_s."""
+    daemon = start_daemon(
+        '[[listener]]\nname = "web"\nbind = "127.0.0.1:0"\nhandler = "http-hello"\n'
+        "header_timeout_s = 2\n"
+    )
+    port = daemon.ready()["web"]
+    limits = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(limits[0], 2048), max(limits[1], 2048)))
+    head = b"GET / HTTP/1.1\r\nHost: slow\r\nX-Padding: " + b"a" * 64
+    slow = [connect(port) for _ in range(500)]
+    started = time.monotonic()
+    open_slow = {sock.fileno(): sock for sock in slow}
+    replies: dict[int, bytes] = dict.fromkeys(open_slow, b"")
+    normal_errors: list[str] = []
+    normal_ok = 0
+    try:
+        sent = 0
+        with connect(port) as normal:
+            while open_slow and time.monotonic() - started < 6:
+                if sent < len(head) and time.monotonic() - started >= sent:  # one byte a second
+                    for sock in list(open_slow.values()):
+                        with contextlib.suppress(OSError):
+                            sock.send(head[sent : sent + 1])
+                    sent += 1
+                response = http_get(normal)
+                if response.startswith(b"HTTP/1.1 200 OK\r\n"):
+                    normal_ok += 1
+                else:
+                    normal_errors.append(response[:40].decode(errors="replace"))
+                readable, _, _ = select.select(list(open_slow.values()), [], [], 0.01)
+                for sock in readable:
+                    try:
+                        chunk = sock.recv(4096)
+                    except ConnectionError:
+                        chunk = b""
+                    replies[sock.fileno()] += chunk
+                    if not chunk:
+                        del open_slow[sock.fileno()]
+        cut_off_after = time.monotonic() - started
+    finally:
+        for sock in slow:
+            sock.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+    assert not open_slow, f"{len(open_slow)} slow clients were still connected"
+    assert 2.0 <= cut_off_after < 2.0 + 1.5
+    assert all(reply.startswith(b"HTTP/1.1 408 Request Timeout\r\n") for reply in replies.values())
+    assert normal_errors == []
+    assert normal_ok > 50

@@ -14,6 +14,7 @@ from portd.handlers.base import Handler
 ENTRY_POINT_GROUP = "portd.handlers"
 BUILTIN_HANDLERS = {
     "echo": "portd.handlers.echo:EchoHandler",
+    "http-hello": "portd.handlers.http_hello:HttpHelloHandler",
 }
 
 

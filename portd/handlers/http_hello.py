@@ -1,0 +1,428 @@
+"""http-hello: ``200 OK`` with a fixed body for every GET and HEAD, over HTTP/1.0 and 1.1.
+
+llhttp (through httptools) parses; ``http/heads.py`` adds the request-line shape and
+the size limits llhttp lacks. The session frames requests itself only to know where
+each head ends (a body is never accepted, so a head ends at its first CRLF CRLF): a
+request line goes to llhttp once its CRLF is in, field lines as they arrive.
+
+Which answer wins when several apply, in the order they are checked:
+
+1. The request line: over 8 KiB 414 (even before its CRLF arrives); not
+   ``token SP target SP HTTP/d.d`` 400 (at once when the bytes so far cannot become
+   one, so a TLS handshake is answered without waiting); a version other than 1.0 and
+   1.1 505; a target llhttp rejects 400; a method other than GET and HEAD 405.
+2. The field lines, in byte order: whatever llhttp rejects (bare CR or LF, obs-fold,
+   bad token or value bytes, duplicate Content-Length, Content-Length with
+   Transfer-Encoding) 400; a field line over 8 KiB, a section over 16 KiB or a 101st
+   field 431. llhttp is fed only the bytes before a limit, so an earlier error wins.
+3. The whole head: HTTP/1.1 without exactly one Host, HTTP/1.0 with several, a Host
+   that is not ``host[:port]``, any Transfer-Encoding or a Content-Length above 0 (a
+   body where none is allowed) 400.
+
+Every error response says ``Connection: close``; then portd half-closes and reads
+and drops input until the peer closes, LINGER_S passes or LINGER_MAX_BYTES arrive,
+so a peer still sending (a body, a slow head) reads the error instead of a reset.
+A request marked as an Upgrade is answered 200 with ``Connection: close``.
+
+Timers: one deadline per connection. The first head must be complete within
+``header_timeout_s`` of the connect, each later one within ``header_timeout_s`` of
+its first byte (408, or a silent close when no byte came); between requests the
+connection may idle for ``keepalive_timeout_s``. A peer that lets portd's send queue
+fill stops being read (its pipelined requests stay in the kernel) and must drain the
+queue within ``header_timeout_s``, or it is aborted.
+
+Draining (``shutdown_requested``): an idle connection closes at once; a head in
+progress is answered with ``Connection: close``, then the connection closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import ClassVar
+
+from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
+
+from portd import __version__
+from portd.binds import Protocol as TransportProtocol
+from portd.handlers.base import Connection, Handler, StreamSession
+from portd.handlers.http.deadline import Clock, Deadline
+from portd.handlers.http.heads import (
+    FEWEST_BYTES_FOR_TOO_MANY,
+    HEAD,
+    HOST_CHARS,
+    HTTP_1_0,
+    LINE_ERRORS,
+    MAX_LINE,
+    FieldMeter,
+    is_valid_host,
+    judge_partial_line,
+    judge_request_line,
+)
+from portd.handlers.http.responses import (
+    CLOSE,
+    KEEP_ALIVE,
+    KEEP_ALIVE_1_0,
+    Responses,
+    check_field_value,
+)
+from portd.options import Option, Settings
+
+LINGER_S = 2.0
+LINGER_MAX_BYTES = 1 << 20
+FLUSH_BYTES = 1 << 16  # pipelined responses are written in batches up to this size
+EMPTY_LINE_BYTES = b"\r\n"
+# Session states.
+OPEN = 0
+LINGER = 1  # an error was sent: reading and dropping input until the close
+CLOSED = 2
+
+
+class HttpHelloSession(StreamSession):
+    """One HTTP connection: frames heads, feeds llhttp, answers in order."""
+
+    def __init__(self, conn: Connection, handler: HttpHelloHandler, clock: Clock) -> None:
+        self.conn = conn
+        self.responses = handler.responses
+        self.header_timeout_s: float = handler.settings["header_timeout_s"]
+        self.keepalive_timeout_s: float = handler.settings["keepalive_timeout_s"]
+        self.clock = clock
+        self.parser = HttpRequestParser(self)
+        self.state = OPEN
+        self.requests = 0
+        self.stopping = conn.draining
+        self.paused = False
+        self.eof = False
+        self._buf = b""  # unanswered input, from a head's first byte on
+        self._fed = 0  # bytes of _buf llhttp has seen (0 until the request line is complete)
+        self._in_head = False  # a request line has begun and its head is not answered
+        self._head_began = False  # ... and it began during the current callback
+        self._line = -1  # judge_request_line's verdict on the current request line
+        self._line_length = 0
+        self._meter: FieldMeter | None = None  # only for heads big enough to need it
+        self._hosts = 0
+        self._bad = False  # a bad Host, Transfer-Encoding, or a Content-Length above 0
+        self._keep_alive = False
+        self._out: list[bytes] = []
+        self._out_bytes = 0
+        self._dropped = 0
+        self.deadline = Deadline(clock, self._expired, clock.time() + self.header_timeout_s)
+
+    # Callbacks from llhttp.
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        size = len(name)
+        if size == 4:
+            if name == b"Host" or name.lower() == b"host":
+                self._hosts += 1
+                if value.translate(None, HOST_CHARS) and not is_valid_host(value):
+                    self._bad = True
+        elif size == 14:
+            if name.lower() == b"content-length" and int(value):  # llhttp checked the digits
+                self._bad = True
+        elif size == 17 and name.lower() == b"transfer-encoding":
+            self._bad = True
+
+    def on_headers_complete(self) -> None:
+        self._keep_alive = self.parser.should_keep_alive() and not self.parser.should_upgrade()
+
+    # Callbacks from the server.
+
+    def data_received(self, data: bytes) -> None:
+        if self.state != OPEN:
+            self._drop(len(data))
+            return
+        if self._buf:
+            data = self._buf + data
+            self._buf = b""
+        served = self.requests
+        self._run(data)
+        self._after_input(served != self.requests)
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        if self.state != OPEN:
+            return False
+        if self.paused and self._buf:
+            return True  # answer what is queued once the peer reads again, then close
+        if self._in_head:
+            self._reject(400)  # the head was cut short
+        return False
+
+    def pause_writing(self) -> None:
+        self.paused = True
+        self.conn.pause_reading()
+        self.deadline.move(self.clock.time() + self.header_timeout_s)
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        if self.state == OPEN:
+            buf, self._buf = self._buf, b""
+            self._run(buf)
+            if self.eof and self.state == OPEN and not self.paused:
+                if self._in_head:
+                    self._reject(400)  # the head was cut short; closes, as EOF came
+                else:
+                    self._close()
+                return
+            self._after_input(True)
+        if not self.paused:
+            self.conn.resume_reading()
+
+    def shutdown_requested(self) -> None:
+        self.stopping = True
+        if self.state == LINGER or (self.state == OPEN and not self._in_head and not self._buf):
+            self._close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.state = CLOSED
+        self.deadline.cancel()
+        self.parser = DETACHED_PARSER  # it holds our bound methods: break the cycle
+        self._buf = b""
+        self._out.clear()
+
+    # Framing and judging.
+
+    def _run(self, buf: bytes) -> None:
+        """Answer every complete head in ``buf``; keep the rest in ``self._buf``."""
+        pos = 0
+        size = len(buf)
+        while self.state == OPEN and not self.paused:
+            if not self._in_head:
+                while pos < size and buf[pos] in EMPTY_LINE_BYTES:
+                    pos += 1  # RFC 9112 §2.2: empty lines before a request line are ignored
+                if pos == size:
+                    break
+                self._in_head = self._head_began = True
+            end = self._read_head(buf, pos)
+            if end < 0:
+                break
+            pos = end
+        self._flush()
+        if self.state == OPEN and pos < size:
+            self._buf = buf[pos:] if pos else buf
+
+    def _read_head(self, buf: bytes, pos: int) -> int:
+        """Feed and judge the head starting at ``pos``; its end, or -1 if not complete."""
+        line = self._line
+        fed = self._fed
+        if line < 0:
+            eol = buf.find(b"\r\n", pos)
+            if eol < 0 or eol - pos > MAX_LINE:
+                self._partial_line(buf, pos, eol)
+                return -1
+            end = buf.find(b"\r\n\r\n", eol)
+        else:
+            eol = pos + self._line_length
+            end = buf.find(b"\r\n\r\n", pos + fed - 3)
+        stop = len(buf) if end < 0 else end + 4
+        excess = -1
+        if stop - eol >= FEWEST_BYTES_FOR_TOO_MANY:  # smaller field sections fit every limit
+            excess = self._find_excess(buf, eol + 2, stop)
+            if excess >= 0:
+                stop = excess  # llhttp gets only the bytes before the limit
+        error = None
+        if stop > pos + fed:
+            try:
+                self.parser.feed_data(
+                    memoryview(buf)[pos + fed : stop] if pos + fed or stop != len(buf) else buf
+                )
+            except HttpParserUpgrade:
+                pass  # an Upgrade is ignored: the answer is a 200 with Connection: close
+            except HttpParserError as exc:
+                error = exc
+            self._fed = stop - pos
+        if line < 0:
+            line = self._judge_line(buf, pos, eol, error)
+            if line < 0:
+                return -1
+        if error is not None or excess >= 0:
+            self._reject(431 if error is None else 400, line & HEAD)
+            return -1
+        if end < 0:
+            return -1
+        self._answer(line)
+        return stop if self.state == OPEN else -1
+
+    def _find_excess(self, buf: bytes, begin: int, stop: int) -> int:
+        if self._meter is None:
+            self._meter = FieldMeter()
+        return self._meter.find_excess(buf, begin, stop)
+
+    def _partial_line(self, buf: bytes, pos: int, eol: int) -> None:
+        """A request line without its CRLF yet, or too long: reject it or wait."""
+        status = 414 if eol >= 0 else judge_partial_line(buf, pos)
+        if status:
+            self._reject(status)
+
+    def _judge_line(self, buf: bytes, pos: int, eol: int, error: HttpParserError | None) -> int:
+        """judge_request_line's verdict, kept for the head; -1 when rejected."""
+        if error is None and buf.startswith(b"GET ", pos) and buf.startswith(b"HTTP/1.1", eol - 8):
+            line = 0 if buf.count(b" ", pos, eol) == 2 else 400  # the common case, short
+        else:
+            line = judge_request_line(
+                buf, pos, eol, error if isinstance(error, LINE_ERRORS) else None
+            )
+        if line >= 400:
+            self._reject(line)
+            return -1
+        self._line = line
+        self._line_length = eol - pos
+        return line
+
+    def _answer(self, line: int) -> None:
+        """Answer a complete head whose request line and fields passed."""
+        if self._bad or (self._hosts > 1 if line & HTTP_1_0 else self._hosts != 1):
+            self._reject(400, line & HEAD)
+            return
+        close = not self._keep_alive or self.stopping or not self.keepalive_timeout_s
+        response = self.responses.ok(
+            CLOSE if close else KEEP_ALIVE_1_0 if line & HTTP_1_0 else KEEP_ALIVE, line & HEAD
+        )
+        self.requests += 1
+        self._fed = 0
+        self._line = -1
+        self._meter = None
+        self._in_head = False
+        self._hosts = 0
+        self._bad = False
+        self._keep_alive = False
+        out = self._out
+        out.append(response)
+        self._out_bytes += len(response)
+        if close:
+            self._flush()
+            self._close()
+        elif self._out_bytes >= FLUSH_BYTES:
+            self._flush()
+
+    def _end_head(self) -> None:
+        self._fed = 0
+        self._line = -1
+        self._meter = None
+        self._in_head = False
+        self._hosts = 0
+        self._bad = False
+        self._keep_alive = False
+
+    # Output, closing and timers.
+
+    def _flush(self) -> None:
+        out = self._out
+        if out:
+            data = out[0] if len(out) == 1 else b"".join(out)
+            out.clear()
+            self._out_bytes = 0
+            self.conn.write(data)
+
+    def _reject(self, status: int, head: int = 0) -> None:
+        """Send an error response after what is already queued; then linger and close."""
+        self._out.append(self.responses.error(status, head))
+        self._flush()
+        self._end_head()
+        self._buf = b""
+        self.conn.log.debug("http_rejected", status=status, requests=self.requests)
+        if self.eof or self.stopping:
+            self._close()
+            return
+        self.state = LINGER
+        self.conn.write_eof()
+        self.deadline.move(self.clock.time() + LINGER_S)
+
+    def _drop(self, size: int) -> None:
+        self._dropped += size
+        if self.state == LINGER and self._dropped > LINGER_MAX_BYTES:
+            self._close()
+
+    def _close(self) -> None:
+        self.state = CLOSED
+        self._buf = b""
+        self.conn.close()
+
+    def _after_input(self, progressed: bool) -> None:
+        """Move the deadline after input was handled (``progressed``: answers went out,
+        or the peer drained its queue)."""
+        began, self._head_began = self._head_began, False
+        if self.state != OPEN or self.paused:
+            return
+        if self._in_head:
+            if began and self.requests:  # the first head's deadline runs from the connect
+                self.deadline.move(self.clock.time() + self.header_timeout_s)
+        elif progressed:
+            self.deadline.move(self.clock.time() + self.keepalive_timeout_s)
+
+    def _expired(self) -> None:
+        if self.state == CLOSED:
+            return
+        if self.state == LINGER:
+            self._close()
+        elif self.paused or self.conn.get_write_buffer_size():
+            self.state = CLOSED
+            self.conn.abort()  # the peer is not reading what it asked for
+        elif self._in_head:
+            self._reject(408)
+        else:
+            self._close()  # idle keep-alive, or a connection that never sent a request
+
+
+class _Detached:
+    """No callbacks: what a closed session's parser reports to."""
+
+
+DETACHED_PARSER = HttpRequestParser(_Detached())
+
+
+def _check_server_header(value: str) -> str:
+    return check_field_value(value) if value else value
+
+
+class HttpHelloHandler(Handler):
+    """Answers GET and HEAD with a fixed body; anything else with a 4xx/5xx and a close."""
+
+    name = "http-hello"
+    protocols: ClassVar[frozenset[TransportProtocol]] = frozenset({"tcp"})
+    options = (
+        Option("body", str, "Hello from portd\n", "response body, sent as UTF-8"),
+        Option(
+            "content_type",
+            str,
+            "text/plain; charset=utf-8",
+            "Content-Type of the body",
+            convert=check_field_value,
+        ),
+        Option(
+            "server_header",
+            str,
+            f"portd/{__version__}",
+            "Server header; empty: none",
+            convert=_check_server_header,
+        ),
+        Option(
+            "header_timeout_s",
+            float,
+            10.0,
+            "a request head must arrive within this; so must a full send queue drain",
+            minimum=0.001,
+            maximum=3600,
+        ),
+        Option(
+            "keepalive_timeout_s",
+            float,
+            5.0,
+            "idle time allowed between requests; 0 turns keep-alive off",
+            minimum=0,
+            maximum=3600,
+        ),
+    )
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.responses = Responses(
+            settings["body"].encode("utf-8"), settings["content_type"], settings["server_header"]
+        )
+
+    def open_session(self, conn: Connection) -> StreamSession:
+        return HttpHelloSession(conn, self, asyncio.get_running_loop())
+
+    def busy_response(self) -> bytes:
+        """503 with ``Connection: close`` for a client turned away by ``max_connections``."""
+        return self.responses.error(503)

@@ -1,0 +1,1 @@
+"""Raw request streams for http-hello, with the answers expected in expected.toml."""
