@@ -348,7 +348,8 @@ def test_config_error_carries_exit_code_78_and_joins_lines() -> None:
         pytest.param(
             "[daemon]\ncolour = 'red'\n" + ECHO,
             '[daemon]: colour = "red": unknown key; '
-            "allowed keys: control_socket, group, log_format, log_level, loop, shutdown_timeout_s, user",
+            "allowed keys: control_socket, group, log_format, log_level, loop, "
+            "shutdown_timeout_s, user",
             id="daemon-unknown-key",
         ),
         pytest.param(
@@ -415,7 +416,8 @@ def test_config_error_carries_exit_code_78_and_joins_lines() -> None:
         ),
         pytest.param(
             ECHO + "bakclog = 5\n",
-            f"[[listener]] #1: bakclog = 5: unknown key; did you mean 'backlog'? allowed keys: {LISTENER_KEYS}",
+            "[[listener]] #1: bakclog = 5: unknown key; did you mean 'backlog'? "
+            f"allowed keys: {LISTENER_KEYS}",
             id="unknown-key",
         ),
         pytest.param(
