@@ -16,19 +16,24 @@ from portd.shell.listen import ListenOptions, announce
 
 SOURCE = "portd listen"
 LOCATION = '[[listener]] #1 "listen"'
+# Given by [HOST:]PORT, -u and --handler: a --set must not quietly override them (it did:
+# `--set bind=...` bound elsewhere, `--set protocol=udp` served UDP while saying tcp).
+COMMAND_LINE_KEYS = {"bind": "[HOST:]PORT", "protocol": "-u", "handler": "--handler"}
 
 
 def parse_sets(pairs: Sequence[str]) -> dict[str, Any]:
     """``["max_bytes=1GiB", "keep_partial=true"]`` -> typed values (TOML scalars, else text).
 
     Raises:
-        UsageError: a pair without ``=``.
+        UsageError: a pair without ``=``, or a key the command line sets otherwise.
     """
     values: dict[str, Any] = {}
     for pair in pairs:
         key, sep, text = pair.partition("=")
         if not sep or not key:
             raise UsageError(f"--set expects KEY=VALUE, got {pair!r}")
+        if key in COMMAND_LINE_KEYS:
+            raise UsageError(f"--set {key}=...: give the {key} as {COMMAND_LINE_KEYS[key]}")
         try:
             values[key] = tomllib.loads(f"value = {text}")["value"]
         except tomllib.TOMLDecodeError:

@@ -42,7 +42,7 @@ def run_connect(args: Any) -> int:
         else:
             DatagramRelay([sock], session, connected=True).run()
     transfer.finish()
-    return report_session(session, target, args.verbose)
+    return report_session(session, target, args.verbose, side="to")
 
 
 def _open(args: Any, protocol: Protocol, port: int, target: str) -> socket.socket:

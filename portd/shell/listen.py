@@ -81,28 +81,32 @@ def run_listen(options: ListenOptions) -> int:
             return _relay_datagrams(sockets, options)
         if options.keep:
             return _serve_many(sockets, options)
-        conn = _accept_one(sockets)
+        conn, peer = _accept_one(sockets)
     finally:
         for sock in sockets:
             sock.close()  # like nc -l: one connection, no further listening
     with conn:
-        return _relay_stream(conn, options)
+        return _relay_stream(conn, peer, options)
 
 
-def _accept_one(sockets: list[socket.socket]) -> socket.socket:
+def _accept_one(sockets: list[socket.socket]) -> tuple[socket.socket, str]:
+    """The next connection and its peer as ``host:port``.
+
+    The peer comes from accept(): getpeername() fails (ENOTCONN) on a connection the
+    client reset while it waited in the backlog, and such a connection is still returned.
+    """
     while True:
         readable, _, _ = select.select(sockets, [], [])
         for sock in readable:
             try:
-                conn, _peer = sock.accept()
+                conn, address = sock.accept()
             except (BlockingIOError, ConnectionAbortedError):
                 continue
             conn.setblocking(True)
-            return conn
+            return conn, format_peer(address)
 
 
-def _relay_stream(conn: socket.socket, options: ListenOptions) -> int:
-    peer = format_peer(conn.getpeername())
+def _relay_stream(conn: socket.socket, peer: str, options: ListenOptions) -> int:
     if options.verbose:
         print(f"connection from {peer}", file=sys.stderr, flush=True)
     transfer = Transfer(options.verbose)
@@ -112,11 +116,12 @@ def _relay_stream(conn: socket.socket, options: ListenOptions) -> int:
     return report_session(session, peer, options.verbose)
 
 
-def report_session(session: Session, peer: str, verbose: bool) -> int:
+def report_session(session: Session, peer: str, verbose: bool, side: str = "from") -> int:
+    """Print how the session ended; ``side`` is "to" for connect (the peer did not call us)."""
     if session.message:
         print(f"portd: {peer}: {session.message}", file=sys.stderr)
     elif verbose:
-        print(f"connection from {peer} closed", file=sys.stderr)
+        print(f"connection {side} {peer} closed", file=sys.stderr)
     return session.status
 
 
@@ -133,35 +138,71 @@ def _relay_datagrams(sockets: list[socket.socket], options: ListenOptions) -> in
 
 
 class _Clients:
-    """-k: every connected client; stdin is sent to all, their bytes go to stdout."""
+    """-k: every connected client; stdin is sent to all, their bytes go to stdout.
+
+    Serving ends only with Ctrl-C, or when stdout fails: then nothing received could be
+    kept, so it ends (``ended``: quietly for a closed pipe, with the reason otherwise).
+    """
 
     def __init__(self, options: ListenOptions) -> None:
         self.options = options
         self.lock = threading.Lock()
         self.stdout_lock = threading.Lock()
+        self.stderr_lock = threading.Lock()
         self.clients: set[socket.socket] = set()
         self.stdin_done = False
+        self.ended = threading.Event()
+        self.status = 0
+        self.message: str | None = None
 
-    def add(self, conn: socket.socket) -> None:
+    def accept_forever(self, sockets: list[socket.socket]) -> None:
+        """Accept and serve until the process ends (the sockets may close under us then)."""
+        with contextlib.suppress(OSError, ValueError):
+            while True:
+                self.add(*_accept_one(sockets))
+
+    def add(self, conn: socket.socket, peer: str) -> None:
         with self.lock:
             self.clients.add(conn)
             if self.stdin_done:
                 _half_close(conn)
-        threading.Thread(target=self._pump, args=(conn,), daemon=True).start()
+        threading.Thread(target=self._pump, args=(conn, peer), daemon=True).start()
 
-    def _pump(self, conn: socket.socket) -> None:
-        peer = format_peer(conn.getpeername())
-        if self.options.verbose:
-            print(f"connection from {peer}", file=sys.stderr, flush=True)
+    def _pump(self, conn: socket.socket, peer: str) -> None:
+        self._report(f"connection from {peer}")
         with contextlib.suppress(OSError):
             while data := conn.recv(BUFFER_SIZE):
-                with self.stdout_lock:
-                    write_all(STDOUT, data)
+                if not self._write_stdout(data, peer):
+                    break
         with self.lock:
             self.clients.discard(conn)
         conn.close()
+        self._report(f"connection from {peer} closed")
+
+    def _write_stdout(self, data: bytes, peer: str) -> bool:
+        """False when stdout failed (it used to be ignored: data dropped without a word)."""
+        with self.stdout_lock:
+            try:
+                write_all(STDOUT, data)
+            except BrokenPipeError:  # `| head`: the reader has what it wanted
+                self._end(0)
+                return False
+            except OSError as exc:
+                self._end(1, f"{peer}: cannot write to stdout: {exc.strerror}")
+                return False
+        return True
+
+    def _end(self, status: int, message: str | None = None) -> None:
+        with self.lock:
+            if not self.ended.is_set():
+                self.status, self.message = status, message
+                self.ended.set()
+
+    def _report(self, line: str) -> None:
+        """-v: one line; print() writes text and newline separately, so threads take turns."""
         if self.options.verbose:
-            print(f"connection from {peer} closed", file=sys.stderr, flush=True)
+            with self.stderr_lock:
+                print(line, file=sys.stderr, flush=True)
 
     def broadcast_stdin(self) -> None:
         while data := os.read(STDIN, BUFFER_SIZE):
@@ -182,8 +223,12 @@ def _half_close(conn: socket.socket) -> None:
 
 
 def _serve_many(sockets: list[socket.socket], options: ListenOptions) -> int:
-    """-k: serve clients concurrently until interrupted (nc -lk takes them one at a time)."""
+    """-k: serve clients concurrently until interrupted or stdout fails (nc -lk takes
+    them one at a time)."""
     clients = _Clients(options)
     threading.Thread(target=clients.broadcast_stdin, daemon=True).start()
-    while True:
-        clients.add(_accept_one(sockets))
+    threading.Thread(target=clients.accept_forever, args=(sockets,), daemon=True).start()
+    clients.ended.wait()
+    if clients.message:
+        print(f"portd: {clients.message}", file=sys.stderr)
+    return clients.status

@@ -1,0 +1,74 @@
+"""Start-up guard, not a timing test: the shell commands never import the daemon's heavy
+machinery (asyncio, anyio, structlog, uvloop), psutil, dataclasses or entry points.
+
+Each command runs as a real process under ``python -X importtime``, which names every
+module imported on stderr, through a whole session (for listen: accept, relay, -v).
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from tests.processes import Process, Spawner, tcp_client
+
+HEAVY = frozenset(
+    {"asyncio", "anyio", "structlog", "uvloop", "psutil", "dataclasses", "importlib.metadata"}
+)
+IMPORT_LINE = re.compile(r"^import time:\s+\d+ \|\s+\d+ \|\s+(\S+)$")
+
+
+def imported(process: Process) -> set[str]:
+    """The modules a finished ``-X importtime`` process imported."""
+    names = {m.group(1) for line in process.lines if (m := IMPORT_LINE.match(line))}
+    assert "portd.cli" in names, process.stderr  # the parse itself works
+    return names
+
+
+@pytest.fixture
+def server() -> Iterator[socket.socket]:
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        sock.settimeout(10)
+        yield sock
+
+
+def test_importing_the_cli_stays_light(spawn: Spawner) -> None:
+    code = f"import sys, portd.cli; print(sorted(set({sorted(HEAVY)!r}) & set(sys.modules)))"
+    check = spawn(sys.executable, "-c", code)
+    assert check.wait() == 0, check.stderr
+    assert check.output == b"[]\n"
+
+
+def test_listen_in_stdio_mode_stays_light(spawn: Spawner) -> None:
+    listen = spawn(sys.executable, "-X", "importtime", "-m", "portd", "listen", "-v", "127.0.0.1:0")
+    with tcp_client(listen.port()) as client:
+        client.sendall(b"hello")
+    assert listen.wait() == 0
+    assert listen.output == b"hello"
+    assert imported(listen) & HEAVY == set()
+
+
+def test_connect_stays_light(spawn: Spawner, server: socket.socket) -> None:
+    port = str(server.getsockname()[1])
+    connect = spawn(sys.executable, "-X", "importtime", "-m", "portd", "connect", "127.0.0.1", port)
+    conn, _ = server.accept()
+    with conn:
+        conn.sendall(b"hi")
+    assert connect.wait() == 0
+    assert connect.output == b"hi"
+    assert imported(connect) & HEAVY == set()
+
+
+@pytest.mark.parametrize("command", ["wait", "scan", "services"])
+def test_inspect_commands_other_than_ports_stay_light(
+    spawn: Spawner, server: socket.socket, command: str
+) -> None:
+    port = str(server.getsockname()[1])
+    args = {"wait": [f"127.0.0.1:{port}"], "scan": ["127.0.0.1", port], "services": ["80"]}
+    process = spawn(sys.executable, "-X", "importtime", "-m", "portd", command, *args[command])
+    assert process.wait() == 0, process.stderr
+    assert imported(process) & HEAVY == set()
