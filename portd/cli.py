@@ -7,6 +7,7 @@ modules are imported inside their functions so each command loads only what it u
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -22,6 +23,10 @@ DEFAULT_CONFIG = "/etc/portd/portd.toml"
 
 class _Parser(argparse.ArgumentParser):
     """argparse with sysexits: bad arguments exit 64 with the usage line and one error line."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.set_defaults(usage_parser=self)  # the innermost parser wins: a subcommand's
 
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
@@ -46,6 +51,12 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
 
 
+def _port(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 1 to 65535, got {text!r}")
+    return int(text)
+
+
 def _count(text: str) -> int:
     if not (text.isascii() and text.isdigit()) or int(text) == 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
@@ -62,6 +73,12 @@ def _add_eof_flags(parser: argparse.ArgumentParser) -> None:
         "--close-on-eof",
         action="store_true",
         help="close the connection when stdin ends (default: half-close, keep reading)",
+    )
+    parser.add_argument(
+        "-d",
+        "--no-stdin",
+        action="store_true",
+        help="do not read stdin (nc -d): the peer's end ends the session",
     )
     parser.add_argument(
         "-q",
@@ -81,6 +98,7 @@ def _add_eof_flags(parser: argparse.ArgumentParser) -> None:
 def _add_shell_commands(commands: Any) -> None:
     listen = commands.add_parser(
         "listen",
+        usage="%(prog)s [options] [HOST:]PORT",
         help="nc -l: accept a connection, relay stdin/stdout",
         description="Listen like nc -l; stdout carries only data.",
     )
@@ -115,7 +133,11 @@ def _add_shell_commands(commands: Any) -> None:
     )
     listen.set_defaults(run=run_listen)
 
-    connect = commands.add_parser("connect", help="nc HOST PORT: connect, relay stdin/stdout")
+    connect = commands.add_parser(
+        "connect",
+        usage="%(prog)s [options] HOST PORT",
+        help="nc HOST PORT: connect, relay stdin/stdout",
+    )
     connect.add_argument("host")
     connect.add_argument("port")
     connect.add_argument("-u", "--udp", action="store_true", help="UDP")
@@ -131,7 +153,11 @@ def _add_shell_commands(commands: Any) -> None:
     _add_eof_flags(connect)
     connect.set_defaults(run=run_connect)
 
-    wait = commands.add_parser("wait", help="wait until every HOST:PORT accepts TCP connections")
+    wait = commands.add_parser(
+        "wait",
+        usage="%(prog)s [options] HOST:PORT ...",
+        help="wait until every HOST:PORT accepts TCP connections",
+    )
     wait.add_argument("targets", nargs="+", metavar="HOST:PORT")
     wait.add_argument(
         "--timeout",
@@ -150,7 +176,9 @@ def _add_shell_commands(commands: Any) -> None:
     wait.add_argument("-v", "--verbose", action="store_true", help="say when each comes up")
     wait.set_defaults(run=run_wait)
 
-    scan = commands.add_parser("scan", help="TCP connect scan of a host's ports")
+    scan = commands.add_parser(
+        "scan", usage="%(prog)s [options] HOST PORTS", help="TCP connect scan of a host's ports"
+    )
     scan.add_argument("host")
     scan.add_argument("ports", metavar="PORTS", help="e.g. 22,80,8000-8100,http")
     scan.add_argument(
@@ -171,10 +199,12 @@ def _add_shell_commands(commands: Any) -> None:
     _add_family_flags(scan)
     scan.set_defaults(run=run_scan)
 
-    ports = commands.add_parser("ports", help="every listening socket here, like ss -ltnup")
+    ports = commands.add_parser(
+        "ports", usage="%(prog)s [options]", help="every listening socket here, like ss -ltnup"
+    )
     ports.add_argument("--tcp", action="store_true", help="TCP only")
     ports.add_argument("--udp", action="store_true", help="UDP only")
-    ports.add_argument("--port", type=int, metavar="N", help="only port N")
+    ports.add_argument("--port", type=_port, metavar="N", help="only port N")
     ports.add_argument("--json", action="store_true", help="machine-readable output")
     ports.set_defaults(run=run_ports)
 
@@ -191,9 +221,14 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"portd {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # Subcommands report their own usage line on a bad argument (and exit 64 too).
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
 
-    serve = commands.add_parser("serve", help="run the daemon from a config file")
+    serve = commands.add_parser(
+        "serve", usage="%(prog)s [options]", help="run the daemon from a config file"
+    )
     serve.add_argument(
         "-c",
         "--config",
@@ -216,14 +251,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(run=run_serve)
 
-    status = commands.add_parser("status", help="ask the running daemon for its listeners' numbers")
+    status = commands.add_parser(
+        "status",
+        usage="%(prog)s [options]",
+        help="ask the running daemon for its listeners' numbers",
+    )
     where = status.add_mutually_exclusive_group()
     where.add_argument("--socket", metavar="PATH", help="the control socket")
     where.add_argument("-c", "--config", metavar="FILE", help="take the socket path from FILE")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(run=run_status)
 
-    units = commands.add_parser("units", help="print systemd socket and service units for a config")
+    units = commands.add_parser(
+        "units",
+        usage="%(prog)s [options] FILE",
+        help="print systemd socket and service units for a config",
+    )
     units.add_argument("config", metavar="FILE")
     units.add_argument(
         "--portd",
@@ -404,10 +447,29 @@ def run_services(args: argparse.Namespace) -> int:
     return 0
 
 
+NEGATIVE_NUMBER = re.compile(r"-\d+(\.\d*)?")
+
+
+def attach_negative_values(argv: Sequence[str]) -> list[str]:
+    """``-q -1`` -> ``-q-1``: with -4/-6 defined, argparse reads ``-1`` as an option, yet
+    ``-q -1`` is how Debian nc users write "wait for the peer"."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] == "-q" and NEGATIVE_NUMBER.fullmatch(arg):
+            out[-1] = "-q" + arg
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse, run, and map expected failures to one line and an exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(
+        attach_negative_values(sys.argv[1:] if argv is None else argv)
+    )
+    if extras:  # report with the subcommand's own usage line
+        args.usage_parser.error(f"unrecognized arguments: {' '.join(extras)}")
     try:
         code: int = args.run(args)
     except ConfigError as exc:

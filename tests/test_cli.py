@@ -196,8 +196,8 @@ def test_check_toml_syntax_error_exits_78(tmp_path: Path) -> None:
         ),
         pytest.param(
             ("check", "--bogus", "x.toml"),
-            "usage: portd ",
-            "portd: error: unrecognized arguments: --bogus",
+            "usage: portd check ",
+            "portd check: error: unrecognized arguments: --bogus",
             id="unknown-option",
         ),
         pytest.param(

@@ -7,6 +7,7 @@ and for everyone's as root.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sys
 from typing import Any, NamedTuple
@@ -36,21 +37,22 @@ def listening_sockets(
 
     found: set[ListeningSocket] = set()
     names: dict[int, str | None] = {}
-    for protocol in protocols:
-        for entry in psutil.net_connections(kind=protocol):
-            if not entry.laddr or entry.raddr:
-                continue
-            if protocol == "tcp" and entry.status != psutil.CONN_LISTEN:
-                continue
-            if port is not None and entry.laddr.port != port:
-                continue
-            program = _program(entry.pid, names) if entry.pid is not None else None
-            number = entry.laddr.port
-            family = "ipv6" if entry.family == socket.AF_INET6 else "ipv4"
-            found.add(ListeningSocket(
-                protocol, entry.laddr.ip, number, service_name(number, protocol),
-                port_range(number), entry.pid, program, family,
-            ))  # fmt: skip
+    kind = protocols[0] if len(protocols) == 1 else "inet"  # one pass over the kernel's tables
+    for entry in psutil.net_connections(kind=kind):
+        protocol: Protocol = "tcp" if entry.type == socket.SOCK_STREAM else "udp"
+        if not entry.laddr or entry.raddr or protocol not in protocols:
+            continue
+        if protocol == "tcp" and entry.status != psutil.CONN_LISTEN:
+            continue
+        if port is not None and entry.laddr.port != port:
+            continue
+        program = _program(entry.pid, names) if entry.pid is not None else None
+        number = entry.laddr.port
+        family = "ipv6" if entry.family == socket.AF_INET6 else "ipv4"
+        found.add(ListeningSocket(
+            protocol, entry.laddr.ip, number, service_name(number, protocol),
+            port_range(number), entry.pid, program, family,
+        ))  # fmt: skip
     return sorted(found, key=lambda s: (s.port, s.protocol, s.family, s.address))
 
 
@@ -73,7 +75,13 @@ def run_ports(protocols: tuple[Protocol, ...], port: int | None, as_json: bool) 
         return 0
     _print_table(rows)
     if any(row.pid is None for row in rows):
-        print("portd: some owners are hidden: run as root to see every process", file=sys.stderr)
+        hidden = sum(1 for row in rows if row.pid is None)
+        why = (
+            "they belong to processes in other namespaces"
+            if os.geteuid() == 0
+            else "run as root to see every process"
+        )
+        print(f"portd: the owner of {hidden} socket(s) is not visible: {why}", file=sys.stderr)
     return 0
 
 

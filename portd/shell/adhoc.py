@@ -7,7 +7,7 @@ asked for, so plain ``portd listen`` keeps its fast start.
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -21,8 +21,11 @@ LOCATION = '[[listener]] #1 "listen"'
 COMMAND_LINE_KEYS = {"bind": "[HOST:]PORT", "protocol": "-u", "handler": "--handler"}
 
 
-def parse_sets(pairs: Sequence[str]) -> dict[str, Any]:
+def parse_sets(pairs: Sequence[str], text_keys: Collection[str] = ()) -> dict[str, Any]:
     """``["max_bytes=1GiB", "keep_partial=true"]`` -> typed values (TOML scalars, else text).
+
+    Keys in ``text_keys`` (options that take a string) keep the text as written, so
+    ``--set body=1`` means the string "1".
 
     Raises:
         UsageError: a pair without ``=``, or a key the command line sets otherwise.
@@ -34,6 +37,9 @@ def parse_sets(pairs: Sequence[str]) -> dict[str, Any]:
             raise UsageError(f"--set expects KEY=VALUE, got {pair!r}")
         if key in COMMAND_LINE_KEYS:
             raise UsageError(f"--set {key}=...: give the {key} as {COMMAND_LINE_KEYS[key]}")
+        if key in text_keys:
+            values[key] = text
+            continue
         try:
             values[key] = tomllib.loads(f"value = {text}")["value"]
         except tomllib.TOMLDecodeError:
@@ -50,13 +56,21 @@ def run_handler(options: ListenOptions, bind_text: str, handler: str, sets: Sequ
     """
     import anyio
 
-    from portd.config import parse_config
+    from portd.config import LISTENER_OPTIONS, parse_config
+    from portd.errors import HandlerError
+    from portd.handlers.registry import load_handler
     from portd.logging import configure_logging
     from portd.supervisor import Supervisor, loop_options
 
+    try:
+        declared = (*LISTENER_OPTIONS, *load_handler(handler).options)
+    except HandlerError as exc:
+        raise UsageError(str(exc)) from None
+    text_keys = {option.name for option in declared if option.kind is str}
     table = {"name": "listen", "bind": bind_text, "protocol": options.protocol, "handler": handler}
     try:
-        config = parse_config({"listener": [{**table, **parse_sets(sets)}]}, SOURCE)
+        sets_table = parse_sets(sets, text_keys)
+        config = parse_config({"listener": [{**table, **sets_table}]}, SOURCE)
     except ConfigError as exc:  # on the command line these are usage errors (64)
         raise UsageError("; ".join(_as_argument(line) for line in exc.lines)) from None
     listener = config.listeners[0]
@@ -84,11 +98,12 @@ def _as_argument(line: str) -> str:
 async def _serve(supervisor: Any, options: ListenOptions) -> int:
     import anyio
 
-    await supervisor.start()
     listener = supervisor.listeners[0]
+    if not (options.keep or options.protocol == "udp"):
+        listener.accept_limit = 1  # like nc -l: one connection, then no more listening
+    await supervisor.start()
     if options.keep or options.protocol == "udp":
         await anyio.sleep_forever()
     await listener.wait_for_connection()
-    supervisor.stop_accepting()
     await listener.wait_idle()
     return 0

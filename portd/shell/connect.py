@@ -33,7 +33,7 @@ def run_connect(args: Any) -> int:
     target = format_host_port(args.host, port)
     sock = _open(args, protocol, port, target)
     transfer = Transfer(args.verbose)
-    session = Session(transfer, EofPolicy(args.close_on_eof, args.quit_after))
+    session = Session(transfer, EofPolicy(args.close_on_eof, args.quit_after, not args.no_stdin))
     with sock:
         if args.verbose:
             print(f"connected to {target} ({protocol})", file=sys.stderr, flush=True)

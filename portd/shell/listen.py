@@ -36,7 +36,7 @@ class ListenOptions:
         self.keep: bool = args.keep
         self.verbose: bool = args.verbose
         self.port_file: str | None = args.port_file
-        self.policy = EofPolicy(args.close_on_eof, args.quit_after)
+        self.policy = EofPolicy(args.close_on_eof, args.quit_after, not args.no_stdin)
 
 
 def address_families(ipv4: bool, ipv6: bool) -> tuple[socket.AddressFamily, ...]:
@@ -226,7 +226,8 @@ def _serve_many(sockets: list[socket.socket], options: ListenOptions) -> int:
     """-k: serve clients concurrently until interrupted or stdout fails (nc -lk takes
     them one at a time)."""
     clients = _Clients(options)
-    threading.Thread(target=clients.broadcast_stdin, daemon=True).start()
+    if options.policy.read_stdin:
+        threading.Thread(target=clients.broadcast_stdin, daemon=True).start()
     threading.Thread(target=clients.accept_forever, args=(sockets,), daemon=True).start()
     clients.ended.wait()
     if clients.message:

@@ -32,6 +32,7 @@ class EofPolicy(NamedTuple):
 
     close_on_eof: bool = False
     quit_after_s: float | None = None
+    read_stdin: bool = True  # -d: never read stdin (the connection is never half-closed)
 
 
 def write_all(fd: int, data: memoryview | bytes) -> None:
@@ -73,7 +74,8 @@ class StreamRelay:
     def __init__(self, sock: socket.socket, session: Session) -> None:
         self.sock = sock
         self.session = session
-        self.stdin_is_tty = os.isatty(STDIN)
+        # Nobody pipes a file in (a terminal, or -d): the peer's end ends the session.
+        self.stdin_is_tty = os.isatty(STDIN) or not session.policy.read_stdin
         self._peer_done = False
         self._stdin_done = False
         self._lock = threading.Lock()
@@ -83,7 +85,8 @@ class StreamRelay:
         reader = threading.Thread(target=self._socket_to_stdout, daemon=True)
         writer = threading.Thread(target=self._stdin_to_socket, daemon=True)
         reader.start()
-        writer.start()
+        if self.session.policy.read_stdin:
+            writer.start()
         self.session.done.wait()
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)  # unblocks the reader's recv
@@ -173,7 +176,8 @@ class DatagramRelay:
         """Relay until the session ends; the caller closes the sockets."""
         for sock in self.sockets:
             threading.Thread(target=self._socket_to_stdout, args=(sock,), daemon=True).start()
-        threading.Thread(target=self._stdin_to_socket, daemon=True).start()
+        if self.session.policy.read_stdin:
+            threading.Thread(target=self._stdin_to_socket, daemon=True).start()
         self.session.done.wait()
 
     def _socket_to_stdout(self, sock: socket.socket) -> None:

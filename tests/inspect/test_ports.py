@@ -174,11 +174,16 @@ def test_says_when_owners_are_hidden(spawn: Spawner) -> None:
     assert table.output.decode().splitlines()[1].split() == [
         "tcp", "127.0.0.1", str(port), service(port, "tcp") or "-", port_range(port), "-", "-"
     ]  # fmt: skip
-    assert table.lines == ["portd: some owners are hidden: run as root to see every process"]
+    assert table.lines == [
+        "portd: the owner of 1 socket(s) is not visible: run as root to see every process"
+    ]
 
 
-def test_bad_port_exits_64_with_usage(spawn: Spawner) -> None:
-    ports = spawn.portd("ports", "--port", "http")
+@pytest.mark.parametrize("value", ["http", "0", "70000"])
+def test_bad_port_exits_64_with_usage(spawn: Spawner, value: str) -> None:
+    ports = spawn.portd("ports", "--port", value)
     assert ports.wait() == 64
-    assert ports.lines[0].startswith("usage: portd ports ")
-    assert ports.lines[-1] == "portd ports: error: argument --port: invalid int value: 'http'"
+    assert ports.lines == [
+        "usage: portd ports [options]",
+        f"portd ports: error: argument --port: expected a port from 1 to 65535, got {value!r}",
+    ]

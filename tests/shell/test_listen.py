@@ -151,14 +151,7 @@ def test_quit_after_eof_does_not_wait_for_the_peer(spawn: Spawner, delay: str) -
     "spelling",
     [
         pytest.param(("-q-1",), id="attached"),
-        pytest.param(
-            ("-q", "-1"),
-            id="separate",
-            marks=pytest.mark.xfail(
-                reason="cli.py: argparse takes -1 for an option because -4/-6 exist (exit 64)",
-                strict=True,
-            ),
-        ),
+        pytest.param(("-q", "-1"), id="separate"),
     ],
 )
 def test_negative_quit_after_waits_for_the_peer(spawn: Spawner, spelling: tuple[str, ...]) -> None:
@@ -416,3 +409,15 @@ def test_a_peer_that_leaves_before_stdin_is_sent_exits_1(spawn: Spawner, tmp_pat
         f"portd: {peer}: peer stopped reading before stdin ended: Broken pipe",
         f"portd: {peer}: connection lost: Connection reset by peer",
     }
+
+
+def test_no_stdin_ends_with_the_peer_even_while_stdin_stays_open(spawn: Spawner) -> None:
+    """-d (nc -d): stdin is never read, so an open pipe there does not keep portd running,
+    and the connection is never half-closed by portd."""
+    listen = spawn.portd("listen", "-d", "127.0.0.1:0", stdin=subprocess.PIPE)
+    with tcp_client(listen.port()) as client:
+        client.sendall(b"one way\n")
+        client.shutdown(socket.SHUT_WR)
+        assert read_to_eof(client) == b""
+    assert listen.wait() == 0
+    assert listen.output == b"one way\n"
