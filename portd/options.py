@@ -7,6 +7,7 @@ so a bad value reads the same wherever it came from.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,6 +82,40 @@ def _has_kind(value: Any, kind: type) -> bool:
 
 def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
+
+
+SIZE_UNITS = {
+    "B": 1,
+    "KB": 1000, "MB": 1000**2, "GB": 1000**3, "TB": 1000**4,
+    "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4,
+}  # fmt: skip
+_SIZE_PATTERN = re.compile(r"(?P<number>[0-9]+(?:\.[0-9]+)?) ?(?P<unit>[KMGT]i?B|B)?")
+SIZE_RULE = (
+    'expected a byte count: an integer >= 0, or a string such as "500MB" or "1GiB" '
+    "(B; KB MB GB TB = 1000^n; KiB MiB GiB TiB = 1024^n)"
+)
+
+
+def parse_size(value: Any) -> int:
+    """A size in bytes from an integer or a string such as ``"1GiB"`` or ``"1.5 MB"``.
+
+    Decimal units (KB, MB, GB, TB) are powers of 1000, binary ones (KiB ... TiB) powers
+    of 1024; a bare number is bytes, and a fraction of a byte is dropped. Use it as an
+    Option's ``convert`` with ``kind=object``, since it accepts two types.
+
+    Raises:
+        OptionError: anything else (booleans, floats, negative numbers, unknown units),
+            saying what is allowed.
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    match = _SIZE_PATTERN.fullmatch(value.strip()) if isinstance(value, str) else None
+    if match is None:
+        raise OptionError(SIZE_RULE)
+    multiplier = SIZE_UNITS[match["unit"] or "B"]
+    whole, _, fraction = match["number"].partition(".")
+    scale: int = 10 ** len(fraction)
+    return (int(whole + fraction) * multiplier) // scale
 
 
 def defaults(options: Iterable[Option]) -> dict[str, Any]:

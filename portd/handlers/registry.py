@@ -15,6 +15,14 @@ ENTRY_POINT_GROUP = "portd.handlers"
 BUILTIN_HANDLERS = {
     "echo": "portd.handlers.echo:EchoHandler",
     "http-hello": "portd.handlers.http_hello:HttpHelloHandler",
+    "recorder": "portd.handlers.recorder:RecorderHandler",
+    "blackhole": "portd.handlers.faults:BlackholeHandler",
+    "stall": "portd.handlers.faults:StallHandler",
+    "reset": "portd.handlers.faults:ResetHandler",
+    "close-after": "portd.handlers.faults:CloseAfterHandler",
+    "latency": "portd.handlers.shaping:LatencyHandler",
+    "bandwidth": "portd.handlers.shaping:BandwidthHandler",
+    "slicer": "portd.handlers.shaping:SlicerHandler",
 }
 
 

@@ -56,8 +56,11 @@ def test_builtin_echo_is_found_by_name() -> None:
 
 
 def test_unknown_handler_names_the_installed_ones() -> None:
-    with pytest.raises(HandlerError, match=r"^unknown handler 'nope'; installed handlers: echo"):
+    installed = ", ".join(available_handlers())
+    assert "echo" in installed
+    with pytest.raises(HandlerError) as raised:
         load_handler("nope")
+    assert str(raised.value) == f"unknown handler 'nope'; installed handlers: {installed}"
 
 
 @pytest.mark.usefixtures("installed_plugin")

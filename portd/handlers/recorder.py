@@ -1,0 +1,110 @@
+"""recorder: accepts, keeps what each peer sends, and optionally answers with a fixed reply.
+
+Under ``portd.testing`` every connection's bytes (up to ``max_bytes``) land in its
+ConnectionRecord and every datagram in a DatagramRecord. In the daemon the kept bytes
+go to the log at debug level (``connection_recorded``: size, sha256, the first bytes),
+since there is no test to hand them to.
+
+``reply`` is sent once per connection (TCP) at ``reply_after``: ``connect``, the first
+``data``, or the peer's ``eof``; then the connection closes if ``close_after_reply``
+(always after ``eof``). Over UDP every datagram is answered with ``reply`` when set.
+Bytes past ``max_bytes`` are read and counted (``bytes_in``) but not kept, so a peer
+cannot make the server grow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import ClassVar
+
+from portd.binds import Protocol
+from portd.handlers.base import Connection, DatagramEndpoint, Handler, Peer, StreamSession
+from portd.options import Option, Settings, parse_size
+
+REPLY_AFTER = ("connect", "data", "eof")
+LOG_HEAD_BYTES = 64
+
+
+class RecorderSession(StreamSession):
+    """Keeps the first ``max_bytes`` received; answers once."""
+
+    def __init__(self, conn: Connection, handler: RecorderHandler) -> None:
+        self.conn = conn
+        self.handler = handler
+        self.kept = bytearray()
+        self.replied = False
+        if handler.reply_after == "connect":
+            self._reply()
+
+    @property
+    def received(self) -> bytes:
+        """What the peer sent, up to the handler's ``max_bytes``."""
+        return bytes(self.kept)
+
+    def data_received(self, data: bytes) -> None:
+        room = self.handler.max_bytes - len(self.kept)
+        if room > 0:
+            self.kept += data[:room]
+        if self.handler.reply_after == "data":
+            self._reply()
+
+    def eof_received(self) -> bool:
+        if self.handler.reply_after == "eof" and self.handler.reply and not self.replied:
+            self.replied = True
+            self.conn.write(self.handler.reply)
+        return False
+
+    def _reply(self) -> None:
+        if self.replied or not self.handler.reply:
+            return
+        self.replied = True
+        self.conn.write(self.handler.reply)
+        if self.handler.close_after_reply:
+            self.conn.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.conn.log.debug(
+            "connection_recorded",
+            kept=len(self.kept),
+            sha256=hashlib.sha256(self.kept).hexdigest(),
+            head=bytes(self.kept[:LOG_HEAD_BYTES]),
+        )
+
+
+class RecorderHandler(Handler):
+    """Records every connection's bytes and every datagram; replies when asked to."""
+
+    name = "recorder"
+    protocols: ClassVar[frozenset[Protocol]] = frozenset({"tcp", "udp"})
+    options = (
+        Option("reply", str, "", "sent once per connection (UTF-8); empty: never reply"),
+        Option(
+            "reply_after",
+            str,
+            "data",
+            "when to reply: on connect, after the first data, or at the peer's eof",
+            choices=REPLY_AFTER,
+        ),
+        Option("close_after_reply", bool, False, "close once the reply is sent"),
+        Option(
+            "max_bytes",
+            object,
+            1 << 20,
+            'bytes kept per connection: an integer or "16MiB"',
+            convert=parse_size,
+        ),
+    )
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.reply: bytes = settings["reply"].encode("utf-8")
+        self.reply_after: str = settings["reply_after"]
+        self.close_after_reply: bool = settings["close_after_reply"]
+        self.max_bytes: int = settings["max_bytes"]
+
+    def open_session(self, conn: Connection) -> StreamSession:
+        return RecorderSession(conn, self)
+
+    def datagram_received(self, data: bytes, peer: Peer, endpoint: DatagramEndpoint) -> None:
+        if self.reply:
+            endpoint.send(self.reply, peer)

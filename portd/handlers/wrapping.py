@@ -1,0 +1,145 @@
+"""Handlers that wrap another: the fault handlers put echo or http-hello behind a fault.
+
+A wrapping handler builds the inner handler (with its default options) and, per
+connection, puts two proxies between it and the server: a :class:`SessionProxy` the
+server drives, which forwards to the inner session, and a :class:`ConnectionProxy` the
+inner session writes to, which forwards to the server's connection. A fault overrides
+the few methods it changes (what is written, when, how the connection ends) and
+inherits plain forwarding for the rest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import socket
+import struct
+from typing import Any
+
+from portd.handlers.base import Connection, Handler, StreamSession
+from portd.options import Option, Settings, defaults
+
+WRAPPABLE = ("echo", "http-hello")
+WRAPS_OPTION = Option(
+    "wraps",
+    str,
+    "echo",
+    "the handler behind the fault (with its default options)",
+    choices=WRAPPABLE,
+)
+SEED_OPTION = Option("seed", int, 0, "seeds the random timings: the same seed, the same timings")
+LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, timeout 0: close() sends RST
+
+
+class ConnectionProxy:
+    """The Connection an inner session sees: forwards everything to the real one."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.conn_id = conn.conn_id
+        self.peer = conn.peer
+
+    @property
+    def log(self) -> Any:
+        """The real connection's logger."""
+        return self.conn.log
+
+    @property
+    def draining(self) -> bool:
+        """True once the server is stopping."""
+        return self.conn.draining
+
+    def write(self, data: bytes) -> None:
+        """Queue bytes for the peer."""
+        self.conn.write(data)
+
+    def get_write_buffer_size(self) -> int:
+        """Bytes queued and not yet handed to the kernel."""
+        return self.conn.get_write_buffer_size()
+
+    def write_eof(self) -> None:
+        """Half-close after queued bytes."""
+        self.conn.write_eof()
+
+    def close(self) -> None:
+        """Close after queued bytes."""
+        self.conn.close()
+
+    def abort(self) -> None:
+        """Close now."""
+        self.conn.abort()
+
+    def pause_reading(self) -> None:
+        """Stop reading from the peer."""
+        self.conn.pause_reading()
+
+    def resume_reading(self) -> None:
+        """Read from the peer again."""
+        self.conn.resume_reading()
+
+
+class SessionProxy(StreamSession):
+    """The session the server drives: forwards every callback to the inner session."""
+
+    def __init__(self, inner: StreamSession) -> None:
+        self.inner = inner
+
+    def data_received(self, data: bytes) -> None:
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool:
+        return self.inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    def shutdown_requested(self) -> None:
+        self.inner.shutdown_requested()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.inner.connection_lost(exc)
+
+
+class WrappingHandler(Handler):
+    """A handler that serves through an inner handler named by the ``wraps`` option.
+
+    Each connection gets its own ``random.Random``, seeded from ``seed`` and the
+    connection's number within this handler (0, 1, ...), so timings repeat run after run.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        from portd.handlers.registry import load_handler
+
+        inner = load_handler(settings["wraps"])
+        self.inner = inner(defaults(inner.options))
+        self.opened = 0
+
+    def next_random(self) -> random.Random:
+        """The random source of the next connection."""
+        index, self.opened = self.opened, self.opened + 1
+        # Not for security: reproducible fault timings.
+        return random.Random(f"{self.settings.get('seed', 0)}:{index}")  # noqa: S311
+
+    def busy_response(self) -> bytes | None:
+        return self.inner.busy_response()  # a full listener answers as the inner would
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def reset_connection(conn: Connection) -> None:
+    """End ``conn`` with a TCP RST: SO_LINGER {1, 0}, then close.
+
+    The Connection contract has no socket; portd's own connections carry the transport,
+    whose socket takes the option. Without one (an in-memory test double) this aborts.
+    """
+    transport = getattr(conn, "transport", None)
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is not None:
+        with contextlib.suppress(OSError):  # already gone: abort() is all that is left
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
+    conn.abort()

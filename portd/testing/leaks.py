@@ -1,0 +1,198 @@
+"""Finding what a test left behind when its server stops.
+
+Four kinds of leak, each named precisely enough to find in the test:
+
+* connections: clients that neither closed nor half-closed their connection by the
+  time the server stopped (given ``leak_grace_s`` to notice a close in flight);
+* tasks: asyncio tasks the server's code started that are still pending;
+* threads: threads the server started (its loop thread, its executor) still alive;
+* sockets: file descriptors of this process still bound to the server's address
+  (the server's own) or connected to it (a client the test never closed, or kept
+  after the server closed its side).
+
+A connection whose peer is gone but which the server has not read to the end (a
+blackhole never reads; a stall has seen EOF and keeps the socket) is recognised by
+polling its socket for a hang-up, so only live clients count as leaks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import select
+import socket
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from portd.binds import SocketAddress
+
+if TYPE_CHECKING:
+    from portd.connections import StreamConnection
+    from portd.listeners import Listener
+
+POLLRDHUP = getattr(select, "POLLRDHUP", 0x2000)
+HANG_UP_EVENTS = POLLRDHUP | select.POLLHUP | select.POLLERR
+TESTING_DIR = str(Path(__file__).resolve().parent)
+PORTD_DIR = str(Path(TESTING_DIR).parent)
+
+
+@dataclass(frozen=True, slots=True)
+class LeakReport:
+    """What one test server found at its stop; empty (falsy) when nothing leaked."""
+
+    server: str
+    connections: tuple[str, ...] = ()
+    tasks: tuple[str, ...] = ()
+    threads: tuple[str, ...] = ()
+    sockets: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.connections or self.tasks or self.threads or self.sockets)
+
+    def format(self) -> str:
+        """A multi-line report: one heading per kind, one line per leak."""
+        parts = [f"{self.server} leaked:"]
+        sections = (
+            ("connections still open (the client never closed them)", self.connections),
+            ("tasks still pending", self.tasks),
+            ("threads still running", self.threads),
+            ("sockets still open", self.sockets),
+        )
+        for heading, lines in sections:
+            if lines:
+                parts.append(f"  {len(lines)} {heading}:")
+                parts.extend(f"    {line}" for line in lines)
+        return "\n".join(parts)
+
+
+class LeakError(AssertionError):
+    """A test server found leaks at its stop (the message lists them)."""
+
+    def __init__(self, reports: Sequence[LeakReport]) -> None:
+        super().__init__("\n".join(report.format() for report in reports))
+        self.reports = tuple(reports)
+
+
+def release_finished(listener: Listener) -> list[StreamConnection]:
+    """Close connections whose client hung up though the server has not seen it.
+
+    Their records say ``closed`` (or ``reset``), as the client ended them.
+
+    Returns:
+        The connections whose clients still hold them.
+    """
+    held = []
+    for conn in list(listener.connections):
+        ending = peer_ending(conn) if not conn.transport.is_closing() else "closing"
+        if ending is None:
+            held.append(conn)
+        elif ending != "closing":
+            if conn.ending is None:
+                conn.ending = ending
+            conn.abort()
+    return held
+
+
+def peer_ending(conn: StreamConnection) -> str | None:
+    """``closed`` or ``reset`` when the client has hung up; None while it holds on."""
+    sock = conn.transport.get_extra_info("socket")
+    if sock is None or sock.fileno() < 0:
+        return None
+    poller = select.poll()
+    poller.register(sock.fileno(), HANG_UP_EVENTS)
+    events = sum(mask for _fd, mask in poller.poll(0))
+    if events & select.POLLERR:
+        return "reset"
+    if events & (POLLRDHUP | select.POLLHUP):
+        return "closed"
+    return None
+
+
+def describe_connection(conn: StreamConnection) -> str:
+    """One line naming a live connection."""
+    return f"#{conn.conn_id} from {conn.peer}: {conn.bytes_in} bytes in, {conn.bytes_out} out"
+
+
+def pending_tasks(tasks: Iterable[asyncio.Task[object]], portd_only: bool) -> list[str]:
+    """Cancel the pending tasks (only those running portd's code if ``portd_only``);
+    one line each, naming where they wait."""
+    found = []
+    for task in tasks:
+        if task.done() or (portd_only and not _runs_portd_code(task)):
+            continue
+        task.cancel()
+        found.append(describe_task(task))
+    return found
+
+
+def _runs_portd_code(task: asyncio.Task[object]) -> bool:
+    code = getattr(task.get_coro(), "cr_code", None)
+    filename = code.co_filename if code is not None else ""
+    return filename.startswith(PORTD_DIR) and not filename.startswith(TESTING_DIR)
+
+
+def describe_task(task: asyncio.Task[object]) -> str:
+    """The task's name, coroutine and where it waits."""
+    coro = task.get_coro()
+    name = getattr(coro, "__qualname__", repr(coro))
+    stack = task.get_stack(limit=1)
+    where = f" at {stack[0].f_code.co_filename}:{stack[0].f_lineno}" if stack else ""
+    return f"{task.get_name()}: {name}{where}"
+
+
+def threads_named(prefix: str) -> list[str]:
+    """Live threads whose name starts with ``prefix``."""
+    return [t.name for t in threading.enumerate() if t.name.startswith(prefix) and t.is_alive()]
+
+
+def sockets_on(addresses: Sequence[SocketAddress], kind: socket.SocketKind) -> list[str]:
+    """File descriptors of this process bound to one of ``addresses`` or connected to it.
+
+    Read from /proc/self/fd, each socket inspected through a duplicate, so nothing is
+    disturbed and nothing slow (a scan of the whole host's socket tables) is needed.
+    """
+    found = []
+    for name in _fd_names():
+        described = _describe_fd(int(name), addresses, kind)
+        if described:
+            found.append(described)
+    return found
+
+
+def _fd_names() -> list[str]:
+    try:
+        return [path.name for path in Path("/proc/self/fd").iterdir()]
+    except OSError:  # no /proc: nothing can be checked
+        return []
+
+
+def _describe_fd(fd: int, addresses: Sequence[SocketAddress], kind: socket.SocketKind) -> str:
+    try:
+        if not str(Path(f"/proc/self/fd/{fd}").readlink()).startswith("socket:"):
+            return ""
+        sock = socket.socket(fileno=os.dup(fd))
+    except OSError:  # closed meanwhile, or not a socket we can read
+        return ""
+    with sock:
+        if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != kind:
+            return ""
+        local = SocketAddress(sock.family, sock.getsockname())
+        try:
+            remote: SocketAddress | None = SocketAddress(sock.family, sock.getpeername())
+        except OSError:
+            remote = None
+    if any(_same(local, ours) for ours in addresses):
+        to = f" connected to {remote}" if remote else ""
+        return f"fd {fd}: the server's socket on {local}{to}"
+    if remote is not None and any(_same(remote, ours) for ours in addresses):
+        return f"fd {fd}: a client socket {local} connected to the server at {remote}"
+    return ""
+
+
+def _same(address: SocketAddress, ours: SocketAddress) -> bool:
+    if address.family != ours.family or address.port != ours.port:
+        return False
+    return ours.is_wildcard or address.host == ours.host

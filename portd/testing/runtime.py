@@ -1,0 +1,345 @@
+"""A test server's machinery: config, sockets, listener, and the loop that runs it.
+
+The same path as the daemon, minus the daemon: options are validated by the config
+loader, sockets come from portd.sockets, and one :class:`~portd.listeners.Listener`
+serves. No Supervisor: it would install an exception handler on the test's event loop.
+
+Sync mode runs the listener on a private event loop in a daemon thread
+(:class:`LoopThread`); start and stop are handed over with a threading.Event and
+``loop.call_soon_threadsafe``, never a sleep. Async mode runs it on the caller's loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import socket
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from portd.binds import SocketAddress
+from portd.config import ListenerConfig
+from portd.handlers.base import Handler
+from portd.testing.leaks import LeakReport, describe_connection, pending_tasks, release_finished
+from portd.testing.records import Records
+
+if TYPE_CHECKING:
+    from portd.listeners import Listener
+
+SOURCE = "portd.testing"
+REFUSE = "refuse"
+THREAD_PREFIX = "portd-testing"
+STOP_TIMEOUT_S = 10.0
+LOOP_TURNS_AFTER_ABORT = 4  # connection_lost and transport closes run on later iterations
+LOOP_TURNS_TO_ADOPT = 10  # an accepted socket becomes a connection within a few iterations
+
+
+@dataclass(frozen=True, slots=True)
+class ServeSpec:
+    """Everything ``serve()`` was asked for."""
+
+    handler: str | type[Handler] = "echo"
+    bind: str = "127.0.0.1:0"
+    protocol: str = "tcp"
+    options: Mapping[str, Any] = field(default_factory=dict)
+    check_leaks: bool = False
+    leak_grace_s: float = 1.0
+    log_level: str | None = None
+    loop: str = "asyncio"
+    start_timeout_s: float = 10.0
+
+    @property
+    def handler_name(self) -> str:
+        """The handler's registered name (or a class's ``name``)."""
+        return self.handler if isinstance(self.handler, str) else self.handler.name
+
+
+def build_config(spec: ServeSpec) -> ListenerConfig:
+    """The validated listener, with the daemon's one-line messages for bad options.
+
+    Raises:
+        ConfigError: unknown handler or option, wrong value, bad bind.
+    """
+    from portd.config import parse_config
+
+    handler = spec.handler
+    table = {"bind": spec.bind, "protocol": spec.protocol, **spec.options}
+    if isinstance(handler, str):
+        name = "echo" if handler == REFUSE else handler  # refuse: the bind is all that matters
+        return parse_config({"listener": [{**table, "handler": name}]}, SOURCE).listeners[0]
+    return config_for_class(handler, table)
+
+
+def config_for_class(handler: type[Handler], table: Mapping[str, Any]) -> ListenerConfig:
+    """A listener served by a Handler class that need not be registered.
+
+    The listener keys are checked by the config loader (as an echo listener), the
+    handler's options against its declared Options.
+
+    Raises:
+        ConfigError: every problem, one line each.
+    """
+    from dataclasses import replace
+
+    from portd.config import LISTENER_OPTIONS, default_name, parse_config
+    from portd.errors import ConfigError, OptionError
+    from portd.options import defaults
+
+    listener_keys = {option.name for option in LISTENER_OPTIONS}
+    base = {key: value for key, value in table.items() if key in listener_keys}
+    config = parse_config({"listener": [{**base, "handler": "echo"}]}, SOURCE).listeners[0]
+    known = {option.name: option for option in handler.options}
+    settings = defaults(handler.options)
+    problems = []
+    for key, value in table.items():
+        if key in listener_keys:
+            continue
+        if key not in known:
+            problems.append(f"{key} = {value!r}: unknown key; allowed: {', '.join(sorted(known))}")
+            continue
+        try:
+            settings[key] = known[key].check(value)
+        except OptionError as exc:
+            problems.append(f"{key} = {value!r}: {exc}")
+    if config.protocol not in handler.protocols:
+        problems.append(
+            f"protocol = {config.protocol!r}: {handler.name!r} serves "
+            f"{', '.join(sorted(handler.protocols))} only"
+        )
+    if problems:
+        raise ConfigError([f"{SOURCE}: handler {handler.name!r}: {line}" for line in problems])
+    name = table.get("name") or default_name(handler.name, config.protocol, config.bind)
+    return replace(config, name=name, handler=handler, settings=settings)
+
+
+class Running:
+    """One test server from bound sockets to closed: listener, records, leak findings."""
+
+    def __init__(self, spec: ServeSpec) -> None:
+        from portd.sockets import bound_addresses
+
+        self.spec = spec
+        self.config = build_config(spec)
+        self.records = Records()
+        self.listener: Listener | None = None
+        self.sockets: list[socket.socket] = []
+        if spec.handler == REFUSE:
+            self.sockets = open_refusing_sockets(self.config)
+        else:
+            self.listener = _make_listener(self.config, spec, self.records)
+            self.sockets = list(self.listener.sockets)
+        self.addresses: tuple[SocketAddress, ...] = tuple(bound_addresses(self.sockets))
+        self.label = f"{spec.handler_name} server on {self.addresses[0]} ({spec.protocol})"
+        self.leaked_connections: list[str] = []
+
+    async def start(self) -> None:
+        """Serve on the running loop; on failure everything is closed."""
+        if self.listener is None:
+            return
+        try:
+            await self.listener.start()
+        except BaseException:
+            self.close_now()
+            raise
+
+    async def stop(self) -> None:
+        """Stop accepting, give clients ``leak_grace_s`` to finish, close the rest."""
+        listener = self.listener
+        if listener is None:
+            self.close_now()
+            return
+        try:
+            listener.stop_accepting()
+            for _ in range(LOOP_TURNS_TO_ADOPT):  # accepted connections become connections
+                if listener.live == len(listener.connections):
+                    break
+                await asyncio.sleep(0)
+            held = release_finished(listener)
+            grace_s = self.spec.leak_grace_s if self.spec.check_leaks else 0.0
+            if held and grace_s > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(listener.wait_idle(), grace_s)
+                held = release_finished(listener)
+            self.leaked_connections = [describe_connection(conn) for conn in held]
+            listener.abort_connections()
+            for _ in range(LOOP_TURNS_AFTER_ABORT):
+                await asyncio.sleep(0)
+        finally:
+            self.close_now()
+
+    def close_now(self) -> None:
+        """Abort connections and close sockets and handler at once (idempotent)."""
+        if self.listener is not None:
+            self.listener.abort_connections()
+            self.listener.close()
+        for sock in self.sockets:
+            sock.close()
+
+    def report(self, tasks: list[str], threads: list[str]) -> LeakReport:
+        """The leak findings, once stopped (the socket scan runs here)."""
+        from portd.testing.leaks import sockets_on
+
+        kind = socket.SOCK_STREAM if self.spec.protocol == "tcp" else socket.SOCK_DGRAM
+        return LeakReport(
+            self.label,
+            tuple(self.leaked_connections),
+            tuple(tasks),
+            tuple(threads),
+            tuple(sockets_on(self.addresses, kind)),
+        )
+
+
+def _make_listener(config: ListenerConfig, spec: ServeSpec, records: Records) -> Listener:
+    from portd.listeners import Listener
+    from portd.sockets import open_listener_sockets
+    from portd.testing.logs import make_logger
+
+    sockets = open_listener_sockets(
+        config.addresses,
+        config.protocol,
+        config.label,
+        config.backlog,
+        skip_missing_ipv6=config.bind.is_wildcard,
+    )
+    try:
+        logger = make_logger(spec.log_level)
+        listener = Listener(config, sockets, itertools.count(1).__next__)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    _use_logger(listener, logger.bind(listener=config.name))
+    listener.observers.append(records)
+    return listener
+
+
+def _use_logger(listener: Listener, logger: Any) -> None:
+    """Give the listener, and whatever it handed its logger to, the test logger.
+
+    Listener takes no logger argument (yet); its helpers (refusal logs) keep the one
+    it made, so each attribute holding that one is switched too.
+    """
+    made = listener.log
+    listener.log = logger
+    for value in vars(listener).values():
+        if getattr(value, "log", None) is made:
+            value.log = logger
+
+
+def open_refusing_sockets(config: ListenerConfig) -> list[socket.socket]:
+    """TCP sockets bound to the config's addresses that never listen: connects are refused.
+
+    No SO_REUSEADDR: with it, another socket that also set it could bind the same
+    address and listen, and the port would stop refusing.
+
+    Raises:
+        ConfigError: the protocol is not tcp.
+        BindError: as for any listener.
+    """
+    from portd.errors import ConfigError
+    from portd.testing.fds import bind_without_listening
+
+    if config.protocol != "tcp":
+        raise ConfigError([f"{SOURCE}: handler 'refuse' serves tcp only, not {config.protocol}"])
+    return bind_without_listening(config)
+
+
+def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    """``asyncio`` or ``uvloop`` (which must be installed).
+
+    Raises:
+        ValueError: another name.
+    """
+    if name == "asyncio":
+        return asyncio.new_event_loop
+    if name == "uvloop":
+        import uvloop
+
+        factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+        return factory
+    raise ValueError(f"loop {name!r}: expected 'asyncio' or 'uvloop'")
+
+
+class LoopThread:
+    """Runs a server on a private event loop in a daemon thread (sync mode)."""
+
+    def __init__(self, running: Running) -> None:
+        self.running = running
+        self.name = f"{THREAD_PREFIX}-{running.spec.handler_name}-{running.addresses[0].port}"
+        self.tasks: list[str] = []
+        self._factory = loop_factory(running.spec.loop)
+        self._ready = threading.Event()
+        self._error: BaseException | None = None  # starting failed
+        self._broken: BaseException | None = None  # the loop failed after it started
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+
+    def start(self) -> None:
+        """Return once the server serves.
+
+        Raises:
+            Whatever starting the listener raised; TimeoutError if it never answered.
+        """
+        self._thread.start()
+        if not self._ready.wait(self.running.spec.start_timeout_s):
+            self.stop()
+            raise TimeoutError(f"{self.running.label} did not start in time")
+        if self._error is not None:
+            self._thread.join(STOP_TIMEOUT_S)
+            raise self._error
+
+    def stop(self) -> list[str]:
+        """Stop the server and the thread; return the threads still running.
+
+        Raises:
+            Whatever broke the server's loop after it started (a portd bug).
+        """
+        loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop already ended
+                loop.call_soon_threadsafe(stop.set)
+        self._thread.join(STOP_TIMEOUT_S)
+        if self._broken is not None:
+            raise self._broken
+        from portd.testing.leaks import threads_named
+
+        return threads_named(self.name)
+
+    def _run(self) -> None:
+        loop = self._factory()
+        from concurrent.futures import ThreadPoolExecutor
+
+        loop.set_default_executor(ThreadPoolExecutor(thread_name_prefix=f"{self.name}-executor"))
+        try:
+            loop.run_until_complete(self._main(loop))
+            leftover = [task for task in asyncio.all_tasks(loop) if not task.done()]
+            self.tasks = pending_tasks(leftover, portd_only=False)
+            if leftover:  # let the cancelled ones unwind before the loop goes
+                loop.run_until_complete(asyncio.wait(leftover, timeout=STOP_TIMEOUT_S))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+        except BaseException as exc:  # noqa: BLE001 - reported to the thread that waits
+            if self._ready.is_set():
+                self._broken = exc
+            else:
+                self._error = self._error or exc
+        finally:
+            self.running.close_now()
+            loop.close()
+            self._ready.set()
+
+    async def _main(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._stop = asyncio.Event()
+        try:
+            await self.running.start()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the starting thread
+            self._error = exc
+            return
+        self._loop = loop
+        self._ready.set()
+        await self._stop.wait()
+        await self.running.stop()

@@ -1,0 +1,259 @@
+"""``serve()``: a real portd server on a kernel-chosen port, for one block of a test.
+
+The same object works as a sync context manager (the server runs on its own event
+loop in a background thread: plain tests, unittest, threads) and as an async one (the
+server runs on the caller's asyncio loop: pytest-asyncio, anyio on asyncio). Either way
+the block starts once the server accepts, and leaving it closes every socket, task and
+thread the server opened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from portd.binds import Protocol, format_host_port
+from portd.handlers.base import Handler
+from portd.testing.runtime import LoopThread, Running, ServeSpec
+
+if TYPE_CHECKING:
+    from portd.binds import SocketAddress
+    from portd.testing.leaks import LeakReport
+    from portd.testing.records import ConnectionRecord, DatagramRecord
+
+DEFAULT_WAIT_S = 10.0
+LOOPBACK = {"0.0.0.0": "127.0.0.1", "::": "::1"}
+
+
+def serve(
+    handler: str | type[Handler] = "echo",
+    bind: str = "127.0.0.1:0",
+    protocol: Protocol = "tcp",
+    *,
+    check_leaks: bool = False,
+    leak_grace_s: float = 1.0,
+    log_level: str | None = None,
+    loop: str = "asyncio",
+    **options: Any,
+) -> ServeContext:
+    """A server for ``with serve(...) as server:`` or ``async with serve(...) as server:``.
+
+    Args:
+        handler: a handler name (``echo``, ``http-hello``, ``recorder``, a fault such as
+            ``reset``, or ``refuse`` for a port that refuses connections) or a Handler
+            subclass, registered or not.
+        bind: ``[HOST:]PORT`` as in config files; port 0 lets the kernel choose.
+        protocol: tcp or udp.
+        check_leaks: raise LeakError on leaving the block when a client connection, a
+            task, a thread or a socket is left over (not when the block raised).
+        leak_grace_s: with check_leaks, how long clients may take to finish closing.
+        log_level: the server's log level; default: the ``portd.testing`` logger's.
+        loop: the background loop in sync mode: ``asyncio`` or ``uvloop``.
+        **options: the handler's options, as in a ``[[listener]]`` table.
+
+    Raises (on entering the block):
+        ConfigError: an unknown handler or option, or a bad value (every problem listed).
+        BindError: the address cannot be bound.
+    """
+    spec = ServeSpec(handler, bind, protocol, options, check_leaks, leak_grace_s, log_level, loop)
+    return ServeContext(spec)
+
+
+class ServeContext:
+    """What ``serve()`` returns: enter it once, sync or async."""
+
+    def __init__(self, spec: ServeSpec) -> None:
+        self.spec = spec
+        self.server: Server | None = None
+        self._thread: LoopThread | None = None
+        self._before: set[asyncio.Task[Any]] = set()
+
+    def _open(self) -> Running:
+        if self.server is not None:
+            raise RuntimeError("this serve() context is already in use; call serve() again")
+        return Running(self.spec)
+
+    def __enter__(self) -> Server:
+        running = self._open()
+        if running.listener is not None:
+            thread = LoopThread(running)
+            thread.start()
+            self._thread = thread
+        self.server = Server(running, thread=self._thread)
+        return self.server
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        server = self._take()
+        threads: list[str] = []
+        tasks: list[str] = []
+        if self._thread is not None:
+            threads = self._thread.stop()
+            tasks = self._thread.tasks
+        else:
+            server.running.close_now()
+        self._finish(server, tasks, threads, failed=exc is not None)
+
+    async def __aenter__(self) -> Server:
+        from portd.errors import PortdError
+
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            raise PortdError(
+                "async with serve() needs an asyncio event loop (trio: use the sync form)"
+            ) from None
+        running = self._open()
+        self._before = asyncio.all_tasks()
+        await running.start()
+        self.server = Server(running, thread=None)
+        return self.server
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        from portd.testing.leaks import pending_tasks
+
+        server = self._take()
+        await server.running.stop()
+        tasks = pending_tasks(asyncio.all_tasks() - self._before, portd_only=True)
+        self._finish(server, tasks, [], failed=exc is not None)
+
+    def _take(self) -> Server:
+        if self.server is None:
+            raise RuntimeError("serve() context exited without being entered")
+        return self.server
+
+    def _finish(self, server: Server, tasks: list[str], threads: list[str], failed: bool) -> None:
+        if not self.spec.check_leaks:
+            return
+        report = server.running.report(tasks, threads)
+        server.leaks = report
+        if report and not failed:
+            from portd.testing.leaks import LeakError
+
+            raise LeakError([report])
+
+
+class Server:
+    """A running test server: where it listens, and what it saw.
+
+    ``host``/``port``/``address`` are where to connect (a wildcard bind gives the
+    loopback address of its family). Records are snapshots, safe to read from any
+    thread; a connection is recorded once it has closed on the server's side.
+    """
+
+    def __init__(self, running: Running, thread: LoopThread | None) -> None:
+        self.running = running
+        self.handler = running.spec.handler_name
+        self.protocol = running.spec.protocol
+        self.addresses: tuple[SocketAddress, ...] = running.addresses
+        self._thread = thread
+        self.leaks: LeakReport | None = None  # set on leaving the block, with check_leaks
+
+    @property
+    def host(self) -> str:
+        """The address to connect to, without brackets."""
+        host = self.addresses[0].host
+        return LOOPBACK.get(host, host)
+
+    @property
+    def port(self) -> int:
+        """The bound port."""
+        return self.addresses[0].port
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """``(host, port)``, ready for ``socket.create_connection``."""
+        return self.host, self.port
+
+    @property
+    def url(self) -> str:
+        """``http://host:port`` (IPv6 in brackets), without a trailing slash.
+
+        Raises:
+            ValueError: the server is not TCP.
+        """
+        if self.protocol != "tcp":
+            raise ValueError(f"a {self.protocol} server has no HTTP URL")
+        return f"http://{format_host_port(self.host, self.port)}"
+
+    @property
+    def connections(self) -> tuple[ConnectionRecord, ...]:
+        """Connections closed so far."""
+        return self.running.records.connections
+
+    @property
+    def datagrams(self) -> tuple[DatagramRecord, ...]:
+        """Datagrams received so far."""
+        return self.running.records.datagrams
+
+    @property
+    def records_dropped(self) -> int:
+        """Records not kept because a kind reached MAX_RECORDS."""
+        return self.running.records.dropped
+
+    def wait_connections(
+        self, count: int = 1, *, timeout_s: float = DEFAULT_WAIT_S
+    ) -> tuple[ConnectionRecord, ...]:
+        """Block until ``count`` connections have closed; return all closed so far.
+
+        Raises:
+            TimeoutError: fewer closed within ``timeout_s``.
+            RuntimeError: the server runs on this thread's loop (use the async form).
+        """
+        self._check_blocking_allowed("wait_connections")
+        records: tuple[ConnectionRecord, ...] = self.running.records.wait(
+            "connections", count, timeout_s
+        )
+        return records
+
+    async def wait_connections_async(
+        self, count: int = 1, *, timeout_s: float = DEFAULT_WAIT_S
+    ) -> tuple[ConnectionRecord, ...]:
+        """:meth:`wait_connections` for async tests (either mode)."""
+        records: tuple[ConnectionRecord, ...] = await self.running.records.wait_async(
+            "connections", count, timeout_s
+        )
+        return records
+
+    def wait_datagrams(
+        self, count: int = 1, *, timeout_s: float = DEFAULT_WAIT_S
+    ) -> tuple[DatagramRecord, ...]:
+        """Block until ``count`` datagrams have arrived; return all so far.
+
+        Raises:
+            TimeoutError: fewer arrived within ``timeout_s``.
+            RuntimeError: the server runs on this thread's loop (use the async form).
+        """
+        self._check_blocking_allowed("wait_datagrams")
+        records: tuple[DatagramRecord, ...] = self.running.records.wait(
+            "datagrams", count, timeout_s
+        )
+        return records
+
+    async def wait_datagrams_async(
+        self, count: int = 1, *, timeout_s: float = DEFAULT_WAIT_S
+    ) -> tuple[DatagramRecord, ...]:
+        """:meth:`wait_datagrams` for async tests (either mode)."""
+        records: tuple[DatagramRecord, ...] = await self.running.records.wait_async(
+            "datagrams", count, timeout_s
+        )
+        return records
+
+    def _check_blocking_allowed(self, method: str) -> None:
+        if self._thread is not None or self.running.listener is None:
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        raise RuntimeError(
+            f"{method}() would block the event loop this server runs on; "
+            f"use await server.{method}_async()"
+        )
+
+    def __repr__(self) -> str:
+        return f"<portd test server {self.handler} {self.protocol} {self.addresses[0]}>"
