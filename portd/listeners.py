@@ -63,6 +63,8 @@ class Listener:
         self.connections: set[StreamConnection] = set()
         self.observers: list[Observer] = []
         self.total_connections = 0
+        self.accept_limit = 0  # stop accepting after this many (0: never); `portd listen`
+        self.accepted = 0
         self.bytes_in = 0  # of closed connections; live ones are added by stats()
         self.bytes_out = 0
         self.endings: Counter[str] = Counter()
@@ -91,10 +93,13 @@ class Listener:
         """Serve every socket on the running loop and log ``listener_started``."""
         self._loop = loop = asyncio.get_running_loop()
         if self.config.protocol == "tcp":
-            if self.origin == "reused":  # the backlog may have changed; inherited ones keep theirs
-                for sock in self.sockets:
-                    sock.listen(self.config.backlog)
-            self._watch_accept(True)
+            # A handler that does not listen (refuse) leaves its sockets bound and unwatched:
+            # the kernel refuses every connect.
+            if self.handler.listens:
+                if self.origin == "reused":  # the backlog may have changed; inherited keep theirs
+                    for sock in self.sockets:
+                        sock.listen(self.config.backlog)
+                self._watch_accept(True)
         else:
             for sock in self.sockets:
                 endpoint = DatagramServer(self, sock)
@@ -141,6 +146,10 @@ class Listener:
             conn.setblocking(False)
             self._adopting += 1
             self._loop.create_task(self._adopt(conn, peer))
+            self.accepted += 1
+            if self.accepted == self.accept_limit:
+                self.stop_accepting()  # later clients in the backlog are reset, as nc -l does
+                return
 
     def _refuse(self, conn: socket.socket, reason: str, peer: Peer) -> None:
         """Close a refused peer at once; a full listener may first say so (HTTP 503)."""

@@ -19,7 +19,7 @@ from portd.binds import SocketAddress
 from portd.config import ListenerConfig
 from portd.listeners import Listener
 
-SocketKey = tuple[str, int, str, int]
+SocketKey = tuple[str, int, str, int, bool]
 
 
 class Start(NamedTuple):
@@ -38,9 +38,10 @@ class ReloadPlan(NamedTuple):
     retired: list[Listener]
 
 
-def socket_key(protocol: str, address: SocketAddress) -> SocketKey:
-    """Identity of a bound socket: protocol, family, host and port."""
-    return (protocol, address.family, address.host, address.port)
+def socket_key(config: ListenerConfig, address: SocketAddress) -> SocketKey:
+    """Identity of a bound socket: protocol, family, host, port, and whether it listens
+    (a socket cannot stop listening, so ``refuse`` never takes over a listening one)."""
+    return (config.protocol, address.family, address.host, address.port, config.handler.listens)
 
 
 def unchanged(old: ListenerConfig, new: ListenerConfig) -> bool:
@@ -60,7 +61,7 @@ def plan_reload(running: Sequence[Listener], configs: Sequence[ListenerConfig]) 
     for listener in running:
         if listener not in kept:
             for sock, address in zip(listener.sockets, listener.addresses, strict=True):
-                pool[socket_key(listener.config.protocol, address)] = sock
+                pool[socket_key(listener.config, address)] = sock
     started = [
         _start(config, by_name.get(config.name), pool)
         for config in configs
@@ -77,16 +78,17 @@ def _start(
         config.bind.port == 0
         and old is not None
         and (old.config.bind, old.config.protocol) == (config.bind, config.protocol)
+        and old.config.handler.listens == config.handler.listens
         and old.sockets
     ):
         # Port 0: the same listener keeps the port the kernel gave it.
         reused = dict(zip(old.addresses, old.sockets, strict=True))
         for address in old.addresses:
-            pool.pop(socket_key(config.protocol, address), None)
+            pool.pop(socket_key(config, address), None)
         return Start(config, reused, [])
     reused, missing = {}, []
     for address in config.addresses:
-        sock = pool.pop(socket_key(config.protocol, address), None) if address.port else None
+        sock = pool.pop(socket_key(config, address), None) if address.port else None
         if sock is None:
             missing.append(address)
         else:

@@ -21,15 +21,20 @@ SAME_PORT_ATTEMPTS = 32
 NO_FAMILY_ERRNOS = frozenset({errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT})
 
 
-def open_tcp_socket(address: SocketAddress, backlog: int = DEFAULT_BACKLOG) -> socket.socket:
+def open_tcp_socket(
+    address: SocketAddress, backlog: int = DEFAULT_BACKLOG, *, listen: bool = True
+) -> socket.socket:
     """A bound, listening, non-blocking TCP socket. The caller owns (and closes) it.
+
+    ``listen=False`` leaves it bound and not listening (the ``refuse`` handler): connects
+    are refused, and without SO_REUSEADDR no other socket can take the port meanwhile.
 
     Raises:
         OSError: from socket(), bind() or listen(), unchanged (see open_listener_sockets).
     """
     sock = socket.socket(address.family, socket.SOCK_STREAM)
     try:
-        if address.port:
+        if address.port and listen:
             # Restart through TIME_WAIT without waiting for old connections to expire. Not
             # for port 0: the kernel's choice is a fresh port anyway, and with the option
             # Linux searches only part of the range, so thousands of binds turn quadratic.
@@ -38,7 +43,8 @@ def open_tcp_socket(address: SocketAddress, backlog: int = DEFAULT_BACKLOG) -> s
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         _set_v6only(sock, address)
         sock.bind(address.sockaddr)
-        sock.listen(backlog)
+        if listen:
+            sock.listen(backlog)
         sock.setblocking(False)
     except BaseException:
         sock.close()
@@ -79,6 +85,7 @@ def open_listener_sockets(
     backlog: int = DEFAULT_BACKLOG,
     *,
     skip_missing_ipv6: bool = False,
+    listen: bool = True,
 ) -> list[socket.socket]:
     """Open one socket per address, all with the same port, or none at all.
 
@@ -89,6 +96,7 @@ def open_listener_sockets(
         backlog: TCP listen queue length.
         skip_missing_ipv6: leave out IPv6 addresses when the kernel has no IPv6
             (used for ``*``, where IPv6 is best effort).
+        listen: False binds TCP sockets without listening (see open_tcp_socket).
 
     Returns:
         The sockets, owned by the caller.
@@ -100,7 +108,7 @@ def open_listener_sockets(
     check_port_allowed(port, label)
     for _attempt in range(SAME_PORT_ATTEMPTS):
         try:
-            return _open_same_port(addresses, protocol, backlog, skip_missing_ipv6)
+            return _open_same_port(addresses, protocol, backlog, skip_missing_ipv6, listen)
         except _PortTakenElsewhereError:
             continue
         except _AddressFailedError as failed:
@@ -125,7 +133,11 @@ class _AddressFailedError(Exception):
 
 
 def _open_same_port(
-    addresses: Sequence[SocketAddress], protocol: Protocol, backlog: int, skip_missing_ipv6: bool
+    addresses: Sequence[SocketAddress],
+    protocol: Protocol,
+    backlog: int,
+    skip_missing_ipv6: bool,
+    listen: bool,
 ) -> list[socket.socket]:
     opened: list[socket.socket] = []
     port = addresses[0].port
@@ -134,7 +146,7 @@ def _open_same_port(
             target = _with_port(address, port) if opened else address
             try:
                 sock = (
-                    open_tcp_socket(target, backlog)
+                    open_tcp_socket(target, backlog, listen=listen)
                     if protocol == "tcp"
                     else open_udp_socket(target)
                 )

@@ -69,7 +69,9 @@ class Supervisor:
             BindError: the first listener that could not be bound, naming it.
             PortdError: a handler could not start (its message names why).
         """
-        claimed = match_inherited(self.config.listeners, self._inherited)
+        claimed = match_inherited(
+            [c for c in self.config.listeners if c.handler.listens], self._inherited
+        )  # an inherited socket already listens: a handler that must not listen binds its own
         missing = [c for c in self.config.listeners if c.name not in claimed]
         if self._activation_only and missing:
             self._close_inherited()
@@ -358,6 +360,7 @@ def _bind(config: ListenerConfig, addresses: Sequence[Any]) -> list[Any]:
         config.label,
         config.backlog,
         skip_missing_ipv6=config.bind.is_wildcard,
+        listen=config.handler.listens,
     )
 
 

@@ -259,3 +259,14 @@ def test_running_out_of_descriptors_backs_off_without_spinning_and_recovers(
     finally:
         for client in clients:
             client.close()
+
+
+def test_refuse_from_a_config_holds_a_port_that_refuses(start_daemon: StartDaemon) -> None:
+    daemon = start_daemon('[[listener]]\nname = "no"\nbind = "127.0.0.1:0"\nhandler = "refuse"\n')
+    port = daemon.ready()["no"]
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5)
+    with socket.socket() as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        with pytest.raises(OSError, match="Address already in use"):
+            other.bind(("127.0.0.1", port))  # nobody else can take the port meanwhile

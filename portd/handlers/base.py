@@ -108,6 +108,7 @@ class Handler:
     name: ClassVar[str]
     protocols: ClassVar[frozenset[TransportProtocol]]
     options: ClassVar[tuple[Option, ...]] = ()
+    listens: ClassVar[bool] = True  # False: TCP sockets are bound and never listen (refuse)
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings

@@ -189,3 +189,15 @@ class CloseAfterHandler(CutoffHandler):
     """Closes cleanly (FIN) after ``after_bytes`` served through ``wraps``."""
 
     name = "close-after"
+
+
+class RefuseHandler(Handler):
+    """A port guaranteed to refuse: bound (so nobody else takes it), never listening.
+
+    The kernel answers every connect with RST (ConnectionRefusedError); no connection
+    ever reaches portd, so no session exists.
+    """
+
+    name = "refuse"
+    protocols: ClassVar[frozenset[Protocol]] = frozenset({"tcp"})
+    listens = False

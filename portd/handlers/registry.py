@@ -19,6 +19,7 @@ BUILTIN_HANDLERS = {
     "blackhole": "portd.handlers.faults:BlackholeHandler",
     "stall": "portd.handlers.faults:StallHandler",
     "reset": "portd.handlers.faults:ResetHandler",
+    "refuse": "portd.handlers.faults:RefuseHandler",
     "close-after": "portd.handlers.faults:CloseAfterHandler",
     "latency": "portd.handlers.shaping:LatencyHandler",
     "bandwidth": "portd.handlers.shaping:BandwidthHandler",

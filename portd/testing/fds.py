@@ -1,4 +1,4 @@
-"""Sockets for tests: bound ones to hand to a child process, and ones that refuse.
+"""Sockets for tests: bound ones to hand to a child process the systemd way.
 
 A server under test started as a subprocess gets its port with no race when the test
 binds it first and passes the socket the way systemd does (sd_listen_fds(3)): the
@@ -14,7 +14,6 @@ execs the real command, which keeps that pid.
 
 from __future__ import annotations
 
-import errno
 import socket
 import subprocess
 import sys
@@ -22,10 +21,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from portd.binds import Protocol, SocketAddress, parse_bind, resolve_bind
+from portd.binds import Protocol, parse_bind, resolve_bind
 
 if TYPE_CHECKING:
-    from portd.config import ListenerConfig
+    pass
 
 SHIM = """\
 import fcntl, os, sys
@@ -46,7 +45,6 @@ else:
 command = sys.argv[3 + count :]
 os.execvp(command[0], command)
 """
-SAME_PORT_ATTEMPTS = 32
 
 
 def bound_socket(
@@ -124,66 +122,3 @@ def listen_fds(
     fds = tuple(sock.fileno() for sock in given)
     prefix = (sys.executable, "-I", "-S", "-c", SHIM, ":".join(names), str(len(fds)))
     return ListenFds((*prefix, *map(str, fds)), fds)
-
-
-def bind_without_listening(config: ListenerConfig) -> list[socket.socket]:
-    """TCP sockets bound to every address of ``config`` (one port), never listening.
-
-    A connect to them is refused by the kernel for as long as they stay open. No
-    SO_REUSEADDR: another socket setting it could otherwise bind the port and listen.
-
-    Raises:
-        AddressInUseError, BindError: the address cannot be bound.
-    """
-    from portd.privileges import check_port_allowed
-
-    check_port_allowed(config.bind.port, config.label)
-    for _attempt in range(SAME_PORT_ATTEMPTS):
-        opened: list[socket.socket] = []
-        try:
-            for address in config.addresses:
-                port = opened[0].getsockname()[1] if opened else None
-                sock = _bind_one(address, port, may_retry=config.bind.port == 0)
-                if sock is not None:
-                    opened.append(sock)
-        except _PortTakenError:
-            for sock in opened:
-                sock.close()
-            continue
-        except BaseException:
-            for sock in opened:
-                sock.close()
-            raise
-        return opened
-    from portd.errors import AddressInUseError
-
-    raise AddressInUseError(f"{config.label}: no port free in every address family")
-
-
-class _PortTakenError(Exception):
-    """The port chosen for the first address is taken for a later one: choose again."""
-
-
-def _bind_one(address: SocketAddress, port: int | None, may_retry: bool) -> socket.socket | None:
-    from portd.errors import AddressInUseError, BindError
-
-    if port is not None:
-        address = SocketAddress(address.family, (address.host, port, *address.sockaddr[2:]))
-    try:
-        sock = socket.socket(address.family, socket.SOCK_STREAM)
-    except OSError as exc:
-        if address.family == socket.AF_INET6 and address.is_wildcard:
-            return None  # no IPv6 on this host: "*" is IPv4 then
-        raise BindError(f"{address}: cannot create a socket: {exc.strerror}") from exc
-    try:
-        if address.family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind(address.sockaddr)
-    except OSError as exc:
-        sock.close()
-        if exc.errno == errno.EADDRINUSE and port is not None and may_retry:
-            raise _PortTakenError from exc
-        if exc.errno == errno.EADDRINUSE:
-            raise AddressInUseError(f"{address} (tcp) is already in use") from exc
-        raise BindError(f"{address} (tcp): cannot bind: {exc.strerror}") from exc
-    return sock

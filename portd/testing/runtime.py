@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     from portd.listeners import Listener
 
 SOURCE = "portd.testing"
-REFUSE = "refuse"
 THREAD_PREFIX = "portd-testing"
 STOP_TIMEOUT_S = 10.0
 LOOP_TURNS_AFTER_ABORT = 4  # connection_lost and transport closes run on later iterations
@@ -68,8 +67,7 @@ def build_config(spec: ServeSpec) -> ListenerConfig:
     handler = spec.handler
     table = {"bind": spec.bind, "protocol": spec.protocol, **spec.options}
     if isinstance(handler, str):
-        name = "echo" if handler == REFUSE else handler  # refuse: the bind is all that matters
-        return parse_config({"listener": [{**table, "handler": name}]}, SOURCE).listeners[0]
+        return parse_config({"listener": [{**table, "handler": handler}]}, SOURCE).listeners[0]
     return config_for_class(handler, table)
 
 
@@ -124,13 +122,8 @@ class Running:
         self.spec = spec
         self.config = build_config(spec)
         self.records = Records()
-        self.listener: Listener | None = None
-        self.sockets: list[socket.socket] = []
-        if spec.handler == REFUSE:
-            self.sockets = open_refusing_sockets(self.config)
-        else:
-            self.listener = _make_listener(self.config, spec, self.records)
-            self.sockets = list(self.listener.sockets)
+        self.listener: Listener | None = _make_listener(self.config, spec, self.records)
+        self.sockets: list[socket.socket] = list(self.listener.sockets)
         self.addresses: tuple[SocketAddress, ...] = tuple(bound_addresses(self.sockets))
         self.label = f"{spec.handler_name} server on {self.addresses[0]} ({spec.protocol})"
         self.leaked_connections: list[str] = []
@@ -203,6 +196,7 @@ def _make_listener(config: ListenerConfig, spec: ServeSpec, records: Records) ->
         config.label,
         config.backlog,
         skip_missing_ipv6=config.bind.is_wildcard,
+        listen=config.handler.listens,
     )
     try:
         logger = make_logger(spec.log_level)
@@ -227,24 +221,6 @@ def _use_logger(listener: Listener, logger: Any) -> None:
     for value in vars(listener).values():
         if getattr(value, "log", None) is made:
             value.log = logger
-
-
-def open_refusing_sockets(config: ListenerConfig) -> list[socket.socket]:
-    """TCP sockets bound to the config's addresses that never listen: connects are refused.
-
-    No SO_REUSEADDR: with it, another socket that also set it could bind the same
-    address and listen, and the port would stop refusing.
-
-    Raises:
-        ConfigError: the protocol is not tcp.
-        BindError: as for any listener.
-    """
-    from portd.errors import ConfigError
-    from portd.testing.fds import bind_without_listening
-
-    if config.protocol != "tcp":
-        raise ConfigError([f"{SOURCE}: handler 'refuse' serves tcp only, not {config.protocol}"])
-    return bind_without_listening(config)
 
 
 def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
