@@ -199,7 +199,29 @@ def resolve_bind(
     return found
 
 
+def _literal_address(spec: BindSpec) -> SocketAddress | None:
+    """An IPv4 or scope-less IPv6 literal as getaddrinfo would give it; None otherwise."""
+    try:
+        packed = socket.inet_pton(socket.AF_INET, spec.host)
+    except OSError:
+        pass
+    else:
+        return SocketAddress(socket.AF_INET, (socket.inet_ntop(socket.AF_INET, packed), spec.port))
+    if "%" in spec.host:
+        return None  # a scope needs the resolver to map the interface name
+    try:
+        packed = socket.inet_pton(socket.AF_INET6, spec.host)
+    except OSError:
+        return None
+    return SocketAddress(
+        socket.AF_INET6, (socket.inet_ntop(socket.AF_INET6, packed), spec.port, 0, 0)
+    )
+
+
 def _getaddrinfo(spec: BindSpec, protocol: Protocol) -> list[SocketAddress]:
+    literal = _literal_address(spec)
+    if literal is not None:  # no resolver call for 127.0.0.1 or [::1] (10,000 listeners)
+        return [literal]
     try:
         infos = socket.getaddrinfo(
             spec.host, spec.port, type=SOCKET_TYPES[protocol], flags=socket.AI_PASSIVE

@@ -191,5 +191,13 @@ def _bind_error(exc: OSError, protocol: Protocol, label: str, address: SocketAdd
 
 
 def bound_addresses(sockets: Sequence[socket.socket]) -> list[SocketAddress]:
-    """What the sockets are really bound to (port 0 resolved)."""
-    return [SocketAddress(sock.family, sock.getsockname()) for sock in sockets]
+    """What the sockets are really bound to (port 0 resolved).
+
+    The family comes from the sockname's shape (4 fields: IPv6): ``sock.family`` builds
+    an enum each time, which adds up over 10,000 listeners.
+    """
+    found = []
+    for sock in sockets:
+        name = sock.getsockname()
+        found.append(SocketAddress(socket.AF_INET6 if len(name) == 4 else socket.AF_INET, name))
+    return found
