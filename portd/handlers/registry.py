@@ -15,6 +15,7 @@ ENTRY_POINT_GROUP = "portd.handlers"
 BUILTIN_HANDLERS = {
     "echo": "portd.handlers.echo:EchoHandler",
     "http-hello": "portd.handlers.http_hello:HttpHelloHandler",
+    "file-receive": "portd.handlers.file_receive:FileReceiveHandler",
     "recorder": "portd.handlers.recorder:RecorderHandler",
     "blackhole": "portd.handlers.faults:BlackholeHandler",
     "stall": "portd.handlers.faults:StallHandler",
