@@ -204,6 +204,8 @@ def _check_options(
 ) -> dict[str, Any]:
     known = {option.name: option for option in options}
     values = defaults(options)
+    for name in (option.name for option in options if option.required and option.name not in table):
+        problems.add(where, f"missing required key {name!r} ({known[name].help})")
     for key, value in table.items():
         option = known.get(key)
         if option is None:

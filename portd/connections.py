@@ -9,7 +9,9 @@ through them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+import struct
 import time
 from typing import TYPE_CHECKING, Any, cast
 
@@ -20,6 +22,7 @@ if TYPE_CHECKING:
     from portd.listeners import Listener
 
 FAILURE_LOG_INTERVAL_S = 1.0
+RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, zero timeout: close sends RST
 _monotonic = time.monotonic
 
 
@@ -197,6 +200,15 @@ class StreamConnection(asyncio.Protocol):
         if self.ending is None:
             self.ending = "aborted"
         self.transport.abort()
+
+    def reset(self) -> None:
+        """Close now with an RST, even when every byte was read, so the peer can tell a
+        failed exchange (an upload that was not stored) from a finished one."""
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET_ON_CLOSE)
+        self.abort()
 
     def pause_reading(self) -> None:
         """Stop reading from the peer."""

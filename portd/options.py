@@ -29,7 +29,8 @@ class Option:
     """One option: its name, type, default and allowed range or choices.
 
     ``convert`` turns an accepted raw value into the stored one (a size such as "1GiB"
-    into bytes) and raises OptionError when it cannot.
+    into bytes) and raises OptionError when it cannot. A ``required`` option has no
+    usable default: a table without it is a config error.
     """
 
     name: str
@@ -40,6 +41,7 @@ class Option:
     maximum: float | None = None
     choices: tuple[str, ...] = ()
     convert: Callable[[Any], Any] | None = field(default=None, compare=False)
+    required: bool = False  # reported at load when missing, like bind and handler
 
     @property
     def allowed(self) -> str:

@@ -106,9 +106,11 @@ class Supervisor:
     def _listener(self, config: ListenerConfig, sockets: list[Any], origin: str) -> Listener:
         try:
             return Listener(config, sockets, self._conn_ids.__next__, origin)
-        except BaseException:  # the handler could not start: its sockets go too
+        except BaseException as exc:  # the handler could not start: its sockets go too
             for sock in sockets:
                 sock.close()
+            if isinstance(exc, PortdError):
+                raise labelled(exc, config.label) from exc
             raise
 
     def _close_inherited(self) -> None:
@@ -289,7 +291,11 @@ class Supervisor:
                 fresh = iter(bound.get(start.config.name, []))
                 sockets = [_reused_or(start, address, fresh) for address in _addresses(start)]
                 origin = "reused" if start.reused else "bound"
-                created.append(Listener(start.config, sockets, self._conn_ids.__next__, origin))
+                try:
+                    listener = Listener(start.config, sockets, self._conn_ids.__next__, origin)
+                except PortdError as exc:
+                    raise labelled(exc, start.config.label) from exc
+                created.append(listener)
         except BaseException:
             for listener in created:
                 listener.close_handler()
@@ -337,6 +343,15 @@ class Supervisor:
         self.log.error(
             "loop_error", message=context.get("message"), exc_info=context.get("exception")
         )
+
+
+def labelled(exc: PortdError, label: str) -> PortdError:
+    """The same error, its message led by the listener it concerns."""
+    if isinstance(exc, ConfigError):
+        return ConfigError([f"{label}: {line}" for line in exc.lines])
+    error = PortdError(f"{label}: {exc}")
+    error.exit_code = exc.exit_code
+    return error
 
 
 def _reused_or(start: Start, address: Any, fresh: Iterator[Any]) -> Any:

@@ -31,7 +31,6 @@ from portd.handlers.wrapping import (
     ConnectionProxy,
     SessionProxy,
     WrappingHandler,
-    reset_connection,
 )
 from portd.options import Option, parse_size
 
@@ -100,10 +99,10 @@ COUNTING_OPTION = Option(
 class CutoffConnection(ConnectionProxy):
     """Lets ``limit`` bytes of replies through (counting sent), then ends the connection."""
 
-    def __init__(self, conn: Connection, limit: int | None, reset: bool) -> None:
+    def __init__(self, conn: Connection, limit: int | None, resets: bool) -> None:
         super().__init__(conn)
         self.left = limit  # None: replies are not counted
-        self.reset = reset
+        self.resets = resets
         self.ended = False
 
     def write(self, data: bytes) -> None:
@@ -123,8 +122,8 @@ class CutoffConnection(ConnectionProxy):
         if self.ended:
             return
         self.ended = True
-        if self.reset:
-            reset_connection(self.conn)
+        if self.resets:
+            self.conn.reset()
         else:
             self.conn.close()
 

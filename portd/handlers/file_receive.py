@@ -143,7 +143,7 @@ class FileReceiveSession(StreamSession):
     def _give_up(self, step: Step) -> None:
         self.phase = "done"
         self._submit(step)
-        self.conn.abort()
+        self.conn.reset()  # an RST: the sender must not mistake this for a stored file
 
     def _written(self, count: int) -> None:
         self.queued -= count
@@ -156,7 +156,7 @@ class FileReceiveSession(StreamSession):
         if stored:
             self.conn.close()
         else:
-            self.conn.abort()
+            self.conn.reset()
 
     def _submit(self, step: bytes | Step) -> None:
         with self._lock:
@@ -278,8 +278,8 @@ class FileReceiveHandler(Handler):
     name = "file-receive"
     protocols: ClassVar[frozenset[Protocol]] = frozenset({"tcp"})
     options = (
-        Option("directory", str, None, "absolute path; created 0700 when missing (required)",
-               convert=check_directory),
+        Option("directory", str, None, "absolute path; created 0700 when missing",
+               convert=check_directory, required=True),
         Option("max_bytes", object, None, "largest file accepted, e.g. 1GiB (default: no limit)",
                convert=parse_size),
         Option("file_name", str, parse_template(DEFAULT_TEMPLATE), "final-name template",

@@ -49,7 +49,20 @@ def load_handler(name: str) -> type[Handler]:
         loaded = next(iter(found)).load()
     if not (isinstance(loaded, type) and issubclass(loaded, Handler)):
         raise HandlerError(f"handler {name!r} ({loaded!r}) is not a portd Handler subclass")
+    _check_option_names(name, loaded)
     return loaded
+
+
+def _check_option_names(name: str, handler: type[Handler]) -> None:
+    """Handler options share the listener's table: they must not shadow its keys."""
+    from portd.config import LISTENER_OPTIONS
+
+    taken = {option.name for option in LISTENER_OPTIONS}
+    clashes = sorted(option.name for option in handler.options if option.name in taken)
+    if clashes:
+        raise HandlerError(
+            f"handler {name!r} declares options named like listener keys: {', '.join(clashes)}"
+        )
 
 
 def available_handlers() -> list[str]:

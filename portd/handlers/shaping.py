@@ -115,6 +115,10 @@ class PacedConnection(ConnectionProxy):
         self.stop()
         self.conn.abort()
 
+    def reset(self) -> None:
+        self.stop()
+        self.conn.reset()
+
     def stop(self) -> None:
         """Drop the queue and the timer (the connection is gone or aborted)."""
         self.closing = True

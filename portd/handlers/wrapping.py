@@ -10,10 +10,7 @@ inherits plain forwarding for the rest.
 
 from __future__ import annotations
 
-import contextlib
 import random
-import socket
-import struct
 from typing import Any
 
 from portd.handlers.base import Connection, Handler, StreamSession
@@ -28,7 +25,6 @@ WRAPS_OPTION = Option(
     choices=WRAPPABLE,
 )
 SEED_OPTION = Option("seed", int, 0, "seeds the random timings: the same seed, the same timings")
-LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, timeout 0: close() sends RST
 
 
 class ConnectionProxy:
@@ -68,6 +64,10 @@ class ConnectionProxy:
     def abort(self) -> None:
         """Close now."""
         self.conn.abort()
+
+    def reset(self) -> None:
+        """Close now with an RST."""
+        self.conn.reset()
 
     def pause_reading(self) -> None:
         """Stop reading from the peer."""
@@ -129,17 +129,3 @@ class WrappingHandler(Handler):
 
     def close(self) -> None:
         self.inner.close()
-
-
-def reset_connection(conn: Connection) -> None:
-    """End ``conn`` with a TCP RST: SO_LINGER {1, 0}, then close.
-
-    The Connection contract has no socket; portd's own connections carry the transport,
-    whose socket takes the option. Without one (an in-memory test double) this aborts.
-    """
-    transport = getattr(conn, "transport", None)
-    sock = transport.get_extra_info("socket") if transport is not None else None
-    if sock is not None:
-        with contextlib.suppress(OSError):  # already gone: abort() is all that is left
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
-    conn.abort()

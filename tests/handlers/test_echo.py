@@ -32,6 +32,9 @@ class RecordingConnection:
     def abort(self) -> None:
         self.closed = True
 
+    def reset(self) -> None:
+        self.abort()
+
     def write_eof(self) -> None:
         self.closed = True
 

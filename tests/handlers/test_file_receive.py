@@ -54,15 +54,16 @@ def upload(port: int, data: bytes) -> bytes:
 
 
 def upload_refused(port: int, data: bytes) -> None:
-    """Send ``data`` to a server that gives up on it and closes the connection (a reset
-    when bytes were left unread, else a FIN: the server API has no forced reset)."""
+    """Send ``data`` to a server that gives up on it: it resets the connection, even when
+    it read every byte, so a failed upload never looks like a stored one (a clean close)."""
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
         try:
             sock.sendall(data)
             sock.shutdown(socket.SHUT_WR)
-            assert sock.recv(1) == b""
+            ended_cleanly = sock.recv(1) == b""
         except (ConnectionResetError, BrokenPipeError):
-            pass
+            ended_cleanly = False
+    assert not ended_cleanly, "a failed upload ended like a stored one"
 
 
 def open_upload(port: int, data: bytes) -> socket.socket:

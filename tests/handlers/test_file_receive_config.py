@@ -142,16 +142,19 @@ def test_an_unusable_directory_stops_serve_with_exit_78_and_one_line(
     result = run_portd("serve", "-c", str(path))
     assert result.returncode == 78
     assert result.stderr.splitlines() == [
-        f'portd: file-receive: directory = "{directory}": {reason}'
+        f'portd: listener "up": file-receive: directory = "{directory}": {reason}'
     ]
 
 
-def test_a_missing_directory_option_stops_serve_with_exit_78(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", ["serve", "check"])
+def test_a_missing_directory_option_is_a_config_error_at_load(tmp_path: Path, command: str) -> None:
+    """`portd check` finds it too: required options are checked with the rest of the file."""
     path = write_config(tmp_path, '[[listener]]\nbind = "127.0.0.1:0"\nhandler = "file-receive"\n')
-    result = run_portd("serve", "-c", str(path))
+    result = run_portd(command, *(["-c"] if command == "serve" else []), str(path))
     assert result.returncode == 78
     assert result.stderr.splitlines() == [
-        "portd: file-receive: missing required key 'directory' (an absolute path)"
+        f"portd: {path}: [[listener]] #1: missing required key 'directory' "
+        "(absolute path; created 0700 when missing)"
     ]
 
 
@@ -163,6 +166,7 @@ def test_two_daemons_cannot_share_a_directory(tmp_path: Path, start_daemon: Star
     result = run_portd("serve", "-c", str(path))
     assert result.returncode == 78
     assert result.stderr.splitlines() == [
-        f'portd: file-receive: directory = "{directory}": is in use by another process'
+        f'portd: listener "up": file-receive: directory = "{directory}": '
+        "is in use by another process"
     ]
     assert list(directory.iterdir()) == []

@@ -55,6 +55,9 @@ class FakeConnection:
     def abort(self) -> None:
         self._end("abort")
 
+    def reset(self) -> None:
+        self._end("reset")
+
     def _end(self, how: str) -> None:
         self.ending = self.ending or how
         self.ended.set()
@@ -108,7 +111,7 @@ async def test_a_temporary_that_cannot_be_created_fails_that_transfer_with_one_l
     conn = FakeConnection()
     session = handler.open_session(conn)
     session.data_received(b"data")
-    assert await ended(conn) == "abort"
+    assert await ended(conn) == "reset"
     [failed] = [entry for entry in logs if entry["event"] == "file_failed"]
     assert (failed["reason"], failed["error"]) == (errno.errorcode[code], os.strerror(code))
     assert entries(Path(handler.directory.path)) == []
@@ -124,7 +127,7 @@ async def test_a_failed_write_removes_the_partial_and_logs_why(
     monkeypatch.setattr(durable, "write_all", failing(code))
     conn = FakeConnection()
     handler.open_session(conn).data_received(b"data")
-    assert await ended(conn) == "abort"
+    assert await ended(conn) == "reset"
     assert [(e["event"], e.get("reason")) for e in logs] == [("file_failed", errno.errorcode[code])]
     assert entries(Path(handler.directory.path)) == []
 
@@ -137,7 +140,7 @@ async def test_a_failed_fsync_never_gives_the_file_its_final_name(
     session = handler.open_session(conn)
     session.data_received(b"data")
     session.eof_received()
-    assert await ended(conn) == "abort"
+    assert await ended(conn) == "reset"
     assert [(e["event"], e.get("reason")) for e in logs] == [("file_failed", "EIO")]
     assert entries(Path(handler.directory.path)) == []
 

@@ -138,6 +138,9 @@ class FakeConnection:
     def abort(self) -> None:
         self.aborted = True
 
+    def reset(self) -> None:
+        self.abort()
+
     def pause_reading(self) -> None:
         self.reading = False
 

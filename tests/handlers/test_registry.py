@@ -14,6 +14,7 @@ import pytest
 
 from portd.config import parse_config
 from portd.errors import ConfigError, HandlerError
+from portd.handlers.base import Handler
 from portd.handlers.echo import EchoHandler
 from portd.handlers.registry import available_handlers, load_handler
 from tests.support import Daemon
@@ -103,3 +104,18 @@ def test_readme_handler_serves_through_the_daemon(
         while chunk := sock.recv(100):
             received += chunk
     assert received == b"HELLO, PORTD"  # closed by the handler after its 8-byte limit
+
+
+def test_a_handler_option_may_not_shadow_a_listener_key() -> None:
+    """Handler options share the listener's table: an option called `name` would replace
+    the listener's name, so such a handler is refused when it is loaded."""
+    from portd.handlers.registry import _check_option_names
+    from portd.options import Option
+
+    class Shadowing(Handler):
+        name = "shadowing"
+        protocols = frozenset({"tcp"})
+        options = (Option("name", str, "x", "a file name"), Option("fine", int, 1, "ok"))
+
+    with pytest.raises(HandlerError, match=r"declares options named like listener keys: name$"):
+        _check_option_names("shadowing", Shadowing)
