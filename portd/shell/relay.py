@@ -18,6 +18,7 @@ import contextlib
 import os
 import socket
 import threading
+from collections.abc import Iterator
 from typing import NamedTuple
 
 from portd.shell.stats import Transfer
@@ -60,6 +61,18 @@ class Session:
                 return
             self.status, self.message = status, message
             self.done.set()
+
+    def stdin_chunks(self) -> Iterator[bytes]:
+        """What stdin gives, chunk by chunk, until its end; a read error ends the session."""
+        while True:
+            try:
+                data = os.read(STDIN, BUFFER_SIZE)
+            except OSError as exc:
+                self.finish(1, f"cannot read stdin: {exc.strerror}")
+                return
+            if not data:
+                return
+            yield data
 
     def quit_later(self) -> None:
         """Apply -q after stdin's end: finish once the delay has passed."""
@@ -121,14 +134,7 @@ class StreamRelay:
 
     def _stdin_to_socket(self) -> None:
         sent = self.session.transfer.sent
-        while True:
-            try:
-                data = os.read(STDIN, BUFFER_SIZE)
-            except OSError as exc:
-                self.session.finish(1, f"cannot read stdin: {exc.strerror}")
-                return
-            if not data:
-                break
+        for data in self.session.stdin_chunks():
             try:
                 self.sock.sendall(data)
             except OSError as exc:
@@ -206,14 +212,7 @@ class DatagramRelay:
 
     def _stdin_to_socket(self) -> None:
         sent = self.session.transfer.sent
-        while True:
-            try:
-                data = os.read(STDIN, BUFFER_SIZE)
-            except OSError as exc:
-                self.session.finish(1, f"cannot read stdin: {exc.strerror}")
-                return
-            if not data:
-                break
+        for data in self.session.stdin_chunks():
             self._have_peer.wait()
             for start in range(0, len(data), MAX_DATAGRAM):
                 chunk = data[start : start + MAX_DATAGRAM]
