@@ -4,7 +4,8 @@
 
 1. Idle connections: open N connections to an echo listener, measure the daemon's RSS
    and open descriptors, close them all, wait for the daemon's descriptors to return to
-   their baseline; repeat for several cycles and check nothing grows between cycles.
+   their baseline; repeat for several cycles and check the last cycle sets no new high
+   in the RSS left after close (it wobbles by a few MiB; a leak climbs every cycle).
 2. Mangled HTTP: send requests from the http-hello corpus, mutated (bytes flipped,
    inserted, deleted, lines duplicated or cut) and split at random points, over real
    sockets; every answer must be a status line or a close, and the daemon must log no
@@ -30,6 +31,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "tests" / "handlers" / "http_corpus"
 RSS_LIMIT_MIB = 64
+# RSS after close wobbles by several MiB from cycle to cycle (the allocator keeps and
+# reuses freed memory) and goes down as well as up; a leak instead sets a new high every
+# cycle. So the last cycle may not exceed the earlier cycles' peak by more than 2 MiB.
+NEW_HIGH_LIMIT_MIB = 2.0
 STATUS_PREFIX = b"HTTP/1.1 "
 
 CONFIG = """
@@ -200,7 +205,7 @@ def mangled_http(daemon: Daemon, total: int, seed: int, threads: int = 4) -> dic
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--connections", type=int, default=10_000)
-    parser.add_argument("--cycles", type=int, default=3)
+    parser.add_argument("--cycles", type=int, default=5)
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
@@ -224,11 +229,14 @@ def main() -> int:
     outcomes = dict(sorted(http.items()))
     print(f"mangled HTTP: {sum(http.values())} requests in {elapsed:.1f} s: {outcomes}")
     print(f"daemon: handler_failed + loop_error = {failures}, exit code {code}")
-    growth = [row["rss_after_close_mib"] for row in cycles]
+    after = [row["rss_after_close_mib"] for row in cycles]
+    new_high = after[-1] - max(after[:-1], default=after[-1])
+    print(f"RSS after close per cycle: {after} MiB; last cycle over the earlier peak: "
+          f"{new_high:+.1f} MiB (limit {NEW_HIGH_LIMIT_MIB})")  # fmt: skip
     ok = (
         all(row["rss_growth_mib"] <= RSS_LIMIT_MIB for row in cycles)
         and all(row["fds_after_close"] == 0 for row in cycles)
-        and growth[-1] - growth[0] <= 8  # no growth from cycle to cycle beyond noise
+        and new_high <= NEW_HIGH_LIMIT_MIB
         and failures == 0
         and http.get("other", 0) == 0
         and code == 0
