@@ -51,6 +51,7 @@ class Listener:
         sockets: list[socket.socket],
         next_conn_id: Callable[[], int],
         origin: str = "bound",
+        log: Any = None,
     ) -> None:
         self.config = config
         self.sockets = sockets
@@ -59,7 +60,9 @@ class Listener:
         self.next_conn_id = next_conn_id
         self.handler = config.handler(config.settings)
         self._handler_closed = False
-        self.log: Any = get_logger(listener=config.name)
+        # The daemon's structlog logger, or one the caller supplies (the testing API keeps
+        # test servers off the host program's structlog configuration).
+        self.log: Any = log if log is not None else get_logger(listener=config.name)
         self.connections: set[StreamConnection] = set()
         self.observers: list[Observer] = []
         self.total_connections = 0

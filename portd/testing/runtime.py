@@ -199,28 +199,14 @@ def _make_listener(config: ListenerConfig, spec: ServeSpec, records: Records) ->
         listen=config.handler.listens,
     )
     try:
-        logger = make_logger(spec.log_level)
-        listener = Listener(config, sockets, itertools.count(1).__next__)
+        logger = make_logger(spec.log_level).bind(listener=config.name)
+        listener = Listener(config, sockets, itertools.count(1).__next__, log=logger)
     except BaseException:
         for sock in sockets:
             sock.close()
         raise
-    _use_logger(listener, logger.bind(listener=config.name))
     listener.observers.append(records)
     return listener
-
-
-def _use_logger(listener: Listener, logger: Any) -> None:
-    """Give the listener, and whatever it handed its logger to, the test logger.
-
-    Listener takes no logger argument (yet); its helpers (refusal logs) keep the one
-    it made, so each attribute holding that one is switched too.
-    """
-    made = listener.log
-    listener.log = logger
-    for value in vars(listener).values():
-        if getattr(value, "log", None) is made:
-            value.log = logger
 
 
 def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
