@@ -7,6 +7,7 @@ import os
 import queue
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -148,3 +149,30 @@ def listener_config(
     return ListenerConfig(
         index, name, spec, protocol, handler, 1024, {}, tuple(resolve_bind(spec, protocol))
     )
+
+
+def flood_without_reading(pid: int, port: int, chunk: bytes) -> tuple[int, int]:
+    """Send ``chunk`` over and over without ever reading, until no room is left for a
+    whole second (or 256 MiB went out).
+
+    Returns:
+        ``(bytes sent, growth of the daemon's RSS)``: both stay small when the daemon
+        stops reading from a peer that does not read.
+    """
+    import select
+
+    import psutil
+
+    process = psutil.Process(pid)
+    rss_before = process.memory_info().rss
+    sent = 0
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.setblocking(False)
+        while sent < 256 << 20:
+            if not select.select([], [sock], [], 1.0)[1]:
+                break  # no room for a whole second: the daemon stopped reading
+            try:
+                sent += sock.send(chunk)
+            except BlockingIOError:
+                continue
+        return sent, process.memory_info().rss - rss_before

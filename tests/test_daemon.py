@@ -4,7 +4,6 @@ codes, draining, signals, resource exhaustion and peers that never read."""
 from __future__ import annotations
 
 import os
-import select
 import shutil
 import signal
 import socket
@@ -21,7 +20,7 @@ import pytest
 
 from portd.privileges import unprivileged_port_start
 from tests.conftest import needs_ipv6
-from tests.support import Daemon, run_portd, write_config
+from tests.support import Daemon, flood_without_reading, run_portd, write_config
 
 StartDaemon = Callable[..., Daemon]
 LOOPS = pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
@@ -213,20 +212,7 @@ def test_a_peer_that_never_reads_cannot_make_the_daemon_grow(start_daemon: Start
     """The client sends without reading; echo must stop reading once its queue is full."""
     daemon = start_daemon(config(echo_listener("e")))
     port = daemon.ready()["e"]
-    process = psutil.Process(daemon.proc.pid)
-    rss_before = process.memory_info().rss
-    chunk = b"x" * 65536
-    sent = 0
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.setblocking(False)
-        while sent < 256 << 20:
-            if not select.select([], [sock], [], 1.0)[1]:
-                break  # no room for a whole second: the daemon stopped reading
-            try:
-                sent += sock.send(chunk)
-            except BlockingIOError:
-                continue
-        rss_growth = process.memory_info().rss - rss_before
+    sent, rss_growth = flood_without_reading(daemon.proc.pid, port, b"x" * 65536)
     assert sent < 64 << 20, f"{sent} bytes accepted from a peer that never reads"
     assert rss_growth < 16 << 20, f"daemon grew by {rss_growth} bytes"
 

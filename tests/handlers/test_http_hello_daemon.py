@@ -13,11 +13,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import psutil
 import pytest
 
 from tests.handlers.test_http_hello import Response, read_responses
-from tests.support import Daemon, require_tool
+from tests.support import Daemon, flood_without_reading, require_tool
 
 StartDaemon = Callable[..., Daemon]
 LOOPS = pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
@@ -113,20 +112,7 @@ def test_a_client_that_pipelines_and_never_reads_cannot_grow_the_daemon(
     """portd stops reading once its send queue is full: requests wait in the kernel."""
     daemon = start_daemon(http_config(header_timeout_s=30))
     port = daemon.ready()["web"]
-    process = psutil.Process(daemon.proc.pid)
-    rss_before = process.memory_info().rss
-    chunk = GET * 1800  # 64 KB of requests
-    sent = 0
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.setblocking(False)
-        while sent < 256 << 20:
-            if not select.select([], [sock], [], 1.0)[1]:
-                break  # no room for a whole second: the daemon stopped reading
-            try:
-                sent += sock.send(chunk)
-            except BlockingIOError:
-                continue
-        rss_growth = process.memory_info().rss - rss_before
+    sent, rss_growth = flood_without_reading(daemon.proc.pid, port, GET * 1800)
     assert sent < 64 << 20, f"{sent} bytes of requests accepted from a peer that never reads"
     assert rss_growth < 16 << 20, f"daemon grew by {rss_growth} bytes"
 
