@@ -40,8 +40,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from report import BenchmarkResult, format_table, to_json
-from servers import HERE, HOST, Server, ServerError, ServerSpec, launch, portd_argv, spawn
+from report import BenchmarkResult, format_table, save_results, to_json
+from servers import HOST, Server, ServerError, ServerSpec, launch, portd_argv, spawn
 from suite import Benchmark, BenchmarkError, Comparison, Measure, Sample, Settings
 
 DEFAULT_SIZE_MIB = 1024
@@ -292,16 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table([result]))
     for note in bench.notes:
         print(f"note: {note}")
-    text = json.dumps(
-        {"started": started.isoformat(), "benchmarks": {bench.name: to_json(result)}}, indent=2
-    )
-    paths = [HERE / "results" / f"{started:%Y%m%dT%H%M%SZ}-file-receive.json"]
-    if args.json:
-        paths.append(args.json)
-    for path in paths:
-        path.parent.mkdir(exist_ok=True)
-        path.write_text(text + "\n", encoding="utf-8")
-    print(f"\nresults: {', '.join(str(path) for path in paths)}")
+    document = {"started": started.isoformat(), "benchmarks": {bench.name: to_json(result)}}
+    save_results(document, started, "file-receive", args.json)
     return 0
 
 

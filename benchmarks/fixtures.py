@@ -22,7 +22,6 @@ import asyncio
 import datetime
 import http.client
 import importlib
-import json
 import logging
 import statistics
 import sys
@@ -32,7 +31,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+from report import save_results
+
 DEFAULT_STARTS = 200
 IDLE_STOPS = 5
 P95_TARGET_MS = 50.0
@@ -217,13 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         "results": rows,
         "samples": [asdict(timings) for timings in measured],
     }
-    RESULTS_DIR.mkdir(exist_ok=True)
-    paths = [RESULTS_DIR / f"{started:%Y%m%dT%H%M%SZ}-fixtures.json"]
-    if args.json:
-        paths.append(args.json)
-    for path in paths:
-        path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-    print(f"\nresults: {', '.join(str(path) for path in paths)}")
+    save_results(document, started, "fixtures", args.json)
     return 0 if all(timings.verdict() != "FAIL" for timings in measured) else 1
 
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import json
 import re
 import resource
 import socket
@@ -43,8 +42,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from model import Benchmark, BenchmarkError, Comparison, Measure, Sample, Session, Settings
-from report import BenchmarkResult, format_table, to_json
-from servers import HERE, HOST, READY_TIMEOUT_S, Server, ServerError, ServerSpec, launch, portd_argv
+from report import BenchmarkResult, format_table, save_results, to_json
+from servers import HOST, READY_TIMEOUT_S, Server, ServerError, ServerSpec, launch, portd_argv
 
 BODY = "Hello from portd\n"
 CONTENT_TYPE = "text/plain; charset=utf-8"
@@ -271,20 +270,11 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(results))
     for note in NOTES:
         print(f"note: {note}")
-    text = json.dumps(
-        {
-            "started": started.isoformat(),
-            "benchmarks": {result.benchmark.name: to_json(result) for result in results},
-        },
-        indent=2,
-    )
-    paths = [HERE / "results" / f"{started:%Y%m%dT%H%M%SZ}-http-hello.json"]
-    if args.json:
-        paths.append(args.json)
-    for path in paths:
-        path.parent.mkdir(exist_ok=True)
-        path.write_text(text + "\n", encoding="utf-8")
-    print(f"\nresults: {', '.join(str(path) for path in paths)}")
+    document = {
+        "started": started.isoformat(),
+        "benchmarks": {result.benchmark.name: to_json(result) for result in results},
+    }
+    save_results(document, started, "http-hello", args.json)
     return 0
 
 

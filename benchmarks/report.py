@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import json
 import statistics
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from model import Benchmark, Sample
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 SUMMARY_HEADER = ("benchmark", "server", "median", "min", "max", "unit", "n")
 VERDICT_HEADER = ("ratio", "value", "paired", "target", "result")
@@ -219,3 +224,17 @@ def to_json(result: BenchmarkResult) -> dict[str, Any]:
         },
         "verdicts": [dataclasses.asdict(verdict) for verdict in result.verdicts],
     }
+
+
+def save_results(
+    document: dict[str, Any], started: datetime.datetime, suffix: str = "", also: Path | None = None
+) -> list[Path]:
+    """Write ``document`` as JSON under benchmarks/results/ (and to ``also``); print where."""
+    name = f"{started:%Y%m%dT%H%M%SZ}{'-' + suffix if suffix else ''}.json"
+    paths = [RESULTS_DIR / name, *([also] if also else [])]
+    text = json.dumps(document, indent=2) + "\n"
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    print(f"\nresults: {', '.join(str(path) for path in paths)}")
+    return paths

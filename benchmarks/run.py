@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import signal
@@ -24,11 +23,10 @@ from types import FrameType
 from typing import Any
 
 from processes import become_subreaper, reap_orphans
-from report import BenchmarkResult, format_table, to_json
+from report import BenchmarkResult, format_table, save_results, to_json
 from servers import HERE, ServerError
 from suite import BenchmarkError, Measure, Settings, all_benchmarks
 
-RESULTS_DIR = HERE / "results"
 DEFAULT_ROUNDS = 5
 DEFAULT_DURATION_S = 3.0
 WARMUP_S = 0.5
@@ -190,14 +188,7 @@ def write_json(
         "machine": describe_machine(),
         "benchmarks": {result.benchmark.name: to_json(result) for result in results},
     }
-    text = json.dumps(document, indent=2) + "\n"
-    RESULTS_DIR.mkdir(exist_ok=True)
-    paths = [RESULTS_DIR / f"{started:%Y%m%dT%H%M%SZ}.json"]
-    if args.json:
-        paths.append(args.json)
-    for path in paths:
-        path.write_text(text, encoding="utf-8")
-    print(f"\nresults: {', '.join(str(path) for path in paths)}")
+    save_results(document, started, also=args.json)
 
 
 if __name__ == "__main__":
