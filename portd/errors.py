@@ -31,6 +31,12 @@ class BindSyntaxError(UsageError):
     """Text that is not ``[HOST:]PORT`` (or names an unknown service)."""
 
 
+class HostNotFoundError(PortdError):
+    """A host name to connect to does not resolve (connect, scan): exit 1, as nc does."""
+
+    exit_code = 1
+
+
 class ConfigError(PortdError):
     """One or more problems in a config file, each already a complete line."""
 

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from portd.binds import MAX_PORT, SocketAddress, parse_port
-from portd.errors import BindSyntaxError, PortdError
+from portd.errors import BindSyntaxError, HostNotFoundError
 from portd.inspect.probe import probe_tcp
 from portd.inspect.services import service_name
 
@@ -46,13 +46,13 @@ def resolve_host(host: str, families: Sequence[socket.AddressFamily]) -> SocketA
     """The first address of ``host`` (IPv4 first unless -6).
 
     Raises:
-        PortdError: the name does not resolve (exit 1).
+        HostNotFoundError: the name does not resolve (exit 1).
     """
     family = families[0] if len(families) == 1 else socket.AF_UNSPEC
     try:
         infos = socket.getaddrinfo(host, 0, family, socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        raise PortdError(f"cannot resolve {host!r}: {exc.strerror}") from None
+        raise HostNotFoundError(f"cannot resolve {host!r}: {exc.strerror}") from None
     infos.sort(key=lambda info: info[0] != socket.AF_INET)
     found_family, _type, _proto, _name, sockaddr = infos[0]
     return SocketAddress(found_family, sockaddr)  # type: ignore[arg-type]

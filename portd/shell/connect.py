@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from portd.binds import Protocol, format_host_port, parse_port
-from portd.errors import PortdError
+from portd.errors import HostNotFoundError, PortdError
 from portd.shell.listen import address_families, report_session
 from portd.shell.relay import DatagramRelay, EofPolicy, Session, StreamRelay
 from portd.shell.stats import Transfer
@@ -53,7 +53,7 @@ def _open(args: Any, protocol: Protocol, port: int, target: str) -> socket.socke
         try:
             infos = socket.getaddrinfo(args.host, port, family, kind)
         except socket.gaierror as exc:
-            raise ConnectError(f"cannot resolve {args.host!r}: {exc.strerror}") from None
+            raise HostNotFoundError(f"cannot resolve {args.host!r}: {exc.strerror}") from None
         for info_family, info_kind, proto, _name, address in infos:
             sock = socket.socket(info_family, info_kind, proto)
             sock.settimeout(args.wait)

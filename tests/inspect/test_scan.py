@@ -209,3 +209,11 @@ def test_ctrl_c_exits_130_at_once(spawn: Spawner) -> None:
             assert scan.wait(timeout=3) == 130
     assert scan.lines == []
     assert scan.output == b""
+
+
+def test_an_unresolvable_host_exits_1_with_one_line(spawn: Spawner) -> None:
+    """The same code and words as `portd connect`: names under .invalid never resolve."""
+    scan = spawn.portd("scan", "nonexistent.invalid", "80")
+    assert scan.wait() == 1
+    assert len(scan.lines) == 1
+    assert scan.lines[0].startswith("portd: cannot resolve 'nonexistent.invalid': ")
