@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from portd.listeners import Listener
 
 FAILURE_LOG_INTERVAL_S = 1.0
+MAX_DATAGRAM_BYTES = 65536  # the largest UDP payload (65,507 over IPv4) fits
+DATAGRAM_BATCH = 64  # datagrams read per wake-up before other sockets get a turn
 RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, zero timeout: close sends RST
 _monotonic = time.monotonic
 
@@ -221,8 +223,15 @@ class StreamConnection(asyncio.Protocol):
             self.transport.resume_reading()
 
 
-class DatagramServer(asyncio.DatagramProtocol):
-    """One bound UDP socket, offered to the handler as a DatagramEndpoint.
+class DatagramServer:
+    """One bound UDP socket, read and written here, offered to the handler as a
+    DatagramEndpoint.
+
+    portd reads the socket itself (``add_reader`` and ``recvfrom_into``) instead of handing
+    it to ``loop.create_datagram_endpoint``: uvloop adopts a socket through libuv's
+    ``uv_udp_open()``, which turns SO_REUSEADDR on, and with it any local user could bind
+    the same address and receive the clients' datagrams. The socket keeps exactly the
+    options portd.sockets gave it, on every loop.
 
     While the kernel's send buffer is full, replies are dropped and counted instead of
     queued: UDP promises no delivery, and a queue would grow without bound.
@@ -231,8 +240,6 @@ class DatagramServer(asyncio.DatagramProtocol):
     def __init__(self, listener: Listener, sock: socket.socket) -> None:
         self.listener = listener
         self.sock = sock
-        self.transport: asyncio.DatagramTransport | None = None
-        self.paused = False
         self.datagrams_in = 0
         self.datagrams_out = 0
         self.bytes_in = 0
@@ -240,11 +247,41 @@ class DatagramServer(asyncio.DatagramProtocol):
         self.dropped = 0
         self.failures = 0
         self._last_failure_log = 0.0
+        self._buffer = memoryview(bytearray(MAX_DATAGRAM_BYTES))
+        self._loop: asyncio.AbstractEventLoop | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Read datagrams from the socket on ``loop``."""
+        self._loop = loop
+        loop.add_reader(self.sock.fileno(), self._readable)
+
+    def stop(self) -> None:
+        """Stop reading (idempotent); the socket stays open for its owner."""
+        if self._loop is not None:
+            self._loop.remove_reader(self.sock.fileno())
+            self._loop = None
+
+    @property
+    def serving(self) -> bool:
+        """True while datagrams are read."""
+        return self._loop is not None
+
+    def _readable(self) -> None:
+        buffer, recvfrom_into = self._buffer, self.sock.recvfrom_into
+        for _ in range(DATAGRAM_BATCH):  # then let other sockets have the loop
+            try:
+                size, addr = recvfrom_into(buffer)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # an ICMP error queued for an earlier reply
+                self.listener.log.debug("datagram_error", error=exc.strerror or str(exc))
+                continue
+            self.datagram_received(bytes(buffer[:size]), addr)  # one copy, sized
+            if self._loop is None:  # the handler or an observer stopped the listener
+                return
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
+        """Gate, record and hand one datagram to the handler."""
         self.datagrams_in += 1
         self.bytes_in += len(data)
         refusal = self.listener.datagram_gate.admit(addr[0], addr[1])
@@ -259,19 +296,16 @@ class DatagramServer(asyncio.DatagramProtocol):
             self._handler_failed(exc, addr)
 
     def send(self, data: bytes, peer: Peer) -> bool:
-        """Send one datagram; False (and counted) when dropped under back-pressure."""
-        if self.paused or self.transport is None or self.transport.is_closing():
+        """Send one datagram (an empty one too); False (and counted) when it was dropped
+        because the send buffer is full or the socket no longer serves."""
+        if self._loop is None:
             self.dropped += 1
             return False
-        if data:
-            self.transport.sendto(data, peer)
-        else:
-            # asyncio and uvloop transports drop empty datagrams; an empty reply is a reply.
-            try:
-                self.sock.sendto(data, peer)
-            except OSError:
-                self.dropped += 1
-                return False
+        try:
+            self.sock.sendto(data, peer)
+        except OSError:  # EAGAIN: the send buffer is full; others: the peer is unreachable
+            self.dropped += 1
+            return False
         self.datagrams_out += 1
         self.bytes_out += len(data)
         return True
@@ -280,16 +314,6 @@ class DatagramServer(asyncio.DatagramProtocol):
     def log(self) -> Any:
         """The listener's logger."""
         return self.listener.log
-
-    def pause_writing(self) -> None:
-        self.paused = True
-
-    def resume_writing(self) -> None:
-        self.paused = False
-
-    def error_received(self, exc: Exception) -> None:
-        # ICMP errors (port unreachable) for an earlier reply: the peer went away.
-        self.listener.log.debug("datagram_error", error=str(exc))
 
     def _handler_failed(self, exc: Exception, addr: Any) -> None:
         self.failures += 1

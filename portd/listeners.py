@@ -106,9 +106,7 @@ class Listener:
         else:
             for sock in self.sockets:
                 endpoint = DatagramServer(self, sock)
-                # The transport takes a duplicate: closing it leaves our socket open.
-                served = sock.dup()
-                await loop.create_datagram_endpoint(lambda e=endpoint: e, sock=served)  # type: ignore[misc]
+                endpoint.start(loop)
                 self._endpoints.append(endpoint)
         self.log.info(
             "listener_started",
@@ -243,8 +241,7 @@ class Listener:
         if self._accepting:
             self._watch_accept(False)
         for endpoint in self._endpoints:
-            if endpoint.transport is not None:
-                endpoint.transport.close()
+            endpoint.stop()
         self.sockets = [sock for sock in self.sockets if sock not in keep]
         self.close_sockets()
         if not self.draining:
