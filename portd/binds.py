@@ -108,6 +108,8 @@ def parse_bind(text: str, protocol: Protocol = "tcp") -> BindSpec:
     text = text.strip()
     if not text:
         raise BindSyntaxError("empty bind; expected [HOST:]PORT")
+    if not text.isprintable():
+        raise BindSyntaxError(f"bad bind {text!r}; it holds a control character")
     host, port_text = _split_host_port(text)
     return BindSpec(host, parse_port(port_text, protocol))
 

@@ -286,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_serve(args: argparse.Namespace) -> int:
     """``portd serve``: bind every listener, serve, drain on SIGTERM."""
+    from portd.daemon import hold_early_reloads
+
+    hold_early_reloads()  # before anything slow: a SIGHUP from here on is a reload, not death
     from dataclasses import replace
 
     from portd.config import load_config

@@ -10,7 +10,9 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import os
 import re
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,6 +27,14 @@ from portd.limits import LIMIT_OPTIONS, TCP_ONLY, UDP_ONLY, Limits
 from portd.options import Option, Settings, defaults
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+MAX_CONFIG_BYTES = 16 << 20  # a config is text; anything bigger is a mistake or an attack
+FILE_KINDS = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
 NAME_RULE = "1-64 characters from A-Z a-z 0-9 . _ -, starting with a letter or digit"
 
 DAEMON_OPTIONS = (
@@ -150,19 +160,56 @@ def _toml(value: Any) -> str:
 def load_config(path: str | Path) -> Config:
     """Read, parse and validate a config file.
 
+    Blocking (file I/O, host-name resolution, handler imports): the daemon calls it off
+    the event loop.
+
     Raises:
-        ConfigError: the file cannot be read, is not TOML, or has problems (all listed).
+        ConfigError: the file cannot be read, is not a regular file or is too big, is not
+            TOML, or has problems (all listed).
     """
     source = str(path)
+    text = read_config_text(source)
     try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError([f"{source}: cannot read config: {exc.strerror}"]) from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError([f"{source}: not UTF-8 text: {exc.reason}"]) from exc
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{source}: TOML syntax error: {exc}"]) from exc
+    except RecursionError:
+        raise ConfigError([f"{source}: TOML nested too deeply to read"]) from None
+    except ValueError as exc:  # tomllib lets Python's 4,300-digit integer limit through
+        raise ConfigError([f"{source}: TOML value cannot be read (an integer that long?)"]) from exc
     return parse_config(data, source)
+
+
+def read_config_text(source: str) -> str:
+    """The text of a config file: a regular file of at most MAX_CONFIG_BYTES of UTF-8.
+
+    Opened non-blocking, so a FIFO or a device in its place is refused instead of
+    blocking (or, for /dev/zero, filling memory).
+
+    Raises:
+        ConfigError: one line naming the file and the reason.
+    """
+    try:
+        fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (OSError, ValueError) as exc:  # ValueError: NUL in the path
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+        raise ConfigError([f"{source}: cannot read config: {reason}"]) from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = FILE_KINDS.get(stat.S_IFMT(mode), "not a regular file")
+        raise ConfigError([f"{source}: cannot read config: {kind}, not a regular file"])
+    with os.fdopen(fd, "rb") as file:
+        try:
+            raw = file.read(MAX_CONFIG_BYTES + 1)
+        except OSError as exc:
+            raise ConfigError([f"{source}: cannot read config: {exc.strerror}"]) from exc
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError([f"{source}: config is larger than {MAX_CONFIG_BYTES >> 20} MiB"])
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{source}: not UTF-8 text: {exc.reason}"]) from exc
 
 
 def parse_config(data: Mapping[str, Any], source: str) -> Config:

@@ -22,6 +22,7 @@ from anyio.abc import TaskGroup
 
 from portd.config import Config, DaemonConfig, ListenerConfig, load_config
 from portd.control import close_control, resolve_socket_path, serve_control
+from portd.daemon import take_held_reloads
 from portd.errors import ConfigError, PortdError
 from portd.listeners import Listener
 from portd.logging import get_logger
@@ -159,6 +160,8 @@ class Supervisor:
             async with anyio.create_task_group() as group:
                 self._group = group
                 await self.start()
+                if take_held_reloads():  # asked for while binding: the receiver was not there
+                    await self.reload()
                 if control_path:
                     self.log.info("control_socket_ready", path=control_path)
                 if self.notifier.watchdog_interval_s:
@@ -267,17 +270,27 @@ class Supervisor:
         self.notifier.reloading()
         self.log.info("reload_started", config=self.config.source)
         try:
-            config = load_config(self.config.source)
+            # Off the loop: reading the file, resolving names and importing handlers block.
+            config = await anyio.to_thread.run_sync(load_config, self.config.source)
             config = replace(config, daemon=replace(config.daemon, **self.overrides))
             plan = plan_reload(self.listeners, config.listeners)
             started = self._open_started(plan.started)
-        except PortdError as exc:
-            reason = "; ".join(exc.lines) if isinstance(exc, ConfigError) else str(exc)
-            self.log.error("reload_failed", error=reason, kept=len(self.listeners))
-            self.notifier.ready(self.status())
+        except Exception as exc:  # noqa: BLE001 - whatever fails, the old config keeps serving
+            self._reload_failed(exc)
             return False
         await self._commit(config, plan, started)
         return True
+
+    def _reload_failed(self, exc: Exception) -> None:
+        if isinstance(exc, PortdError):
+            reason = "; ".join(exc.lines) if isinstance(exc, ConfigError) else str(exc)
+            self.log.error("reload_failed", error=reason, kept=len(self.listeners))
+        else:  # a portd bug: say so with its traceback, and go on serving
+            self.log.error(
+                "reload_failed", error=f"{type(exc).__name__}: {exc}", kept=len(self.listeners),
+                exc_info=exc,
+            )  # fmt: skip
+        self.notifier.ready(self.status())
 
     def _open_started(self, starts: list[Start]) -> list[Listener]:
         """Bind what is new and build the listeners; all or nothing, reused sockets untouched."""

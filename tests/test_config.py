@@ -268,7 +268,9 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
 
 def test_directory_is_not_readable_as_config(tmp_path: Path) -> None:
     """A directory given as the config file is reported, not crashed on."""
-    assert problems(tmp_path) == [f"{tmp_path}: cannot read config: Is a directory"]
+    assert problems(tmp_path) == [
+        f"{tmp_path}: cannot read config: a directory, not a regular file"
+    ]
 
 
 def test_read_refused_by_the_os_is_a_config_error(
@@ -276,14 +278,14 @@ def test_read_refused_by_the_os_is_a_config_error(
 ) -> None:
     """An OSError while reading (here EACCES) is one line with the OS's reason."""
     path = write(tmp_path, ECHO)
-    original = Path.read_text
+    original = os.open
 
-    def refuse(self: Path, *args: Any, **kwargs: Any) -> str:
-        if self == path:
-            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
-        return original(self, *args, **kwargs)
+    def refuse(name: Any, *args: Any, **kwargs: Any) -> int:
+        if name == str(path):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(name))
+        return original(name, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "read_text", refuse)
+    monkeypatch.setattr(os, "open", refuse)
     assert problems(path) == [f"{path}: cannot read config: Permission denied"]
 
 

@@ -3,6 +3,7 @@ draining, bad configs ignored, and no refused or reset connection under load."""
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import threading
@@ -114,6 +115,131 @@ def test_an_invalid_config_is_logged_in_one_line_and_the_old_one_keeps_serving(
     assert "bogus = 1: unknown key" in failed["error"]
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         assert echo(sock, b"ok") == b"ok"
+
+
+HOSTILE_CONFIGS = {
+    "deep-nesting": ("x = " + "[" * 600 + "]" * 600 + "\n", "nested too deeply"),
+    "nul-in-bind": ('[[listener]]\nname = "e"\nbind = "a\\u0000b:0"\nhandler = "echo"\n',
+                    "control character"),
+    "5000-digit-integer": (listeners(("e", "127.0.0.1:0")) + "backlog = " + "1" * 5000 + "\n",
+                           "TOML value cannot be read"),
+    "not-utf8": (b"\xff\xfe".decode("latin-1"), "not UTF-8"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_CONFIGS))
+def test_a_config_failing_outside_portds_checks_is_a_reload_failure_not_an_exit(
+    start_daemon: StartDaemon, case: str
+) -> None:
+    """Reading or parsing that fails in the TOML reader or the resolver keeps serving."""
+    text, reason = HOSTILE_CONFIGS[case]
+    daemon = start_daemon(listeners(("e", "127.0.0.1:0")))
+    port = daemon.ready()["e"]
+    config_path(daemon).write_bytes(text.encode("latin-1" if case == "not-utf8" else "utf-8"))
+    daemon.signal(signal.SIGHUP)
+    failed = daemon.wait_for("reload_failed")
+    assert reason in failed["error"], failed
+    assert "exception" not in failed  # an expected failure: one line, no traceback
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        assert echo(sock, b"ok") == b"ok"
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait() == 0
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "device"])
+def test_a_config_replaced_by_something_not_a_file_is_refused_without_blocking(
+    start_daemon: StartDaemon, kind: str
+) -> None:
+    """A FIFO would block the read for ever and /dev/zero would fill memory: refused."""
+    daemon = start_daemon(listeners(("e", "127.0.0.1:0")))
+    port = daemon.ready()["e"]
+    path = config_path(daemon)
+    path.unlink()
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        path.symlink_to("/dev/zero")
+    daemon.signal(signal.SIGHUP)
+    failed = daemon.wait_for("reload_failed")
+    kind = {"fifo": "a FIFO", "directory": "a directory", "device": "a character device"}[kind]
+    assert failed["error"].endswith(f"cannot read config: {kind}, not a regular file")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        assert echo(sock, b"ok") == b"ok"
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait() == 0
+
+
+def test_a_handler_module_that_cannot_be_imported_is_a_reload_failure(
+    start_daemon: StartDaemon, tmp_path: Path
+) -> None:
+    """A plugin whose import raises (or that the dropped user cannot read) fails the reload."""
+    plugin = tmp_path / "plugin"
+    (plugin / "broken_handler").mkdir(parents=True)
+    (plugin / "broken_handler" / "__init__.py").write_text("raise PermissionError(13, 'denied')\n")
+    dist = plugin / "broken_handler-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-handler\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[portd.handlers]\nbroken = broken_handler:Broken\n")
+    env = {**os.environ, "PYTHONPATH": str(plugin)}
+    daemon = start_daemon(listeners(("e", "127.0.0.1:0")), env=env)
+    port = daemon.ready()["e"]
+    config_path(daemon).write_text(
+        listeners(("e", "127.0.0.1:0")) + '[[listener]]\nbind = "127.0.0.1:0"\nhandler = "broken"\n'
+    )
+    daemon.signal(signal.SIGHUP)
+    failed = daemon.wait_for("reload_failed")
+    assert (
+        "handler 'broken': cannot import broken_handler:Broken: PermissionError: denied"
+        in (failed["error"])
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        assert echo(sock, b"ok") == b"ok"
+
+
+def test_a_sighup_while_binding_is_held_and_applied_once_serving(tmp_path: Path) -> None:
+    """SIGHUP's default action kills: until the loop listens for it, portd holds it.
+
+    2,000 listeners keep the daemon binding long enough to send SIGHUP once it handles the
+    signal (SigCgt in /proc) and before it holds a single socket.
+    """
+    path = tmp_path / "portd.toml"
+    path.write_text(listeners(*((f"l{i}", "127.0.0.1:0") for i in range(2000))))
+    daemon = Daemon(["-c", str(path)])
+    try:
+        pid = daemon.proc.pid
+        deadline = time.monotonic() + 10
+        while not _handles_sighup(pid):
+            assert time.monotonic() < deadline, "portd never handled SIGHUP"
+            assert daemon.proc.poll() is None, daemon.lines
+        sockets_then = _socket_count(pid)
+        daemon.signal(signal.SIGHUP)
+        assert sockets_then < 2000  # sent while still starting, before every listener bound
+        daemon.wait_for("daemon_ready")
+        done = daemon.wait_for("reload_complete")
+        assert done["kept"] == 2000
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(30) == 0
+    finally:
+        daemon.stop()
+
+
+def _handles_sighup(pid: int) -> bool:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) & (1 << (signal.SIGHUP - 1)))
+    return False
+
+
+def _socket_count(pid: int) -> int:
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            count += fd.readlink().name.startswith("socket:")
+        except OSError:
+            continue
+    return count
 
 
 def test_a_reload_that_cannot_bind_everything_changes_nothing(start_daemon: StartDaemon) -> None:

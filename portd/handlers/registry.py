@@ -7,6 +7,7 @@ are not built in, so start-up pays for exactly the handlers a run needs.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 
 from portd.errors import HandlerError
 from portd.handlers.base import Handler
@@ -38,7 +39,9 @@ def load_handler(name: str) -> type[Handler]:
     target = BUILTIN_HANDLERS.get(name)
     if target is not None:
         module_name, _, attribute = target.partition(":")
-        loaded: object = getattr(importlib.import_module(module_name), attribute)
+        loaded: object = _import(
+            name, target, lambda: getattr(importlib.import_module(module_name), attribute)
+        )
     else:
         from importlib.metadata import entry_points
 
@@ -46,11 +49,25 @@ def load_handler(name: str) -> type[Handler]:
         if not found:
             known = ", ".join(available_handlers())
             raise HandlerError(f"unknown handler {name!r}; installed handlers: {known}")
-        loaded = next(iter(found)).load()
+        point = next(iter(found))
+        loaded = _import(name, point.value, point.load)
     if not (isinstance(loaded, type) and issubclass(loaded, Handler)):
         raise HandlerError(f"handler {name!r} ({loaded!r}) is not a portd Handler subclass")
     _check_option_names(name, loaded)
     return loaded
+
+
+def _import(name: str, target: str, load: Callable[[], object]) -> object:
+    """Run ``load``; any failure to import a handler's module is a HandlerError: after the
+    privilege drop a module the new user cannot read fails with PermissionError, and a
+    broken plugin with anything at all."""
+    try:
+        return load()
+    except Exception as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise HandlerError(
+            f"handler {name!r}: cannot import {target}: {type(exc).__name__}: {reason}"
+        ) from exc
 
 
 def _check_option_names(name: str, handler: type[Handler]) -> None:
