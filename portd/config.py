@@ -75,6 +75,12 @@ DAEMON_OPTIONS = (
         "status socket path; auto: $RUNTIME_DIRECTORY/control.sock under systemd, else off",
     ),
     Option("group", str, "", "with user: this group (name or gid; default: the user's)"),
+    Option(
+        "control_socket_abstract",
+        bool,
+        False,
+        "allow an abstract control_socket (@name), which any local user can reach",
+    ),
 )
 LISTENER_OPTIONS = (
     *LIMIT_OPTIONS,
@@ -97,6 +103,7 @@ class DaemonConfig:
     user: str = ""
     group: str = ""
     control_socket: str = "auto"
+    control_socket_abstract: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,7 +250,26 @@ def _build_daemon(table: Any, problems: _Problems) -> DaemonConfig:
         problems.add("[daemon]", "must be a table")
         return DaemonConfig()
     values = _check_options(table, DAEMON_OPTIONS, "[daemon]", problems)
+    _check_control_socket(values, problems)
     return DaemonConfig(**values)
+
+
+def _check_control_socket(values: dict[str, Any], problems: _Problems) -> None:
+    path = values["control_socket"]
+    if path in ("auto", "") or not isinstance(path, str):
+        return
+    if path.startswith("@"):
+        if not values["control_socket_abstract"]:
+            problems.add(
+                "[daemon]", "an abstract name can be reached by any local user; "
+                "set control_socket_abstract = true to allow it", "control_socket", path,
+            )  # fmt: skip
+        return
+    if not path.startswith("/") or "\0" in path:
+        problems.add(
+            "[daemon]", 'expected an absolute path, "@name", "auto" or "" (off)',
+            "control_socket", path,
+        )  # fmt: skip
 
 
 def _check_options(

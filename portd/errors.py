@@ -71,6 +71,12 @@ class PrivilegedPortError(BindError):
     exit_code = EX_NOPERM
 
 
+class ControlError(PortdError):
+    """No daemon answers on the control socket, or it cannot be opened."""
+
+    exit_code = EX_UNAVAILABLE
+
+
 class HandlerError(PortdError):
     """A handler name that no built-in or installed package provides."""
 

@@ -21,7 +21,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from portd.config import Config, DaemonConfig, ListenerConfig, load_config
-from portd.control import close_control, resolve_socket_path, serve_control
+from portd.control import resolve_socket_path, serve_control
 from portd.daemon import take_held_reloads
 from portd.errors import ConfigError, PortdError
 from portd.listeners import Listener
@@ -33,7 +33,9 @@ from portd.systemd import InheritedSocket, Notifier, match_inherited
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 HANDLED_SIGNALS = (*STOP_SIGNALS, signal.SIGHUP)
-RESTART_ONLY_SETTINGS = ("log_format", "log_level", "loop", "user", "group", "control_socket")
+RESTART_ONLY_SETTINGS = (
+    "log_format", "log_level", "loop", "user", "group", "control_socket", "control_socket_abstract",
+)  # fmt: skip
 
 
 class Supervisor:
@@ -153,7 +155,8 @@ class Supervisor:
             self.drop_privileges()
             return await self._serve(control_path)
         finally:
-            close_control(control, control_path)
+            if control is not None:
+                control.close()
 
     async def _serve(self, control_path: str) -> int:
         with anyio.open_signal_receiver(*HANDLED_SIGNALS) as signals:

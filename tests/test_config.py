@@ -350,9 +350,21 @@ def test_config_error_carries_exit_code_78_and_joins_lines() -> None:
         pytest.param(
             "[daemon]\ncolour = 'red'\n" + ECHO,
             '[daemon]: colour = "red": unknown key; '
-            "allowed keys: control_socket, group, log_format, log_level, loop, "
-            "shutdown_timeout_s, user",
+            "allowed keys: control_socket, control_socket_abstract, group, log_format, "
+            "log_level, loop, shutdown_timeout_s, user",
             id="daemon-unknown-key",
+        ),
+        pytest.param(
+            "[daemon]\ncontrol_socket = '@portd'\n" + ECHO,
+            '[daemon]: control_socket = "@portd": an abstract name can be reached by any local '
+            "user; set control_socket_abstract = true to allow it",
+            id="control-socket-abstract-without-consent",
+        ),
+        pytest.param(
+            "[daemon]\ncontrol_socket = 'run/control.sock'\n" + ECHO,
+            '[daemon]: control_socket = "run/control.sock": expected an absolute path, "@name", '
+            '"auto" or "" (off)',
+            id="control-socket-relative",
         ),
         pytest.param(
             "[daemon]\nlog_level = 3\n" + ECHO,
