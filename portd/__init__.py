@@ -15,7 +15,7 @@ _EXPORTS = {
     "AddressInUseError": "portd.errors",
     "AddressNotAvailableError": "portd.errors",
     "BindError": "portd.errors",
-    "BindSpec": "portd.binds",
+    "Endpoint": "portd.endpoints.base",
     "BindSyntaxError": "portd.errors",
     "ConfigError": "portd.errors",
     "Connection": "portd.handlers.base",
@@ -27,18 +27,19 @@ _EXPORTS = {
     "PrivilegedPortError": "portd.errors",
     "StreamSession": "portd.handlers.base",
     "UsageError": "portd.errors",
-    "parse_bind": "portd.binds",
+    "Peer": "portd.endpoints.base",
+    "parse_endpoint": "portd.endpoints.parse",
 }
 
 __all__ = [
     "AddressInUseError",
     "AddressNotAvailableError",
     "BindError",
-    "BindSpec",
     "BindSyntaxError",
     "ConfigError",
     "Connection",
     "DatagramEndpoint",
+    "Endpoint",
     "Handler",
     "HandlerError",
     "Option",
@@ -47,11 +48,13 @@ __all__ = [
     "StreamSession",
     "UsageError",
     "__version__",
-    "parse_bind",
+    "Peer",
+    "parse_endpoint",
 ]
 
 if TYPE_CHECKING:
-    from portd.binds import BindSpec, parse_bind
+    from portd.endpoints.base import Endpoint, Peer
+    from portd.endpoints.parse import parse_endpoint
     from portd.errors import (
         AddressInUseError,
         AddressNotAvailableError,

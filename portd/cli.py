@@ -13,10 +13,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from portd import __version__
-from portd.errors import EX_SOFTWARE, EX_USAGE, ConfigError, PortdError, UsageError
+from portd.errors import EX_SOFTWARE, EX_USAGE, PortdError, UsageError
 
 if TYPE_CHECKING:
-    from portd.binds import Protocol
+    from portd.endpoints.base import ProtocolName
 
 DEFAULT_CONFIG = "/etc/portd/portd.toml"
 
@@ -292,9 +292,9 @@ def run_serve(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from portd.config import load_config
+    from portd.daemon import run_daemon
     from portd.logging import configure_logging
     from portd.privileges import resolve_identity
-    from portd.supervisor import run_daemon
     from portd.systemd import take_inherited_sockets
 
     config = load_config(args.config)
@@ -435,7 +435,7 @@ def run_ports(args: argparse.Namespace) -> int:
     """``portd ports``."""
     from portd.inspect.ports import run_ports as ports
 
-    protocols: tuple[Protocol, ...] = ("tcp", "udp")
+    protocols: tuple[ProtocolName, ...] = ("tcp", "udp")
     if args.tcp != args.udp:
         protocols = ("tcp",) if args.tcp else ("udp",)
     return ports(protocols, args.port, args.json)
@@ -475,12 +475,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.usage_parser.error(f"unrecognized arguments: {' '.join(extras)}")
     try:
         code: int = args.run(args)
-    except ConfigError as exc:
-        for line in exc.lines:
-            print(f"portd: {line}", file=sys.stderr)
-        return exc.exit_code
     except PortdError as exc:
-        print(f"portd: {exc}", file=sys.stderr)
+        for line in exc.messages():
+            print(f"portd: {line}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130

@@ -1,21 +1,38 @@
-"""The process around the supervisor: what ``portd serve`` must do before it serves.
+"""The process around the supervisor: the loop, signals, sd_notify, the watchdog, the
+control socket and the privilege drop.
 
-SIGHUP's default action ends the process, and the event loop's signal receiver exists
-only once every listener is bound: a reload asked for in between (``systemctl reload``
-right after a start, a log rotation script) would kill the daemon. From the moment
+Order: bind everything (as root if started so), start the loop, open the control
+socket, drop privileges, serve; SIGHUP reloads, SIGTERM/SIGINT drains and a second one
+cuts the drain short (exit 128 + N).
+
+SIGHUP's default action ends the process, and the loop's signal receiver exists only
+once every listener is bound: a reload asked for in between (``systemctl reload`` right
+after a start, a log rotation script) would kill the daemon. From the moment
 ``portd serve`` starts, such a SIGHUP is held and applied once the daemon serves.
 """
 
 from __future__ import annotations
 
 import signal
+from collections.abc import AsyncIterator, Sequence
 from types import FrameType
+from typing import TYPE_CHECKING, Any
 
+from portd.errors import PortdError
+
+if TYPE_CHECKING:
+    from portd.config import Config
+    from portd.privileges import Identity
+    from portd.supervisor import Supervisor
+    from portd.systemd import InheritedSocket, Notifier
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+HANDLED_SIGNALS = (*STOP_SIGNALS, signal.SIGHUP)
 _held_reloads = 0
 
 
 def hold_early_reloads() -> None:
-    """Count SIGHUPs instead of dying of them until the supervisor's receiver takes over."""
+    """Count SIGHUPs instead of dying of them until the daemon's receiver takes over."""
     signal.signal(signal.SIGHUP, _hold)
 
 
@@ -25,7 +42,190 @@ def _hold(signum: int, frame: FrameType | None) -> None:
 
 
 def take_held_reloads() -> int:
-    """How many SIGHUPs arrived before the supervisor listened for them (and forget them)."""
+    """How many SIGHUPs arrived before the daemon listened for them (and forget them)."""
     global _held_reloads
     held, _held_reloads = _held_reloads, 0
     return held
+
+
+def run_daemon(
+    config: Config,
+    *,
+    inherited: Sequence[InheritedSocket] = (),
+    activation_only: bool = False,
+    identity: Identity | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> int:
+    """Bind (or adopt), drop privileges, serve until stopped, and return the exit code.
+
+    Raises:
+        BindError: a listener could not be bound (nothing stays open).
+        ConfigError: --activation-only without a socket for every listener.
+        PortdError: the event loop asked for is not installed, or dropping privileges failed.
+    """
+    import anyio
+
+    from portd.supervisor import Supervisor
+    from portd.systemd import Notifier
+
+    supervisor = Supervisor(
+        config, inherited=inherited, activation_only=activation_only, overrides=overrides
+    )
+    supervisor.bind_all()
+    try:
+        options = loop_options(config.daemon.loop)
+        daemon = Daemon(supervisor, Notifier(), identity)
+        code: int = anyio.run(daemon.run, backend="asyncio", backend_options=options)
+        return code
+    except BaseExceptionGroup as group:  # a task group wrapped an expected failure
+        expected = group.subgroup(PortdError)
+        if expected is None or expected.split(PortdError)[1] is not None:
+            raise
+        raise _first_leaf(expected) from None
+    finally:
+        supervisor.close()
+
+
+class Daemon:
+    """One serving process: a supervisor plus everything the process owes its manager."""
+
+    def __init__(
+        self, supervisor: Supervisor, notifier: Notifier, identity: Identity | None
+    ) -> None:
+        self.supervisor = supervisor
+        self.notifier = notifier
+        self.identity = identity
+        self.log = supervisor.log
+
+    async def run(self) -> int:
+        """Serve until a stop signal, reloading on SIGHUP, then drain.
+
+        Returns:
+            The exit code: 0 after a drain, 128+signal when a second signal cut it short.
+        """
+        from portd.control import resolve_socket_path, serve_control
+
+        supervisor = self.supervisor
+        control_path = resolve_socket_path(supervisor.config.daemon.control_socket)
+        control = await serve_control(control_path, supervisor.snapshot) if control_path else None
+        try:
+            self.drop_privileges()
+            return await self._serve(control_path)
+        finally:
+            if control is not None:
+                control.close()
+
+    def drop_privileges(self) -> None:
+        """Switch to [daemon] user/group, after handlers hand over what they made as root.
+
+        Called inside the running loop, before any listener accepts: by then every module
+        serving needs is imported, as root, whatever the target user may read.
+
+        Raises:
+            PrivilegeError: not root, or root could be regained.
+        """
+        if self.identity is None:
+            return
+        from portd.privileges import drop_privileges
+
+        self.supervisor.prepare_privilege_drop(self.identity.uid, self.identity.gid)
+        drop_privileges(self.identity)
+        self.log.info("privileges_dropped", uid=self.identity.uid, gid=self.identity.gid)
+
+    async def _serve(self, control_path: str) -> int:
+        import anyio
+
+        supervisor = self.supervisor
+        with anyio.open_signal_receiver(*HANDLED_SIGNALS) as signals:
+            async with anyio.create_task_group() as group:
+                supervisor.spawn = group.start_soon
+                await supervisor.start()
+                self.notifier.ready(supervisor.status())
+                if take_held_reloads():  # asked for while binding: the receiver was not there
+                    await self.reload()
+                if control_path:
+                    self.log.info("control_socket_ready", path=control_path)
+                if self.notifier.watchdog_interval_s:
+                    group.start_soon(self._keep_watchdog_fed, self.notifier.watchdog_interval_s)
+                received = await self._serve_until_stop(signals)
+                exit_code = await self._shut_down(signals, received)
+                group.cancel_scope.cancel()
+            return exit_code
+
+    async def reload(self) -> str | None:
+        """Reload the config, telling the service manager; None or the failure reason."""
+        self.notifier.reloading()
+        reason = await self.supervisor.reload()
+        self.notifier.ready(self.supervisor.status())
+        return reason
+
+    async def _serve_until_stop(self, signals: AsyncIterator[signal.Signals]) -> signal.Signals:
+        async for received in signals:
+            if received in STOP_SIGNALS:
+                return received
+            await self.reload()
+        raise AssertionError("signal receiver ended")  # pragma: no cover
+
+    async def _shut_down(
+        self, signals: AsyncIterator[signal.Signals], received: signal.Signals
+    ) -> int:
+        import anyio
+
+        supervisor = self.supervisor
+        self.notifier.stopping()
+        supervisor.stop_accepting()
+        everyone = [*supervisor.listeners, *supervisor.retiring]
+        timeout_s = supervisor.config.daemon.shutdown_timeout_s
+        self.log.info(
+            "shutdown_started",
+            signal=received.name,
+            connections=sum(listener.live for listener in everyone),
+            timeout_s=timeout_s,
+        )
+        exit_code = 0
+        async with anyio.create_task_group() as group:
+
+            async def cut_short_on_second_signal() -> None:
+                nonlocal exit_code
+                async for again in signals:
+                    if again in STOP_SIGNALS:
+                        exit_code = 128 + again
+                        group.cancel_scope.cancel()
+
+            group.start_soon(cut_short_on_second_signal)
+            await supervisor.drain(timeout_s)
+            group.cancel_scope.cancel()
+        aborted = await supervisor.abort_connections()
+        self.log.info("shutdown_complete", aborted=aborted, exit_code=exit_code)
+        return exit_code
+
+    async def _keep_watchdog_fed(self, interval_s: float) -> None:
+        import anyio
+
+        while True:  # runs on the loop: it pings only while the loop is responsive
+            self.notifier.watchdog()
+            await anyio.sleep(interval_s)
+
+
+def _first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:
+    leaf: BaseException = group
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    return leaf
+
+
+def loop_options(choice: str) -> dict[str, Any]:
+    """anyio backend options for ``auto``, ``uvloop`` or ``asyncio``.
+
+    Raises:
+        PortdError: ``uvloop`` was asked for and is not installed.
+    """
+    if choice == "asyncio":
+        return {}
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise PortdError('loop = "uvloop" but uvloop is not installed') from None
+        return {}
+    return {"loop_factory": uvloop.new_event_loop}

@@ -41,6 +41,20 @@ def parse_networks(value: Any) -> tuple[Network, ...]:
     return tuple(networks)
 
 
+def parse_ids(value: Any) -> frozenset[int]:
+    """``[0, 1000]`` -> the ids (names are resolved by the socket keys, not here).
+
+    Raises:
+        OptionError: not a list of integers 0 to 2^32-2.
+    """
+    if not isinstance(value, list) or not all(
+        isinstance(item, int) and not isinstance(item, bool) and 0 <= item < 2**32 - 1
+        for item in value
+    ):
+        raise OptionError("expected a list of numeric ids, e.g. [0, 1000]")
+    return frozenset(value)
+
+
 LIMIT_OPTIONS = (
     Option("max_connections", int, 1024, "connections served at once; the next is closed",
            minimum=1, maximum=1_000_000),
@@ -64,7 +78,13 @@ LIMIT_OPTIONS = (
            minimum=0, maximum=1_000_000_000),
     Option("allow_low_source_ports", bool, False,
            "accept UDP from source ports below 1024 (echo/chargen loops come from there)"),
+    Option("allow_uids", list, [], "unix peers let in by uid (SO_PEERCRED; empty: any)",
+           convert=parse_ids),
+    Option("allow_gids", list, [], "unix peers let in by primary gid (empty: any)",
+           convert=parse_ids),
 )  # fmt: skip
+LIMIT_KIND_ONLY = {"allow": "inet", "deny": "inet", "allow_low_source_ports": "inet",
+                   "allow_uids": "unix", "allow_gids": "unix"}  # fmt: skip
 TCP_ONLY = frozenset({"max_connections", "max_connections_per_source", "connection_rate",
                       "connection_burst", "idle_timeout_s", "send_timeout_s"})  # fmt: skip
 UDP_ONLY = frozenset({"datagram_rate", "datagram_burst", "allow_low_source_ports"})
@@ -84,6 +104,8 @@ class Limits(NamedTuple):
     datagram_rate: float = 0.0
     datagram_burst: int = 0
     allow_low_source_ports: bool = False
+    allow_uids: frozenset[int] = frozenset()
+    allow_gids: frozenset[int] = frozenset()
 
 
 def peer_address(host: str) -> Address:
@@ -92,13 +114,6 @@ def peer_address(host: str) -> Address:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped
     return address
-
-
-def source_key(host: str) -> str:
-    """The peer's address as text, IPv4-mapped IPv6 written as IPv4 (cheap: no parsing)."""
-    if host.startswith("::ffff:") and "." in host:
-        return host[7:]
-    return host
 
 
 class AccessList:
@@ -143,78 +158,135 @@ class TokenBucket:
         return False
 
 
-class ConnectionGate:
-    """Decides, per accepted TCP peer, whether it is served; counts what it refuses.
-
-    Runs once per connection, so it parses the peer's address only when allow/deny
-    rules need it and counts per source only when that cap is set.
-    """
+class PeerRules:
+    """Who may connect: IP rules for IP peers, uid/gid lists for unix peers."""
 
     def __init__(self, limits: Limits) -> None:
-        self.limits = limits
-        self.access = AccessList(limits.allow, limits.deny) if limits.allow or limits.deny else None
-        rate, burst = limits.connection_rate, limits.connection_burst
-        self.bucket = TokenBucket(rate, burst) if rate else None
-        self.per_source: Counter[str] = Counter()
+        self.ip = AccessList(limits.allow, limits.deny) if limits.allow or limits.deny else None
+        self.uids = limits.allow_uids
+        self.gids = limits.allow_gids
+
+    @classmethod
+    def of(cls, limits: Limits) -> PeerRules | None:
+        """The rules, or None when there are none (the common case costs nothing)."""
+        if limits.allow or limits.deny or limits.allow_uids or limits.allow_gids:
+            return cls(limits)
+        return None
+
+    def permits(self, peer: Any) -> bool:
+        """True when ``peer`` may connect or send."""
+        if peer.kind == "inet":
+            return self.ip is None or self.ip.permits(peer_address(peer.host))
+        return (not self.uids or peer.uid in self.uids) and (not self.gids or peer.gid in self.gids)
+
+
+class Tally:
+    """The live admitted connections of a listener, total and per source.
+
+    Shared by the gates of a listener and of the listener that replaces it on a reload,
+    so connections admitted before still count against the caps after, and their
+    releases land in the same place.
+    """
+
+    __slots__ = ("active", "per_source")
+
+    def __init__(self) -> None:
         self.active = 0
+        self.per_source: Counter[str] = Counter()
+
+
+class ConnectionGate:
+    """Decides, per accepted stream peer, whether it is served; counts what it refuses.
+
+    Runs once per connection, so it parses the peer's address only when allow/deny
+    rules need it and counts per source (IP address, unix uid) only when that cap is set
+    (a cap set by a reload counts from then on).
+    """
+
+    def __init__(self, limits: Limits, previous: ConnectionGate | None = None) -> None:
+        self.limits = limits
+        self.rules = PeerRules.of(limits)
+        self.tally: Tally = previous.tally if previous is not None else Tally()
+        rate, burst = limits.connection_rate, limits.connection_burst
+        if (
+            previous is not None
+            and previous.bucket is not None
+            and rate
+            and (
+                (rate, burst) == (previous.limits.connection_rate, previous.limits.connection_burst)
+            )
+        ):
+            self.bucket: TokenBucket | None = previous.bucket  # a reload is no fresh burst
+        else:
+            self.bucket = TokenBucket(rate, burst) if rate else None
         self.refusals: Counter[str] = Counter()
 
-    def admit(self, host: str) -> str | None:
+    @property
+    def active(self) -> int:
+        """Connections admitted and not released."""
+        return self.tally.active
+
+    def admit(self, peer: Any) -> str | None:
         """None when the peer is admitted (and counted), else the refusal reason."""
-        reason = self._check(host)
+        reason = self._check(peer)
         if reason is not None:
             self.refusals[reason] += 1
             return reason
-        self.active += 1
-        if self.limits.max_connections_per_source:
-            self.per_source[source_key(host)] += 1
+        self.tally.active += 1
+        self.tally.per_source[peer.source] += 1
         return None
 
-    def _check(self, host: str) -> str | None:
-        if self.access is not None and not self.access.permits(peer_address(host)):
+    def _check(self, peer: Any) -> str | None:
+        if self.rules is not None and not self.rules.permits(peer):
             return "denied"
-        if self.active >= self.limits.max_connections:
+        if self.tally.active >= self.limits.max_connections:
             return "max_connections"
         cap = self.limits.max_connections_per_source
-        if cap and self.per_source[source_key(host)] >= cap:
+        if cap and self.tally.per_source[peer.source] >= cap:
             return "max_connections_per_source"
         if self.bucket is not None and not self.bucket.take():
             return "connection_rate"
         return None
 
-    def release(self, host: str) -> None:
+    def release(self, peer: Any) -> None:
         """An admitted connection ended."""
-        self.active -= 1
-        if self.limits.max_connections_per_source:
-            key = source_key(host)
-            self.per_source[key] -= 1
-            if self.per_source[key] <= 0:
-                del self.per_source[key]
+        tally = self.tally
+        tally.active -= 1
+        key = peer.source
+        left = tally.per_source[key] - 1
+        if left > 0:
+            tally.per_source[key] = left
+        else:
+            del tally.per_source[key]
 
 
 class DatagramGate:
-    """Decides, per UDP datagram, whether the handler sees it (the low-port check is an
+    """Decides, per datagram, whether the handler sees it (the low-port check is an
     integer comparison; addresses are parsed only when rules or rates need them)."""
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
-        self.access = AccessList(limits.allow, limits.deny) if limits.allow or limits.deny else None
+        self.rules = PeerRules.of(limits)
         self.buckets: OrderedDict[str, TokenBucket] = OrderedDict()
         self.refusals: Counter[str] = Counter()
 
-    def admit(self, host: str, port: int) -> str | None:
+    def admit(self, peer: Any) -> str | None:
         """None when the datagram is passed on, else the reason it is dropped."""
-        reason = self._check(host, port)
+        reason = self._check(peer)
         if reason is not None:
             self.refusals[reason] += 1
         return reason
 
-    def _check(self, host: str, port: int) -> str | None:
-        if port < LOW_PORT_END and not self.limits.allow_low_source_ports:
+    def _check(self, peer: Any) -> str | None:
+        if (
+            peer.kind == "inet"
+            and peer[1] < LOW_PORT_END
+            and not self.limits.allow_low_source_ports
+        ):
             return "low_source_port"
-        if self.access is not None and not self.access.permits(peer_address(host)):
+        if self.rules is not None and not self.rules.permits(peer):
             return "denied"
-        if self.limits.datagram_rate and not self._bucket(source_key(host)).take():
+        if self.limits.datagram_rate and not self._bucket(peer.source).take():
             return "datagram_rate"
         return None
 

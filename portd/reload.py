@@ -2,9 +2,10 @@
 
 A listener whose configuration is unchanged keeps running untouched. Any other listener
 of the new config gets a fresh Listener (new handler and options for new connections);
-its sockets are taken over from the running listener that has the same address (or, for
-port 0, the same name and bind), so an address that stays in the config is never closed
-and reopened. Only addresses nobody holds yet are bound. Running listeners that are not
+its sockets are taken over from the running listener that has the same address (by the
+endpoint's ``Address.key``; for a kernel-chosen address, port 0, from the listener of
+the same name and endpoint), so an address that stays in the config is never closed and
+reopened. Only addresses nobody holds yet are bound. Running listeners that are not
 kept stop accepting and finish their connections.
 """
 
@@ -12,22 +13,20 @@ from __future__ import annotations
 
 import dataclasses
 import socket
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from typing import NamedTuple
 
-from portd.binds import SocketAddress
+from portd.assembly import SocketPlan
 from portd.config import ListenerConfig
 from portd.listeners import Listener
 
-SocketKey = tuple[str, int, str, int, bool]
-
 
 class Start(NamedTuple):
-    """A listener to start: its config, sockets taken over, and addresses to bind."""
+    """A listener to start: its config, the running one it replaces, and its sockets."""
 
     config: ListenerConfig
-    reused: dict[SocketAddress, socket.socket]
-    missing: list[SocketAddress]
+    previous: Listener | None
+    plan: SocketPlan
 
 
 class ReloadPlan(NamedTuple):
@@ -37,11 +36,16 @@ class ReloadPlan(NamedTuple):
     started: list[Start]
     retired: list[Listener]
 
+    @property
+    def handed_over(self) -> set[socket.socket]:
+        """Sockets that move from a retired listener to a started one."""
+        return {sock for start in self.started for sock in start.plan.taken.values()}
 
-def socket_key(config: ListenerConfig, address: SocketAddress) -> SocketKey:
-    """Identity of a bound socket: protocol, family, host, port, and whether it listens
-    (a socket cannot stop listening, so ``refuse`` never takes over a listening one)."""
-    return (config.protocol, address.family, address.host, address.port, config.handler.listens)
+
+def socket_key(config: ListenerConfig, address: object) -> tuple[str, Hashable, bool]:
+    """Identity of a bound socket: protocol, address key, and whether it listens (a
+    socket cannot stop listening, so ``refuse`` never takes over a listening one)."""
+    return (config.protocol, address.key, config.handler.listens)  # type: ignore[attr-defined]
 
 
 def unchanged(old: ListenerConfig, new: ListenerConfig) -> bool:
@@ -57,7 +61,7 @@ def plan_reload(running: Sequence[Listener], configs: Sequence[ListenerConfig]) 
         for config in configs
         if config.name in by_name and unchanged(by_name[config.name].config, config)
     ]
-    pool: dict[SocketKey, socket.socket] = {}
+    pool: dict[tuple[str, Hashable, bool], socket.socket] = {}
     for listener in running:
         if listener not in kept:
             for sock, address in zip(listener.sockets, listener.addresses, strict=True):
@@ -72,25 +76,34 @@ def plan_reload(running: Sequence[Listener], configs: Sequence[ListenerConfig]) 
 
 
 def _start(
-    config: ListenerConfig, old: Listener | None, pool: dict[SocketKey, socket.socket]
+    config: ListenerConfig,
+    old: Listener | None,
+    pool: dict[tuple[str, Hashable, bool], socket.socket],
 ) -> Start:
     if (
-        config.bind.port == 0
+        config.endpoint.is_ephemeral
         and old is not None
-        and (old.config.bind, old.config.protocol) == (config.bind, config.protocol)
+        and old.config.endpoint == config.endpoint
         and old.config.handler.listens == config.handler.listens
         and old.sockets
     ):
-        # Port 0: the same listener keeps the port the kernel gave it.
-        reused = dict(zip(old.addresses, old.sockets, strict=True))
+        # Port 0: the same listener keeps the address the kernel gave it.
         for address in old.addresses:
             pool.pop(socket_key(config, address), None)
-        return Start(config, reused, [])
-    reused, missing = {}, []
+        taken = {
+            address.key: sock for address, sock in zip(old.addresses, old.sockets, strict=True)
+        }
+        return Start(config, old, SocketPlan(taken, (), "reused"))
+    taken, missing = {}, []
     for address in config.addresses:
-        sock = pool.pop(socket_key(config, address), None) if address.port else None
+        sock = (
+            pool.pop(socket_key(config, address), None)
+            if not config.endpoint.is_ephemeral
+            else None
+        )
         if sock is None:
             missing.append(address)
         else:
-            reused[address] = sock
-    return Start(config, reused, missing)
+            taken[address.key] = sock
+    origin = "reused" if taken else "bound"
+    return Start(config, old, SocketPlan(taken, tuple(missing), origin))

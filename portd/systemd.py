@@ -12,9 +12,10 @@ import os
 import socket
 import time
 from collections.abc import MutableMapping, Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from portd.binds import SocketAddress
+from portd.endpoints.inet import InetAddress
+from portd.endpoints.unix import unix_address
 
 if TYPE_CHECKING:
     from portd.config import ListenerConfig
@@ -31,13 +32,16 @@ class InheritedSocket(NamedTuple):
 
     @property
     def protocol(self) -> str:
-        """tcp or udp (anything else is never matched to a listener)."""
+        """tcp (stream) or udp (datagram); anything else is never matched to a listener."""
         return {socket.SOCK_STREAM: "tcp", socket.SOCK_DGRAM: "udp"}.get(self.sock.type, "?")
 
     @property
-    def address(self) -> SocketAddress:
-        """The address it is bound to."""
-        return SocketAddress(self.sock.family, self.sock.getsockname())
+    def address(self) -> Any:
+        """The address it is bound to, as its endpoint kind names it."""
+        name = self.sock.getsockname()
+        if self.sock.family == socket.AF_UNIX:
+            return unix_address(name)
+        return InetAddress(self.sock.family, name)
 
 
 def take_inherited_sockets(
@@ -129,9 +133,10 @@ def match_inherited(
 ) -> dict[str, list[socket.socket]]:
     """Which inherited sockets serve which listener.
 
-    A socket goes to the listener its FileDescriptorName names (and whose protocol it
-    has); the rest go by protocol and bound address. Sockets matching nothing are left
-    out of the result for the caller to close.
+    A socket goes to the listener its FileDescriptorName names, if it has that
+    listener's protocol and endpoint kind (a unix socket is never served as TCP); the
+    rest go by protocol and bound address (``Address.key``). Sockets matching nothing
+    are left out of the result for the caller to close.
 
     Returns:
         Listener name -> its inherited sockets.
@@ -139,21 +144,21 @@ def match_inherited(
     free = list(inherited)
     claimed: dict[str, list[socket.socket]] = {}
     for config in configs:
-        named = [s for s in free if s.name == config.name and s.protocol == config.protocol]
+        named = [s for s in free if s.name == config.name and _fits(s, config)]
         if named:
             claimed[config.name] = [s.sock for s in named]
             free = [s for s in free if s not in named]
     for config in configs:
         if config.name in claimed:
             continue
-        wanted = {(a.family, a.host, a.port) for a in config.addresses if a.port}
-        hits = [
-            s
-            for s in free
-            if s.protocol == config.protocol
-            and (s.address.family, s.address.host, s.address.port) in wanted
-        ]
+        wanted = {a.key for a in config.addresses} if not config.endpoint.is_ephemeral else set()
+        hits = [s for s in free if s.protocol == config.protocol and s.address.key in wanted]
         if hits:
             claimed[config.name] = [s.sock for s in hits]
             free = [s for s in free if s not in hits]
     return claimed
+
+
+def _fits(inherited: InheritedSocket, config: ListenerConfig) -> bool:
+    kind = "unix" if inherited.sock.family == socket.AF_UNIX else "inet"
+    return inherited.protocol == config.protocol and kind == config.endpoint.kind

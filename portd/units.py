@@ -31,7 +31,7 @@ def render_units(config: Config, config_path: str, portd: str) -> dict[str, str]
         config_path: the absolute path the service passes to ``portd serve -c``.
         portd: the absolute path of the portd executable.
     """
-    activated = [listener for listener in config.listeners if listener.bind.port != 0]
+    activated = [listener for listener in config.listeners if not listener.endpoint.is_ephemeral]
     units = {_socket_name(listener): _socket_unit(listener) for listener in activated}
     only = len(activated) == len(config.listeners)
     units[SERVICE] = _service_unit(list(units), config_path, portd, activation_only=only)
@@ -43,19 +43,14 @@ def _socket_name(listener: ListenerConfig) -> str:
 
 
 def _socket_unit(listener: ListenerConfig) -> str:
-    kind = "ListenStream" if listener.protocol == "tcp" else "ListenDatagram"
-    listens = "\n".join(f"{kind}={address}" for address in listener.addresses)
-    backlog = f"Backlog={listener.backlog}\n" if listener.protocol == "tcp" else ""
+    lines = listener.endpoint.unit_lines(listener.addresses, listener.socket_options)
     return (
         "[Unit]\n"
-        f"Description=portd listener {listener.name} ({listener.protocol} {listener.bind})\n"
+        f"Description=portd listener {listener.name} ({listener.protocol} {listener.endpoint})\n"
         f"PartOf={SERVICE}\n\n"
         "[Socket]\n"
-        f"{listens}\n"
-        "# IPv6 sockets are IPv6-only, as portd opens them; '*' lists IPv4 and IPv6 apart.\n"
-        "BindIPv6Only=ipv6-only\n"
-        f"{backlog}"
-        f"FileDescriptorName={listener.name}\n"
+        + "".join(f"{line}\n" for line in lines)
+        + f"FileDescriptorName={listener.name}\n"
         f"Service={SERVICE}\n\n"
         "[Install]\n"
         "WantedBy=sockets.target\n"

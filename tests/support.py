@@ -18,8 +18,9 @@ from typing import Any
 
 import pytest
 
-from portd.binds import Protocol, parse_bind, resolve_bind
 from portd.config import ListenerConfig
+from portd.endpoints.base import ProtocolName as Protocol
+from portd.endpoints.parse import parse_endpoint
 from portd.handlers.base import Handler
 
 PORTD = (sys.executable, "-m", "portd")
@@ -145,10 +146,8 @@ def listener_config(
     index: int = 1,
 ) -> ListenerConfig:
     """A validated listener for in-process tests, with any Handler class (even unregistered)."""
-    spec = parse_bind(bind, protocol)
-    return ListenerConfig(
-        index, name, spec, protocol, handler, 1024, {}, tuple(resolve_bind(spec, protocol))
-    )
+    endpoint = parse_endpoint(bind, protocol)
+    return ListenerConfig(index, name, endpoint, handler, {}, endpoint.resolve())
 
 
 def flood_without_reading(pid: int, port: int, chunk: bytes) -> tuple[int, int]:

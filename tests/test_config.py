@@ -16,8 +16,9 @@ from typing import Any, ClassVar
 
 import pytest
 
-from portd.binds import BindSpec, Protocol, SocketAddress
 from portd.config import LISTENER_OPTIONS, Config, DaemonConfig, load_config, parse_config
+from portd.endpoints.base import ProtocolName as Protocol
+from portd.endpoints.inet import InetAddress, InetEndpoint
 from portd.errors import EX_CONFIG, ConfigError
 from portd.handlers.base import Handler
 from portd.handlers.echo import EchoHandler
@@ -81,7 +82,7 @@ def tcp_only_handler(monkeypatch: pytest.MonkeyPatch) -> None:
     def fake_load_handler(name: str) -> type[Handler]:
         return TcpOnlyHandler if name == "tcp-only" else load_handler(name)
 
-    monkeypatch.setattr("portd.config.load_handler", fake_load_handler)
+    monkeypatch.setattr("portd.config.listener.load_handler", fake_load_handler)
 
 
 # --- what loads ---------------------------------------------------------------------
@@ -94,18 +95,25 @@ def test_example_config_loads_with_the_listeners_it_shows() -> None:
     assert config.daemon == DaemonConfig("auto", "info", 10, "auto")
     port = EXAMPLE_PORT
     got = [
-        (item.index, item.name, item.protocol, item.bind, item.handler, item.backlog)
+        (
+            item.index,
+            item.name,
+            item.protocol,
+            item.endpoint,
+            item.handler,
+            item.socket_options.backlog,
+        )
         for item in config.listeners
     ]
     assert got == [
-        (1, "echo", "tcp", BindSpec("127.0.0.1", port), EchoHandler, 1024),
-        (2, "echo-udp", "udp", BindSpec("127.0.0.1", port), EchoHandler, 1024),
-        (3, "echo-v6", "tcp", BindSpec("::1", port), EchoHandler, 1024),
+        (1, "echo", "tcp", InetEndpoint("127.0.0.1", port), EchoHandler, 1024),
+        (2, "echo-udp", "udp", InetEndpoint("127.0.0.1", port, "udp"), EchoHandler, 1024),
+        (3, "echo-v6", "tcp", InetEndpoint("::1", port), EchoHandler, 1024),
     ]
     assert [item.addresses for item in config.listeners] == [
-        (SocketAddress(socket.AF_INET, ("127.0.0.1", port)),),
-        (SocketAddress(socket.AF_INET, ("127.0.0.1", port)),),
-        (SocketAddress(socket.AF_INET6, ("::1", port, 0, 0)),),
+        (InetAddress(socket.AF_INET, ("127.0.0.1", port)),),
+        (InetAddress(socket.AF_INET, ("127.0.0.1", port)),),
+        (InetAddress(socket.AF_INET6, ("::1", port, 0, 0)),),
     ]
     assert [item.settings for item in config.listeners] == [{}, {}, {}]
 
@@ -121,10 +129,10 @@ def test_minimal_listener_gets_the_defaults(tmp_path: Path) -> None:
     assert listener.name == "echo-tcp-127.0.0.1-80"
     assert listener.label == 'listener "echo-tcp-127.0.0.1-80"'
     assert listener.protocol == "tcp"
-    assert listener.backlog == 1024
+    assert listener.socket_options.backlog == 1024
     assert listener.handler is EchoHandler
-    assert listener.bind == BindSpec("127.0.0.1", 80)
-    assert listener.addresses == (SocketAddress(socket.AF_INET, ("127.0.0.1", 80)),)
+    assert listener.endpoint == InetEndpoint("127.0.0.1", 80)
+    assert listener.addresses == (InetAddress(socket.AF_INET, ("127.0.0.1", 80)),)
     assert listener.settings == {}
 
 
@@ -197,10 +205,13 @@ def test_every_listener_key_is_read(tmp_path: Path) -> None:
         handler = "echo"
         """,
     )
-    got = [(item.name, item.protocol, item.bind, item.backlog) for item in config.listeners]
+    got = [
+        (item.name, item.protocol, item.endpoint, item.socket_options.backlog)
+        for item in config.listeners
+    ]
     assert got == [
-        ("web.1_a-b", "tcp", BindSpec("::1", 80), 65535),
-        ("0", "udp", BindSpec("*", 7), 1024),
+        ("web.1_a-b", "tcp", InetEndpoint("::1", 80), 65535),
+        ("0", "udp", InetEndpoint("*", 7, "udp"), 1024),
     ]
 
 
@@ -208,7 +219,7 @@ def test_every_listener_key_is_read(tmp_path: Path) -> None:
 def test_backlog_accepts_its_bounds(tmp_path: Path, backlog: int) -> None:
     """backlog takes 1 and 65535 themselves."""
     config = load(tmp_path, ECHO + f"backlog = {backlog}\n")
-    assert [listener.backlog for listener in config.listeners] == [backlog]
+    assert [listener.socket_options.backlog for listener in config.listeners] == [backlog]
 
 
 def test_name_of_64_characters_is_allowed(tmp_path: Path) -> None:

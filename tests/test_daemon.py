@@ -203,7 +203,7 @@ def test_sighup_reloads_an_unchanged_config_and_keeps_serving(start_daemon: Star
     port = daemon.ready()["e"]
     daemon.signal(signal.SIGHUP)
     done = daemon.wait_for("reload_complete")
-    assert (done["kept"], done["started"], done["retired"]) == (1, 0, 0)
+    assert (done["unchanged"], done["changed"], done["added"], done["removed"]) == (1, 0, 0, 0)
     assert not [e for e in daemon.events if e["event"] == "reload_needs_restart"]
     assert tcp_roundtrip("127.0.0.1", port, b"alive") == b"alive"
 

@@ -67,7 +67,7 @@ def test_added_listener_serves_and_unchanged_one_keeps_its_connections(
     with socket.create_connection(("127.0.0.1", ports["steady"]), timeout=10) as live:
         assert echo(live, b"before") == b"before"
         done = reload(daemon, listeners(("steady", "127.0.0.1:0"), ("extra", "127.0.0.1:0")))
-        assert (done["kept"], done["started"], done["retired"]) == (1, 1, 0)
+        assert (done["unchanged"], done["changed"], done["added"], done["removed"]) == (1, 0, 1, 0)
         assert echo(live, b"after") == b"after"
     extra = started_events(daemon, "extra")[0]["port"]
     with socket.create_connection(("127.0.0.1", extra), timeout=10) as sock:
@@ -83,7 +83,7 @@ def test_removed_listener_refuses_new_clients_and_finishes_live_ones(
     with socket.create_connection(("127.0.0.1", ports["gone"]), timeout=10) as live:
         assert echo(live, b"1") == b"1"
         done = reload(daemon, listeners(("keep", "127.0.0.1:0")))
-        assert (done["kept"], done["started"], done["retired"]) == (1, 0, 1)
+        assert (done["unchanged"], done["changed"], done["added"], done["removed"]) == (1, 0, 0, 1)
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", ports["gone"]), timeout=5)
         assert echo(live, b"still here") == b"still here"
@@ -95,7 +95,8 @@ def test_changed_options_take_over_the_same_socket(start_daemon: StartDaemon) ->
     daemon = start_daemon(listeners(("web", "127.0.0.1:0", 128)))
     port = daemon.ready()["web"]
     done = reload(daemon, listeners(("web", "127.0.0.1:0", 256)))
-    assert (done["kept"], done["started"], done["retired"]) == (0, 1, 1)
+    assert (done["unchanged"], done["changed"], done["added"], done["removed"]) == (0, 1, 0, 0)
+    assert (done["sockets_handed_over"], done["sockets_bound"]) == (1, 0)
     second = started_events(daemon, "web")[1]
     assert (second["port"], second["origin"]) == (port, "reused")
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
@@ -218,7 +219,7 @@ def test_a_sighup_while_binding_is_held_and_applied_once_serving(tmp_path: Path)
         assert sockets_then < 2000  # sent while still starting, before every listener bound
         daemon.wait_for("daemon_ready")
         done = daemon.wait_for("reload_complete")
-        assert done["kept"] == 2000
+        assert done["unchanged"] == 2000
         daemon.signal(signal.SIGTERM)
         assert daemon.wait(30) == 0
     finally:
@@ -331,7 +332,11 @@ def test_twenty_reloads_under_load_refuse_or_reset_nothing_on_unchanged_listener
             extra = [("extra", "127.0.0.1:0")] if round_number % 2 == 0 else []
             moving = ("moving", "127.0.0.1:0", 101 + round_number)
             done = reload(daemon, listeners(steady, moving, *extra))
-            assert done["kept"] == 1
+            added, removed = (1, 0) if extra else (0, int(round_number > 0))
+            assert (done["unchanged"], done["changed"], done["added"], done["removed"]) == (
+                1, 1, added, removed,
+            )  # fmt: skip
+            assert done["sockets_handed_over"] == 1  # the moving listener's, never rebound
             loads[0].wait_for_new(25)  # the reloads are spread over 500+ new connections
     finally:
         for load in loads:
@@ -345,7 +350,10 @@ def test_twenty_reloads_under_load_refuse_or_reset_nothing_on_unchanged_listener
 def test_plan_keeps_unchanged_and_hands_over_addresses() -> None:
     first = listener_config(EchoHandler, name="a")
     second = listener_config(EchoHandler, name="b", index=2)
-    running = [Listener(first, [], lambda: 0), Listener(second, [], lambda: 0)]
+    running = [
+        Listener(first, EchoHandler({}), [], lambda: 0),
+        Listener(second, EchoHandler({}), [], lambda: 0),
+    ]
     plan = plan_reload(running, [first, listener_config(EchoHandler, name="c", index=2)])
     assert plan.kept == [running[0]]
     assert [start.config.name for start in plan.started] == ["c"]

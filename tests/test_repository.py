@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from portd.endpoints.inet import InetAddress
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -35,5 +37,6 @@ def test_example_config_serves_only_loopback_high_ports() -> None:
     config = load_config(ROOT / "config.example.toml")
     for listener in config.listeners:
         for address in listener.addresses:
+            assert isinstance(address, InetAddress)
             assert address.host in ("127.0.0.1", "::1")
             assert address.port >= 1024

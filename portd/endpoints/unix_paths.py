@@ -15,17 +15,9 @@ import socket
 import stat
 import struct
 
-from portd.errors import AddressInUseError, BindError
+from portd.errors import AddressInUseError, BindError, NotASocketError, UnsafeDirectoryError
 
 PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
-
-
-class NotASocketError(BindError):
-    """Something other than a socket is at the path: portd will not remove it."""
-
-
-class UnsafeDirectoryError(BindError):
-    """The directory of a socket path could let another user swap the socket."""
 
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:

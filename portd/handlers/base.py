@@ -1,24 +1,69 @@
 """The handler contract: what a handler declares and what the server offers it.
 
 A handler is a class. The server makes one instance per listener from validated
-settings, then for TCP asks it for a :class:`StreamSession` per connection and for UDP
-passes it each datagram. The server owns every socket: a session never closes the
-transport behind the server's back, and however a session ends (returns, raises, peer
-vanishes) the server closes the connection and logs one ``connection_closed`` line.
+settings (before any socket is bound), then for stream listeners asks it for a
+:class:`StreamSession` per connection and for datagram listeners passes it each
+datagram. The server owns every socket: a session never closes the transport behind
+the server's back, and however a session ends (returns, raises, peer vanishes) the
+server closes the connection and logs one ``connection_closed`` line.
 
 Sessions are driven by callbacks from the event loop, like :class:`asyncio.Protocol`,
-because the per-byte path must stay cheap; a handler that needs to wait on something
-schedules its own work and reports back through the :class:`Connection`.
+because the per-byte path must stay cheap. A session that needs to wait on something
+uses the connection's ``clock`` (timers) or ``start_task`` (a task the connection owns:
+if it raises, the failure is ``handler_failed`` and the connection is aborted). A
+handler that is naturally sequential (a proxy, a program on a port) subclasses
+:class:`portd.handlers.streams.StreamHandler` and writes ``async def serve(stream)``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
 from typing import Any, ClassVar, Protocol
 
-from portd.binds import Protocol as TransportProtocol
+from portd.endpoints.base import Peer, ProtocolName
 from portd.options import Option, Settings
 
-Peer = tuple[Any, ...]
+
+class TimerHandle(Protocol):
+    """A scheduled callback."""
+
+    def cancel(self) -> None:
+        """Do not run it."""
+
+
+class Clock(Protocol):
+    """The event loop's clock: its time and timers (a manual one in handler tests)."""
+
+    def time(self) -> float:
+        """Seconds on the loop's monotonic clock."""
+
+    def call_later(self, delay: float, callback: Callable[..., object], *args: Any) -> Any:
+        """Run ``callback(*args)`` ``delay`` seconds from now; returns a TimerHandle."""
+
+    def call_at(self, when: float, callback: Callable[..., object], *args: Any) -> Any:
+        """Run ``callback(*args)`` at loop time ``when``; returns a TimerHandle."""
+
+    def call_soon_threadsafe(self, callback: Callable[..., object], *args: Any) -> Any:
+        """From another thread (a handler's worker): run ``callback(*args)`` on the loop."""
+
+
+class Logger(Protocol):
+    """A structlog bound logger: events are snake_case facts with keyword fields."""
+
+    def bind(self, **fields: Any) -> Logger:
+        """The same logger with more context."""
+
+    def debug(self, event: str, **fields: Any) -> Any:
+        """Log at debug level."""
+
+    def info(self, event: str, **fields: Any) -> Any:
+        """Log at info level."""
+
+    def warning(self, event: str, **fields: Any) -> Any:
+        """Log at warning level."""
+
+    def error(self, event: str, **fields: Any) -> Any:
+        """Log at error level."""
 
 
 class Connection(Protocol):
@@ -27,16 +72,30 @@ class Connection(Protocol):
     conn_id: int
 
     @property
-    def peer(self) -> str:
-        """``host:port`` of the peer."""
+    def listener(self) -> str:
+        """The listener's name."""
 
     @property
-    def log(self) -> Any:
+    def peer(self) -> Peer:
+        """The client: an InetPeer (``host``, ``port``) or a UnixPeer (``pid``, ``uid``,
+        ``gid``, ``path``); ``str(peer)`` is how logs name it."""
+
+    @property
+    def log(self) -> Logger:
         """A structlog logger bound to the listener, ``conn_id`` and ``peer``."""
+
+    @property
+    def clock(self) -> Clock:
+        """The loop's clock and timers."""
 
     @property
     def draining(self) -> bool:
         """True once the daemon is stopping: finish the current exchange, then close."""
+
+    def start_task(self, coro: Coroutine[Any, Any, object]) -> Any:
+        """Run ``coro`` as a task the connection owns: cancelled when the connection is
+        lost, and if it raises, logged once as ``handler_failed`` and the connection
+        aborted. Returns the task."""
 
     def write(self, data: bytes) -> None:
         """Queue bytes for the peer; watch pause_writing to keep the queue bounded."""
@@ -67,11 +126,12 @@ class DatagramEndpoint(Protocol):
     """What the server offers a datagram handler."""
 
     @property
-    def log(self) -> Any:
+    def log(self) -> Logger:
         """A structlog logger bound to the listener."""
 
     def send(self, data: bytes, peer: Peer) -> bool:
-        """Send one datagram; False when it was dropped because the socket is backed up."""
+        """Send one datagram to ``peer``; False when it was dropped (the socket's send
+        buffer is full, or the peer cannot be reached)."""
 
 
 class StreamSession:
@@ -105,23 +165,37 @@ class Handler:
     """Base class for handlers.
 
     Subclasses set ``name``, ``protocols`` and ``options`` and implement
-    :meth:`open_session` (TCP) and/or :meth:`datagram_received` (UDP).
+    :meth:`open_session` (streams: TCP, unix stream sockets) and/or
+    :meth:`datagram_received` (UDP, unix datagram sockets).
     """
 
     name: ClassVar[str]
-    protocols: ClassVar[frozenset[TransportProtocol]]
+    protocols: ClassVar[frozenset[ProtocolName]]
     options: ClassVar[tuple[Option, ...]] = ()
-    listens: ClassVar[bool] = True  # False: TCP sockets are bound and never listen (refuse)
+    listens: ClassVar[bool] = True  # False: stream sockets are bound and never listen (refuse)
 
     def __init__(self, settings: Settings) -> None:
+        """Take the validated settings and acquire what serving needs (files, threads).
+
+        Called before any socket is bound, so a handler that cannot start leaves nothing
+        open. Raise ConfigError (one line per problem) for what
+        :meth:`check_settings` could not know in advance.
+        """
         self.settings = settings
 
+    @classmethod
+    def check_settings(cls, settings: Settings) -> list[str]:
+        """The problems ``__init__`` would raise for these settings, found without side
+        effects (no directory created, no lock taken), so ``portd check`` reports every
+        config ``portd serve`` refuses. One message per problem; empty when fine."""
+        return []
+
     def open_session(self, conn: Connection) -> StreamSession:
-        """A session for a new TCP connection."""
+        """A session for a new stream connection."""
         raise NotImplementedError(f"handler {self.name!r} does not serve TCP")
 
     def datagram_received(self, data: bytes, peer: Peer, endpoint: DatagramEndpoint) -> None:
-        """One UDP datagram from ``peer``."""
+        """One datagram from ``peer``."""
         raise NotImplementedError(f"handler {self.name!r} does not serve UDP")
 
     def busy_response(self) -> bytes | None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from portd.binds import Protocol
-from portd.handlers.base import Connection, DatagramEndpoint, Handler, Peer, StreamSession
+from portd.endpoints.base import Peer, ProtocolName
+from portd.handlers.base import Connection, DatagramEndpoint, Handler, StreamSession
 
 
 class EchoSession(StreamSession):
@@ -30,7 +30,7 @@ class EchoHandler(Handler):
     """TCP echo with flow control; UDP echo that never sends more than it received."""
 
     name = "echo"
-    protocols: ClassVar[frozenset[Protocol]] = frozenset({"tcp", "udp"})
+    protocols: ClassVar[frozenset[ProtocolName]] = frozenset({"tcp", "udp"})
 
     def open_session(self, conn: Connection) -> StreamSession:
         return EchoSession(conn)

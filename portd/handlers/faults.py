@@ -24,8 +24,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from portd.binds import Protocol
-from portd.handlers.base import Connection, DatagramEndpoint, Handler, Peer, StreamSession
+from portd.endpoints.base import Peer, ProtocolName
+from portd.handlers.base import Connection, DatagramEndpoint, Handler, StreamSession
 from portd.handlers.wrapping import (
     WRAPS_OPTION,
     ConnectionProxy,
@@ -54,7 +54,7 @@ class BlackholeHandler(Handler):
     """Accepts and never reads or answers; drops UDP datagrams."""
 
     name = "blackhole"
-    protocols: ClassVar[frozenset[Protocol]] = frozenset({"tcp", "udp"})
+    protocols: ClassVar[frozenset[ProtocolName]] = frozenset({"tcp", "udp"})
 
     def open_session(self, conn: Connection) -> StreamSession:
         return BlackholeSession(conn)
@@ -74,7 +74,7 @@ class StallHandler(Handler):
     """Accepts, reads, never answers."""
 
     name = "stall"
-    protocols: ClassVar[frozenset[Protocol]] = frozenset({"tcp"})
+    protocols: ClassVar[frozenset[ProtocolName]] = frozenset({"tcp"})
 
     def open_session(self, conn: Connection) -> StreamSession:
         return StallSession()
@@ -162,7 +162,7 @@ class CutoffHandler(WrappingHandler):
     """Serves through ``wraps`` until ``after_bytes``, then ends the connection."""
 
     resets: ClassVar[bool] = False
-    protocols: ClassVar[frozenset[Protocol]] = frozenset({"tcp"})
+    protocols: ClassVar[frozenset[ProtocolName]] = frozenset({"tcp"})
     options = (WRAPS_OPTION, AFTER_BYTES_OPTION, COUNTING_OPTION)
 
     def open_session(self, conn: Connection) -> StreamSession:
@@ -198,5 +198,5 @@ class RefuseHandler(Handler):
     """
 
     name = "refuse"
-    protocols: ClassVar[frozenset[Protocol]] = frozenset({"tcp"})
+    protocols: ClassVar[frozenset[ProtocolName]] = frozenset({"tcp"})
     listens = False

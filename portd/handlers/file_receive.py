@@ -24,7 +24,6 @@ than BUFFER_HIGH_WATER bytes wait for the disk.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import os
@@ -35,9 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
-import structlog
-
-from portd.binds import Protocol
+from portd.endpoints.base import ProtocolName
 from portd.errors import ConfigError, OptionError
 from portd.handlers.base import Connection, Handler, StreamSession
 from portd.handlers.files.directory import hold_directory
@@ -95,10 +92,9 @@ class FileReceiveSession(StreamSession):
         self.conn = conn
         self.handler = handler
         self.log: Any = conn.log
-        self.loop = asyncio.get_running_loop()
+        self.loop = conn.clock
         self.started = time.monotonic()
-        context = structlog.get_context(self.log)
-        fields = name_fields(conn.peer, conn.conn_id, context.get("listener", ""), time.time())
+        fields = name_fields(str(conn.peer), conn.conn_id, conn.listener, time.time())
         self.name: str = handler.settings["file_name"].render(fields)
         self.phase = "open"  # open -> eof -> done; loop thread only
         self.received = 0
@@ -276,7 +272,7 @@ class FileReceiveHandler(Handler):
     """Receives one file per TCP connection into ``directory``."""
 
     name = "file-receive"
-    protocols: ClassVar[frozenset[Protocol]] = frozenset({"tcp"})
+    protocols: ClassVar[frozenset[ProtocolName]] = frozenset({"tcp"})
     options = (
         Option("directory", str, None, "absolute path; created 0700 when missing",
                convert=check_directory, required=True),

@@ -37,13 +37,12 @@ progress is answered with ``Connection: close``, then the connection closes.
 
 from __future__ import annotations
 
-import asyncio
 from typing import ClassVar
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from portd import __version__
-from portd.binds import Protocol as TransportProtocol
+from portd.endpoints.base import ProtocolName
 from portd.handlers.base import Connection, Handler, StreamSession
 from portd.handlers.http.deadline import Clock, Deadline
 from portd.handlers.http.heads import (
@@ -379,7 +378,7 @@ class HttpHelloHandler(Handler):
     """Answers GET and HEAD with a fixed body; anything else with a 4xx/5xx and a close."""
 
     name = "http-hello"
-    protocols: ClassVar[frozenset[TransportProtocol]] = frozenset({"tcp"})
+    protocols: ClassVar[frozenset[ProtocolName]] = frozenset({"tcp"})
     options = (
         Option("body", str, "Hello from portd\n", "response body, sent as UTF-8"),
         Option(
@@ -421,7 +420,7 @@ class HttpHelloHandler(Handler):
         )
 
     def open_session(self, conn: Connection) -> StreamSession:
-        return HttpHelloSession(conn, self, asyncio.get_running_loop())
+        return HttpHelloSession(conn, self, conn.clock)
 
     def busy_response(self) -> bytes:
         """503 with ``Connection: close`` for a client turned away by ``max_connections``."""

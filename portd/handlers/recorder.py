@@ -17,8 +17,8 @@ from __future__ import annotations
 import hashlib
 from typing import ClassVar
 
-from portd.binds import Protocol
-from portd.handlers.base import Connection, DatagramEndpoint, Handler, Peer, StreamSession
+from portd.endpoints.base import Peer, ProtocolName
+from portd.handlers.base import Connection, DatagramEndpoint, Handler, StreamSession
 from portd.options import Option, Settings, parse_size
 
 REPLY_AFTER = ("connect", "data", "eof")
@@ -75,7 +75,7 @@ class RecorderHandler(Handler):
     """Records every connection's bytes and every datagram; replies when asked to."""
 
     name = "recorder"
-    protocols: ClassVar[frozenset[Protocol]] = frozenset({"tcp", "udp"})
+    protocols: ClassVar[frozenset[ProtocolName]] = frozenset({"tcp", "udp"})
     options = (
         Option("reply", str, "", "sent once per connection (UTF-8); empty: never reply"),
         Option(

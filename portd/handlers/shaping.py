@@ -18,13 +18,12 @@ buffer is full.
 
 from __future__ import annotations
 
-import asyncio
 import random
 from collections import deque
 from collections.abc import Callable
 from typing import ClassVar, Protocol
 
-from portd.binds import Protocol as TransportProtocol
+from portd.endpoints.base import ProtocolName
 from portd.handlers.base import Connection, StreamSession
 from portd.handlers.wrapping import (
     SEED_OPTION,
@@ -74,7 +73,7 @@ class PacedConnection(ConnectionProxy):
 
     def __init__(self, conn: Connection, clock: Clock, pacing: Pacing) -> None:
         super().__init__(conn)
-        self.clock = clock
+        self.pace_clock = clock
         self.pacing = pacing
         self.session: StreamSession = StreamSession()  # the inner one, set by the handler
         self.queue: deque[tuple[float, bytes | str]] = deque()
@@ -88,7 +87,7 @@ class PacedConnection(ConnectionProxy):
     def write(self, data: bytes) -> None:
         if self.closing or not data:
             return
-        self.queue.append((self.pacing.release_at(self.clock.time()), data))
+        self.queue.append((self.pacing.release_at(self.pace_clock.time()), data))
         self.queued_bytes += len(data)
         self.pump()
         if self.queued_bytes > QUEUE_HIGH_BYTES and not self.inner_paused:
@@ -108,7 +107,7 @@ class PacedConnection(ConnectionProxy):
         if self.closing:
             return
         self.closing = marker == CLOSE
-        self.queue.append((self.clock.time(), marker))
+        self.queue.append((self.pace_clock.time(), marker))
         self.pump()
 
     def abort(self) -> None:
@@ -136,12 +135,12 @@ class PacedConnection(ConnectionProxy):
         """Release whatever is due; arm the timer for the rest."""
         if self.timer is not None:
             return
-        now = self.clock.time()
+        now = self.pace_clock.time()
         while self.queue and not self.kernel_full:
             release_at, item = self.queue[0]
             due = max(release_at, self.next_at)
             if due > now:
-                self.timer = self.clock.call_at(due, self.on_timer)
+                self.timer = self.pace_clock.call_at(due, self.on_timer)
                 return
             if isinstance(item, str):
                 self.queue.popleft()
@@ -194,14 +193,14 @@ class PacedSession(SessionProxy):
 class PacingHandler(WrappingHandler):
     """Serves through ``wraps`` with every reply paced by :meth:`make_pacing`."""
 
-    protocols: ClassVar[frozenset[TransportProtocol]] = frozenset({"tcp"})
+    protocols: ClassVar[frozenset[ProtocolName]] = frozenset({"tcp"})
 
     def make_pacing(self, rng: random.Random) -> Pacing:
         """The pacing of one connection."""
         raise NotImplementedError
 
     def open_session(self, conn: Connection) -> StreamSession:
-        return self.open_paced(conn, asyncio.get_running_loop())
+        return self.open_paced(conn, conn.clock)
 
     def open_paced(self, conn: Connection, clock: Clock) -> PacedSession:
         """A session on any clock (unit tests pass a fake one)."""

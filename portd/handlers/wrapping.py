@@ -34,11 +34,21 @@ class ConnectionProxy:
         self.conn = conn
         self.conn_id = conn.conn_id
         self.peer = conn.peer
+        self.listener = conn.listener
 
     @property
     def log(self) -> Any:
         """The real connection's logger."""
         return self.conn.log
+
+    @property
+    def clock(self) -> Any:
+        """The real connection's clock."""
+        return self.conn.clock
+
+    def start_task(self, coro: Any) -> Any:
+        """A task the real connection owns."""
+        return self.conn.start_task(coro)
 
     @property
     def draining(self) -> bool:

@@ -6,10 +6,11 @@ nothing for it at start-up.
 
 from __future__ import annotations
 
-from portd.binds import Protocol, SocketAddress
+from portd.endpoints.base import ProtocolName
+from portd.endpoints.inet import InetAddress
 
 
-def find_port_owner(protocol: Protocol, address: SocketAddress) -> str | None:
+def find_port_owner(protocol: ProtocolName, address: InetAddress) -> str | None:
     """Describe the process holding ``address`` for ``protocol``, when visible.
 
     Returns:

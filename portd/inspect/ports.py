@@ -12,14 +12,14 @@ import socket
 import sys
 from typing import Any, NamedTuple
 
-from portd.binds import Protocol
+from portd.endpoints.base import ProtocolName
 from portd.inspect.services import port_range, service_name
 
 
 class ListeningSocket(NamedTuple):
     """One listening socket, with what is known of its owner."""
 
-    protocol: Protocol
+    protocol: ProtocolName
     address: str
     port: int
     service: str | None
@@ -30,7 +30,7 @@ class ListeningSocket(NamedTuple):
 
 
 def listening_sockets(
-    protocols: tuple[Protocol, ...], port: int | None = None
+    protocols: tuple[ProtocolName, ...], port: int | None = None
 ) -> list[ListeningSocket]:
     """Listening TCP sockets and bound, unconnected UDP sockets, sorted by port."""
     import psutil
@@ -39,7 +39,7 @@ def listening_sockets(
     names: dict[int, str | None] = {}
     kind = protocols[0] if len(protocols) == 1 else "inet"  # one pass over the kernel's tables
     for entry in psutil.net_connections(kind=kind):
-        protocol: Protocol = "tcp" if entry.type == socket.SOCK_STREAM else "udp"
+        protocol: ProtocolName = "tcp" if entry.type == socket.SOCK_STREAM else "udp"
         if not entry.laddr or entry.raddr or protocol not in protocols:
             continue
         if protocol == "tcp" and entry.status != psutil.CONN_LISTEN:
@@ -67,7 +67,7 @@ def _program(pid: int, names: dict[int, str | None]) -> str | None:
     return names[pid]
 
 
-def run_ports(protocols: tuple[Protocol, ...], port: int | None, as_json: bool) -> int:
+def run_ports(protocols: tuple[ProtocolName, ...], port: int | None, as_json: bool) -> int:
     """Print the table (or JSON); say when some owners are hidden."""
     rows = listening_sockets(protocols, port)
     if as_json:

@@ -9,14 +9,14 @@ import socket
 import time
 from collections.abc import Iterable, Iterator
 
-from portd.binds import SocketAddress
+from portd.endpoints.inet import InetAddress
 
 CONNECTING = frozenset({errno.EINPROGRESS, errno.EAGAIN})
 
 
 def probe_tcp(
-    targets: Iterable[SocketAddress], timeout_s: float, concurrency: int = 256
-) -> Iterator[tuple[SocketAddress, str | None]]:
+    targets: Iterable[InetAddress], timeout_s: float, concurrency: int = 256
+) -> Iterator[tuple[InetAddress, str | None]]:
     """Try to connect to each target, at most ``concurrency`` at a time.
 
     Yields:
@@ -48,7 +48,7 @@ def probe_tcp(
         selector.close()
 
 
-def _start(selector: selectors.BaseSelector, target: SocketAddress, timeout_s: float) -> str | None:
+def _start(selector: selectors.BaseSelector, target: InetAddress, timeout_s: float) -> str | None:
     sock = socket.socket(target.family, socket.SOCK_STREAM)
     sock.setblocking(False)
     code = sock.connect_ex(target.sockaddr)
@@ -61,11 +61,11 @@ def _start(selector: selectors.BaseSelector, target: SocketAddress, timeout_s: f
 
 def _collect(
     selector: selectors.BaseSelector, timeout_s: float
-) -> list[tuple[SocketAddress, str | None]]:
+) -> list[tuple[InetAddress, str | None]]:
     keys = list(selector.get_map().values())
     now = time.monotonic()
     wait = max(0.0, min(key.data[1] for key in keys) - now) if keys else timeout_s
-    done: list[tuple[SocketAddress, str | None]] = []
+    done: list[tuple[InetAddress, str | None]] = []
     for key, _events in selector.select(wait):
         sock: socket.socket = key.fileobj  # type: ignore[assignment]
         code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)

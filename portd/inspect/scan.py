@@ -7,7 +7,7 @@ import socket
 import sys
 from collections.abc import Sequence
 
-from portd.binds import MAX_PORT, SocketAddress, parse_port
+from portd.endpoints.inet import MAX_PORT, InetAddress, parse_port
 from portd.errors import BindSyntaxError, HostNotFoundError
 from portd.inspect.probe import probe_tcp
 from portd.inspect.services import service_name
@@ -42,7 +42,7 @@ def parse_ports(text: str) -> list[int]:
     return sorted(ports)
 
 
-def resolve_host(host: str, families: Sequence[socket.AddressFamily]) -> SocketAddress:
+def resolve_host(host: str, families: Sequence[socket.AddressFamily]) -> InetAddress:
     """The first address of ``host`` (IPv4 first unless -6).
 
     Raises:
@@ -55,7 +55,7 @@ def resolve_host(host: str, families: Sequence[socket.AddressFamily]) -> SocketA
         raise HostNotFoundError(f"cannot resolve {host!r}: {exc.strerror}") from None
     infos.sort(key=lambda info: info[0] != socket.AF_INET)
     found_family, _type, _proto, _name, sockaddr = infos[0]
-    return SocketAddress(found_family, sockaddr)  # type: ignore[arg-type]
+    return InetAddress(found_family, sockaddr)  # type: ignore[arg-type]
 
 
 def run_scan(
@@ -71,7 +71,7 @@ def run_scan(
     ports = parse_ports(ports_text)
     address = resolve_host(host, families)
     targets = [
-        SocketAddress(address.family, (address.host, port, *address.sockaddr[2:])) for port in ports
+        InetAddress(address.family, (address.host, port, *address.sockaddr[2:])) for port in ports
     ]
     open_ports = sorted(
         target.port

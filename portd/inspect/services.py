@@ -4,20 +4,14 @@ from __future__ import annotations
 
 import socket
 
-from portd.binds import PROTOCOLS, Protocol
-from portd.errors import PortdError
+from portd.endpoints.base import PROTOCOLS, ProtocolName
+from portd.errors import ServiceNotFoundError
 
 WELL_KNOWN_END = 1024
 REGISTERED_END = 49152
 
 
-class ServiceNotFoundError(PortdError):
-    """No /etc/services entry for a name or port."""
-
-    exit_code = 1
-
-
-def service_name(port: int, protocol: Protocol) -> str | None:
+def service_name(port: int, protocol: ProtocolName) -> str | None:
     """The /etc/services name of ``port``/``protocol``, or None."""
     try:
         return socket.getservbyport(port, protocol)
@@ -32,13 +26,13 @@ def port_range(port: int) -> str:
     return "registered" if port < REGISTERED_END else "dynamic"
 
 
-def lookup(query: str) -> list[tuple[str, int, Protocol]]:
+def lookup(query: str) -> list[tuple[str, int, ProtocolName]]:
     """``http`` -> [("http", 80, "tcp")]; ``80`` -> the same; both protocols where listed.
 
     Raises:
         ServiceNotFoundError: nothing matches.
     """
-    found: list[tuple[str, int, Protocol]] = []
+    found: list[tuple[str, int, ProtocolName]] = []
     for protocol in PROTOCOLS:
         if query.isascii() and query.isdigit():
             name = service_name(int(query), protocol)

@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from portd.binds import BindSpec, SocketAddress, parse_bind
+from portd.endpoints.inet import InetAddress, InetEndpoint, parse_inet
 from portd.errors import UsageError
 from portd.inspect.probe import probe_tcp
 
@@ -15,13 +15,13 @@ PROBE_TIMEOUT_S = 1.0
 EX_STILL_DOWN = 1
 
 
-def parse_targets(texts: Sequence[str]) -> list[BindSpec]:
+def parse_targets(texts: Sequence[str]) -> list[InetEndpoint]:
     """``HOST:PORT`` for each argument (a host is required: nothing to wait for on ``*``).
 
     Raises:
         UsageError: a bare port or ``*``.
     """
-    specs = [parse_bind(text) for text in texts]
+    specs = [parse_inet(text) for text in texts]
     for text, spec in zip(texts, specs, strict=True):
         if spec.is_wildcard:
             raise UsageError(f"wait needs HOST:PORT, got {text!r}")
@@ -31,7 +31,7 @@ def parse_targets(texts: Sequence[str]) -> list[BindSpec]:
 def run_wait(texts: Sequence[str], timeout_s: float, interval_s: float, verbose: bool) -> int:
     """Return 0 as soon as all are up, or 1 after printing one line per address still down."""
     pending = parse_targets(texts)
-    reasons: dict[BindSpec, str] = {}
+    reasons: dict[InetEndpoint, str] = {}
     started = time.monotonic()
     deadline = started + timeout_s
     while True:
@@ -56,9 +56,9 @@ def run_wait(texts: Sequence[str], timeout_s: float, interval_s: float, verbose:
 
 
 def _probe_round(
-    specs: Sequence[BindSpec], reasons: dict[BindSpec, str], timeout_s: float
-) -> list[BindSpec]:
-    targets: dict[SocketAddress, BindSpec] = {}
+    specs: Sequence[InetEndpoint], reasons: dict[InetEndpoint, str], timeout_s: float
+) -> list[InetEndpoint]:
+    targets: dict[InetAddress, InetEndpoint] = {}
     for spec in specs:
         try:
             infos = socket.getaddrinfo(spec.host, spec.port, type=socket.SOCK_STREAM)
@@ -66,8 +66,8 @@ def _probe_round(
             reasons[spec] = f"cannot resolve {spec.host!r}: {exc.strerror}"
             continue
         for family, _type, _proto, _name, sockaddr in infos:
-            targets[SocketAddress(family, sockaddr)] = spec  # type: ignore[arg-type]
-    up: list[BindSpec] = []
+            targets[InetAddress(family, sockaddr)] = spec  # type: ignore[arg-type]
+    up: list[InetEndpoint] = []
     for target, reason in probe_tcp(targets, timeout_s):
         spec = targets[target]
         if reason is None:

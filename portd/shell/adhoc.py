@@ -57,10 +57,11 @@ def run_handler(options: ListenOptions, bind_text: str, handler: str, sets: Sequ
     import anyio
 
     from portd.config import LISTENER_OPTIONS, parse_config
+    from portd.daemon import loop_options
     from portd.errors import HandlerError
     from portd.handlers.registry import load_handler
     from portd.logging import configure_logging
-    from portd.supervisor import Supervisor, loop_options
+    from portd.supervisor import Supervisor
 
     try:
         declared = (*LISTENER_OPTIONS, *load_handler(handler).options)
@@ -72,11 +73,10 @@ def run_handler(options: ListenOptions, bind_text: str, handler: str, sets: Sequ
         sets_table = parse_sets(sets, text_keys)
         config = parse_config({"listener": [{**table, **sets_table}]}, SOURCE)
     except ConfigError as exc:  # on the command line these are usage errors (64)
-        raise UsageError("; ".join(_as_argument(line) for line in exc.lines)) from None
+        raise UsageError("; ".join(_as_argument(line) for line in exc.messages())) from None
     listener = config.listeners[0]
-    if options.families:
-        kept = tuple(a for a in listener.addresses if a.family in options.families)
-        listener = replace(listener, addresses=kept)
+    if options.families:  # -4/-6: the BindSyntaxError of an address left without sockets
+        listener = replace(listener, addresses=listener.endpoint.resolve(options.families))
     configure_logging("auto", "info" if options.verbose else "warning")
     supervisor = Supervisor(replace(config, listeners=(listener,)))
     supervisor.bind_all()

@@ -11,7 +11,8 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from portd.binds import BindSpec, Protocol, SocketAddress, format_peer, parse_bind, resolve_bind
+from portd.endpoints.base import ProtocolName, SocketOptions
+from portd.endpoints.parse import parse_endpoint
 from portd.shell.relay import (
     BUFFER_SIZE,
     STDIN,
@@ -23,15 +24,15 @@ from portd.shell.relay import (
     write_all,
 )
 from portd.shell.stats import Transfer
-from portd.sockets import bound_addresses, open_listener_sockets
 
 
 class ListenOptions:
     """The parsed options of ``portd listen`` (a plain class: no dataclass import cost)."""
 
     def __init__(self, args: Any) -> None:
-        self.protocol: Protocol = "udp" if args.udp else "tcp"
-        self.spec: BindSpec = parse_bind(args.bind, self.protocol)
+        # -u, or else a tcp:/udp: prefix, says the protocol
+        self.endpoint: Any = parse_endpoint(args.bind, "udp" if args.udp else None)
+        self.protocol: ProtocolName = self.endpoint.protocol
         self.families = address_families(args.ipv4, args.ipv6)
         self.keep: bool = args.keep
         self.verbose: bool = args.verbose
@@ -53,23 +54,23 @@ def open_sockets(options: ListenOptions, backlog: int = 1024) -> list[socket.soc
     Raises:
         BindSyntaxError, BindError: the same messages and exit codes as the daemon.
     """
-    addresses = resolve_bind(options.spec, options.protocol, options.families)
-    sockets = open_listener_sockets(
-        addresses, options.protocol, f"listen {options.spec}", backlog,
-        skip_missing_ipv6=options.spec.is_wildcard and not options.families,
-    )  # fmt: skip
-    announce(bound_addresses(sockets), options.protocol, options.port_file)
+    endpoint = options.endpoint
+    addresses = endpoint.resolve(options.families)
+    sockets: list[socket.socket] = endpoint.open_sockets(
+        addresses, SocketOptions(backlog), f"listen {endpoint}"
+    )
+    announce(endpoint.bound_addresses(sockets), options.protocol, options.port_file)
     return sockets
 
 
-def announce(addresses: Sequence[SocketAddress], protocol: str, port_file: str | None) -> None:
+def announce(addresses: Sequence[Any], protocol: str, port_file: str | None) -> None:
     """``listening on 127.0.0.1:40123 (tcp)`` on stderr; the port into ``port_file``."""
     where = ", ".join(str(address) for address in addresses)
     print(f"listening on {where} ({protocol})", file=sys.stderr, flush=True)
     if port_file:
         temporary = f"{port_file}.{os.getpid()}.tmp"
         with open(temporary, "w", encoding="ascii") as file:  # noqa: PTH123 - start-up time
-            file.write(f"{addresses[0].port}\n")
+            file.write(f"{getattr(addresses[0], 'port', 0)}\n")
         os.replace(temporary, port_file)  # noqa: PTH105 - readers never see a half-written file
 
 
@@ -81,7 +82,7 @@ def run_listen(options: ListenOptions) -> int:
             return _relay_datagrams(sockets, options)
         if options.keep:
             return _serve_many(sockets, options)
-        conn, peer = _accept_one(sockets)
+        conn, peer = _accept_one(sockets, options.endpoint)
     finally:
         for sock in sockets:
             sock.close()  # like nc -l: one connection, no further listening
@@ -89,8 +90,8 @@ def run_listen(options: ListenOptions) -> int:
         return _relay_stream(conn, peer, options)
 
 
-def _accept_one(sockets: list[socket.socket]) -> tuple[socket.socket, str]:
-    """The next connection and its peer as ``host:port``.
+def _accept_one(sockets: list[socket.socket], endpoint: Any) -> tuple[socket.socket, str]:
+    """The next connection and its peer as logs name it (``host:port``).
 
     The peer comes from accept(): getpeername() fails (ENOTCONN) on a connection the
     client reset while it waited in the backlog, and such a connection is still returned.
@@ -103,7 +104,10 @@ def _accept_one(sockets: list[socket.socket]) -> tuple[socket.socket, str]:
             except (BlockingIOError, ConnectionAbortedError):
                 continue
             conn.setblocking(True)
-            return conn, format_peer(address)
+            try:
+                return conn, str(endpoint.peer(conn, address))
+            except OSError:  # reset before we asked who it was (unix credentials)
+                conn.close()
 
 
 def _relay_stream(conn: socket.socket, peer: str, options: ListenOptions) -> int:
@@ -159,7 +163,7 @@ class _Clients:
         """Accept and serve until the process ends (the sockets may close under us then)."""
         with contextlib.suppress(OSError, ValueError):
             while True:
-                self.add(*_accept_one(sockets))
+                self.add(*_accept_one(sockets, self.options.endpoint))
 
     def add(self, conn: socket.socket, peer: str) -> None:
         with self.lock:

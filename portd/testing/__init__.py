@@ -10,6 +10,8 @@ without pulling in the server machinery until a fixture is used.
   the systemd way (LISTEN_FDS), so a server under test needs no port of its own.
 * :class:`LeakError`: what ``serve(check_leaks=True)`` and the fixtures raise.
 * :class:`ServerFactory`: the type of the ``portd_server`` fixture, for annotations.
+* :class:`FakeConnection`, :class:`ManualClock`, :class:`RecordingEndpoint`,
+  :class:`RecordingLog`: the kit for testing a handler's sessions without sockets.
 
 The pytest plugin (``portd.testing.plugin``) is registered through the ``pytest11``
 entry point.
@@ -23,6 +25,10 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS = {
     "ConnectionRecord": "portd.testing.records",
     "DatagramRecord": "portd.testing.records",
+    "FakeConnection": "portd.testing.kit",
+    "ManualClock": "portd.testing.kit",
+    "RecordingEndpoint": "portd.testing.kit",
+    "RecordingLog": "portd.testing.kit",
     "LeakError": "portd.testing.leaks",
     "LeakReport": "portd.testing.leaks",
     "ListenFds": "portd.testing.fds",
@@ -37,9 +43,13 @@ _EXPORTS = {
 __all__ = [
     "ConnectionRecord",
     "DatagramRecord",
+    "FakeConnection",
     "LeakError",
     "LeakReport",
     "ListenFds",
+    "ManualClock",
+    "RecordingEndpoint",
+    "RecordingLog",
     "ServeContext",
     "Server",
     "ServerFactory",
@@ -50,6 +60,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from portd.testing.fds import ListenFds, bound_socket, listen_fds
+    from portd.testing.kit import FakeConnection, ManualClock, RecordingEndpoint, RecordingLog
     from portd.testing.leaks import LeakError, LeakReport
     from portd.testing.plugin import ServerFactory
     from portd.testing.records import ConnectionRecord, DatagramRecord

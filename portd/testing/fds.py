@@ -19,12 +19,9 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from portd.binds import Protocol, parse_bind, resolve_bind
-
-if TYPE_CHECKING:
-    pass
+from portd.endpoints.base import ProtocolName
 
 SHIM = """\
 import fcntl, os, sys
@@ -48,12 +45,13 @@ os.execvp(command[0], command)
 
 
 def bound_socket(
-    bind: str = "127.0.0.1:0", protocol: Protocol = "tcp", *, backlog: int = 1024
+    bind: str = "127.0.0.1:0", protocol: ProtocolName = "tcp", *, backlog: int = 1024
 ) -> socket.socket:
     """One bound socket (listening, for tcp), in blocking mode as systemd passes them.
 
     Args:
-        bind: ``[HOST:]PORT`` naming exactly one address (``127.0.0.1:0``, ``[::1]:0``).
+        bind: an endpoint naming exactly one address (``127.0.0.1:0``, ``[::1]:0``,
+            ``unix:/path``).
         protocol: tcp or udp.
         backlog: the listen queue (tcp).
 
@@ -64,15 +62,19 @@ def bound_socket(
         ValueError: the bind names several addresses (``*``, ``localhost``).
         BindSyntaxError, BindError: as for any listener.
     """
-    from portd.sockets import open_listener_sockets
+    from portd.endpoints.base import SocketOptions
+    from portd.endpoints.parse import parse_endpoint
 
-    addresses = resolve_bind(parse_bind(bind, protocol), protocol)
+    endpoint = parse_endpoint(bind, protocol)
+    addresses = endpoint.resolve()
     if len(addresses) != 1:
         found = ", ".join(str(address) for address in addresses)
         raise ValueError(f"bound_socket({bind!r}) would open {len(addresses)} sockets ({found})")
-    (sock,) = open_listener_sockets(addresses, protocol, f"bound_socket({bind!r})", backlog)
-    sock.setblocking(True)
-    return sock
+    sockets: list[socket.socket] = endpoint.open_sockets(
+        addresses, SocketOptions(backlog), f"bound_socket({bind!r})"
+    )
+    sockets[0].setblocking(True)
+    return sockets[0]
 
 
 @dataclass(frozen=True, slots=True)

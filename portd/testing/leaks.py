@@ -25,13 +25,14 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from portd.binds import SocketAddress
+from portd.endpoints.inet import InetAddress
+from portd.endpoints.unix import UnixAddress, unix_address
 
 if TYPE_CHECKING:
-    from portd.connections import StreamConnection
     from portd.listeners import Listener
+    from portd.listeners.stream import StreamConnection
 
 POLLRDHUP = getattr(select, "POLLRDHUP", 0x2000)
 HANG_UP_EVENTS = POLLRDHUP | select.POLLHUP | select.POLLERR
@@ -148,7 +149,7 @@ def threads_named(prefix: str) -> list[str]:
     return [t.name for t in threading.enumerate() if t.name.startswith(prefix) and t.is_alive()]
 
 
-def sockets_on(addresses: Sequence[SocketAddress], kind: socket.SocketKind) -> list[str]:
+def sockets_on(addresses: Sequence[Any], kind: socket.SocketKind) -> list[str]:
     """File descriptors of this process bound to one of ``addresses`` or connected to it.
 
     Read from /proc/self/fd, each socket inspected through a duplicate, so nothing is
@@ -169,21 +170,11 @@ def _fd_names() -> list[str]:
         return []
 
 
-def _describe_fd(fd: int, addresses: Sequence[SocketAddress], kind: socket.SocketKind) -> str:
-    try:
-        if not str(Path(f"/proc/self/fd/{fd}").readlink()).startswith("socket:"):
-            return ""
-        sock = socket.socket(fileno=os.dup(fd))
-    except OSError:  # closed meanwhile, or not a socket we can read
+def _describe_fd(fd: int, addresses: Sequence[Any], kind: socket.SocketKind) -> str:
+    ends = _socket_ends(fd, kind)
+    if ends is None:
         return ""
-    with sock:
-        if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != kind:
-            return ""
-        local = SocketAddress(sock.family, sock.getsockname())
-        try:
-            remote: SocketAddress | None = SocketAddress(sock.family, sock.getpeername())
-        except OSError:
-            remote = None
+    local, remote = ends
     if any(_same(local, ours) for ours in addresses):
         to = f" connected to {remote}" if remote else ""
         return f"fd {fd}: the server's socket on {local}{to}"
@@ -192,7 +183,37 @@ def _describe_fd(fd: int, addresses: Sequence[SocketAddress], kind: socket.Socke
     return ""
 
 
-def _same(address: SocketAddress, ours: SocketAddress) -> bool:
+def _socket_ends(fd: int, kind: socket.SocketKind) -> tuple[Any, Any] | None:
+    """``(local, remote)`` addresses of a socket fd of ``kind``; None for anything else."""
+    try:
+        if not str(Path(f"/proc/self/fd/{fd}").readlink()).startswith("socket:"):
+            return None
+        sock = socket.socket(fileno=os.dup(fd))
+    except OSError:  # closed meanwhile, or not a socket we can read
+        return None
+    with sock:
+        if sock.type != kind:
+            return None
+        local = _address(sock.family, sock.getsockname())
+        try:
+            remote = _address(sock.family, sock.getpeername())
+        except OSError:
+            remote = None
+    return None if local is None else (local, remote)
+
+
+def _address(family: int, name: Any) -> Any:
+    if family in (socket.AF_INET, socket.AF_INET6):
+        return InetAddress(socket.AddressFamily(family), name)
+    if family == socket.AF_UNIX:
+        return unix_address(name) if name else None
+    return None
+
+
+def _same(address: Any, ours: Any) -> bool:
+    if isinstance(address, UnixAddress) or isinstance(ours, UnixAddress):
+        return bool(address == ours)
     if address.family != ours.family or address.port != ours.port:
         return False
-    return ours.is_wildcard or address.host == ours.host
+    same: bool = ours.is_wildcard or address.host == ours.host
+    return same

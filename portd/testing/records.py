@@ -14,11 +14,9 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from portd.binds import format_peer
-
 if TYPE_CHECKING:
-    from portd.connections import StreamConnection
-    from portd.handlers.base import Peer
+    from portd.endpoints.base import Peer
+    from portd.listeners.stream import StreamConnection
 
 MAX_RECORDS = 100_000  # per kind; a test that makes more is told (``records_dropped``)
 
@@ -78,7 +76,7 @@ class Records:
         received = session.received if isinstance(session, RecorderSession) else None
         record = ConnectionRecord(
             conn.conn_id,
-            conn.peer,
+            str(conn.peer),
             conn.bytes_in,
             conn.bytes_out,
             conn.how_it_ended,
@@ -89,7 +87,7 @@ class Records:
 
     def datagram_received(self, data: bytes, peer: Peer) -> None:
         """Record a datagram."""
-        self._add(self._datagrams, DatagramRecord(format_peer(peer), bytes(data)))
+        self._add(self._datagrams, DatagramRecord(str(peer), bytes(data)))
 
     def _add(self, into: list[Any], record: Any) -> None:
         with self._lock:

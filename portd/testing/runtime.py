@@ -1,8 +1,9 @@
 """A test server's machinery: config, sockets, listener, and the loop that runs it.
 
 The same path as the daemon, minus the daemon: options are validated by the config
-loader, sockets come from portd.sockets, and one :class:`~portd.listeners.Listener`
-serves. No Supervisor: it would install an exception handler on the test's event loop.
+loader, and portd.assembly builds the handler, binds the sockets and makes the one
+:class:`~portd.listeners.Listener` that serves. No Supervisor: it would install an
+exception handler on the test's event loop.
 
 Sync mode runs the listener on a private event loop in a daemon thread
 (:class:`LoopThread`); start and stop are handed over with a threading.Event and
@@ -20,8 +21,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from portd.binds import SocketAddress
 from portd.config import ListenerConfig
+from portd.endpoints.base import Address
 from portd.handlers.base import Handler
 from portd.testing.leaks import LeakReport, describe_connection, pending_tasks, release_finished
 from portd.testing.records import Records
@@ -109,7 +110,7 @@ def config_for_class(handler: type[Handler], table: Mapping[str, Any]) -> Listen
         )
     if problems:
         raise ConfigError([f"{SOURCE}: handler {handler.name!r}: {line}" for line in problems])
-    name = table.get("name") or default_name(handler.name, config.protocol, config.bind)
+    name = table.get("name") or default_name(handler.name, config.endpoint)
     return replace(config, name=name, handler=handler, settings=settings)
 
 
@@ -117,14 +118,12 @@ class Running:
     """One test server from bound sockets to closed: listener, records, leak findings."""
 
     def __init__(self, spec: ServeSpec) -> None:
-        from portd.sockets import bound_addresses
-
         self.spec = spec
         self.config = build_config(spec)
         self.records = Records()
         self.listener: Listener | None = _make_listener(self.config, spec, self.records)
         self.sockets: list[socket.socket] = list(self.listener.sockets)
-        self.addresses: tuple[SocketAddress, ...] = tuple(bound_addresses(self.sockets))
+        self.addresses: tuple[Address, ...] = tuple(self.listener.addresses)
         self.label = f"{spec.handler_name} server on {self.addresses[0]} ({spec.protocol})"
         self.leaked_connections: list[str] = []
 
@@ -175,7 +174,7 @@ class Running:
         """The leak findings, once stopped (the socket scan runs here)."""
         from portd.testing.leaks import sockets_on
 
-        kind = socket.SOCK_STREAM if self.spec.protocol == "tcp" else socket.SOCK_DGRAM
+        kind = socket.SOCK_STREAM if self.config.protocol == "tcp" else socket.SOCK_DGRAM
         return LeakReport(
             self.label,
             tuple(self.leaked_connections),
@@ -186,25 +185,11 @@ class Running:
 
 
 def _make_listener(config: ListenerConfig, spec: ServeSpec, records: Records) -> Listener:
-    from portd.listeners import Listener
-    from portd.sockets import open_listener_sockets
+    from portd.assembly import assemble
     from portd.testing.logs import make_logger
 
-    sockets = open_listener_sockets(
-        config.addresses,
-        config.protocol,
-        config.label,
-        config.backlog,
-        skip_missing_ipv6=config.bind.is_wildcard,
-        listen=config.handler.listens,
-    )
-    try:
-        logger = make_logger(spec.log_level).bind(listener=config.name)
-        listener = Listener(config, sockets, itertools.count(1).__next__, log=logger)
-    except BaseException:
-        for sock in sockets:
-            sock.close()
-        raise
+    logger = make_logger(spec.log_level).bind(listener=config.name)
+    (listener,) = assemble([config], {}, itertools.count(1).__next__, log=lambda _: logger)
     listener.observers.append(records)
     return listener
 
@@ -230,7 +215,8 @@ class LoopThread:
 
     def __init__(self, running: Running) -> None:
         self.running = running
-        self.name = f"{THREAD_PREFIX}-{running.spec.handler_name}-{running.addresses[0].port}"
+        where = getattr(running.addresses[0], "port", None) or id(running)
+        self.name = f"{THREAD_PREFIX}-{running.spec.handler_name}-{where}"
         self.tasks: list[str] = []
         self._factory = loop_factory(running.spec.loop)
         self._ready = threading.Event()

@@ -13,12 +13,12 @@ import asyncio
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from portd.binds import Protocol, format_host_port
+from portd.endpoints.base import ProtocolName
+from portd.endpoints.inet import format_host_port
 from portd.handlers.base import Handler
 from portd.testing.runtime import LoopThread, Running, ServeSpec
 
 if TYPE_CHECKING:
-    from portd.binds import SocketAddress
     from portd.testing.leaks import LeakReport
     from portd.testing.records import ConnectionRecord, DatagramRecord
 
@@ -29,7 +29,7 @@ LOOPBACK = {"0.0.0.0": "127.0.0.1", "::": "::1"}
 def serve(
     handler: str | type[Handler] = "echo",
     bind: str = "127.0.0.1:0",
-    protocol: Protocol = "tcp",
+    protocol: ProtocolName = "tcp",
     *,
     check_leaks: bool = False,
     leak_grace_s: float = 1.0,
@@ -149,20 +149,21 @@ class Server:
         self.running = running
         self.handler = running.spec.handler_name
         self.protocol = running.spec.protocol
-        self.addresses: tuple[SocketAddress, ...] = running.addresses
+        self.addresses: tuple[Any, ...] = running.addresses
         self._thread = thread
         self.leaks: LeakReport | None = None  # set on leaving the block, with check_leaks
 
     @property
     def host(self) -> str:
         """The address to connect to, without brackets."""
-        host = self.addresses[0].host
+        host: str = self.addresses[0].host
         return LOOPBACK.get(host, host)
 
     @property
     def port(self) -> int:
         """The bound port."""
-        return self.addresses[0].port
+        port: int = self.addresses[0].port
+        return port
 
     @property
     def address(self) -> tuple[str, int]:

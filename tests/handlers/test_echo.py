@@ -2,76 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import structlog
-
-from portd.handlers.base import Peer
+from portd.endpoints.inet import inet_peer
 from portd.handlers.echo import EchoHandler, EchoSession
-
-
-class RecordingConnection:
-    """A Connection that records what the session asks of it."""
-
-    conn_id = 1
-    peer = "127.0.0.1:1"
-    log: Any = structlog.get_logger()
-    draining = False
-
-    def __init__(self) -> None:
-        self.written: list[bytes] = []
-        self.reading = True
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.written.append(data)
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def abort(self) -> None:
-        self.closed = True
-
-    def reset(self) -> None:
-        self.abort()
-
-    def write_eof(self) -> None:
-        self.closed = True
-
-    def close(self) -> None:
-        self.closed = True
-
-    def pause_reading(self) -> None:
-        self.reading = False
-
-    def resume_reading(self) -> None:
-        self.reading = True
-
-
-class RecordingEndpoint:
-    """A DatagramEndpoint that records sends."""
-
-    log: Any = structlog.get_logger()
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[bytes, Peer]] = []
-
-    def send(self, data: bytes, peer: Peer) -> bool:
-        self.sent.append((data, peer))
-        return True
+from portd.testing.kit import FakeConnection, RecordingEndpoint
 
 
 def test_every_chunk_is_written_back_unchanged_and_in_order() -> None:
-    conn = RecordingConnection()
+    conn = FakeConnection()
     session = EchoHandler({}).open_session(conn)
     for chunk in (b"a", b"", b"\x00\xff" * 1000, b"last"):
         session.data_received(chunk)
-    assert conn.written == [b"a", b"", b"\x00\xff" * 1000, b"last"]
+    assert conn.chunks == [b"a", b"", b"\x00\xff" * 1000, b"last"]
 
 
 def test_a_full_write_queue_pauses_reading_until_it_drains() -> None:
     """A peer that sends but never reads must not make the daemon grow."""
-    conn = RecordingConnection()
+    conn = FakeConnection()
     session = EchoSession(conn)
     session.pause_writing()
     assert conn.reading is False
@@ -80,15 +26,16 @@ def test_a_full_write_queue_pauses_reading_until_it_drains() -> None:
 
 
 def test_eof_from_the_peer_closes_after_the_echo_is_flushed() -> None:
-    assert EchoSession(RecordingConnection()).eof_received() is False
+    assert EchoSession(FakeConnection()).eof_received() is False
 
 
 def test_udp_echo_replies_once_with_the_same_bytes_to_the_sender() -> None:
     endpoint = RecordingEndpoint()
     handler = EchoHandler({})
-    handler.datagram_received(b"ping", ("127.0.0.1", 5000), endpoint)
-    handler.datagram_received(b"", ("::1", 6000, 0, 0), endpoint)
-    assert endpoint.sent == [(b"ping", ("127.0.0.1", 5000)), (b"", ("::1", 6000, 0, 0))]
+    v4, v6 = inet_peer(("127.0.0.1", 5000)), inet_peer(("::1", 6000, 0, 0))
+    handler.datagram_received(b"ping", v4, endpoint)
+    handler.datagram_received(b"", v6, endpoint)
+    assert endpoint.sent == [(b"ping", v4), (b"", v6)]
 
 
 def test_echo_declares_both_protocols_and_no_options() -> None:

@@ -427,7 +427,7 @@ def test_a_reload_with_new_options_leaves_the_transfer_in_flight_intact(
         config.write_text(receive_listener(directory, 'max_bytes = "1KiB"\nmin_free_bytes = 0'))
         daemon.signal(signal.SIGHUP)
         assert daemon.wait_for("receive_directory_ready")["stale_partials_removed"] == 0
-        assert daemon.wait_for("reload_complete")["started"] == 1
+        assert daemon.wait_for("reload_complete")["changed"] == 1
         in_flight.shutdown(socket.SHUT_WR)
         assert in_flight.recv(1) == b""
     assert daemon.wait_for("file_received")["bytes"] == len(first)

@@ -4,6 +4,7 @@ behind, and a transfer's fate does not depend on the event loop outliving it."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import threading
@@ -16,57 +17,49 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
+from portd.endpoints.inet import inet_peer
 from portd.handlers import file_receive
 from portd.handlers.file_receive import FileReceiveHandler
 from portd.handlers.files import durable
 from portd.handlers.files.directory import ReceiveDirectory
+from portd.testing import kit
 
 pytestmark = pytest.mark.anyio
 CHUNK = 256 << 10
 Logs = list[MutableMapping[str, Any]]
 
 
-class FakeConnection:
-    """A Connection that records how the session ends it and whether it reads."""
-
-    conn_id = 7
-    peer = "127.0.0.1:50000"
-    draining = False
+class FakeConnection(kit.FakeConnection):
+    """The kit's connection on the running loop, with events for how the session ends it
+    and for reading resuming (the worker threads report back through the loop)."""
 
     def __init__(self) -> None:
-        self.log: Any = structlog.get_logger().bind(listener="up", conn_id=7, peer=self.peer)
+        peer = inet_peer(("127.0.0.1", 50000))
+        super().__init__(peer=peer, listener="up", conn_id=7, clock=asyncio.get_running_loop())
+        self.log = structlog.get_logger().bind(listener="up", conn_id=7, peer=str(peer))
         self.ended = anyio.Event()
-        self.ending = ""
-        self.reading = True
         self.resumed = anyio.Event()
 
     def write(self, data: bytes) -> None:
         raise AssertionError("file-receive never writes to the peer")
 
-    def get_write_buffer_size(self) -> int:
-        return 0
-
     def write_eof(self) -> None:
         raise AssertionError("file-receive never half-closes")
 
     def close(self) -> None:
-        self._end("close")
-
-    def abort(self) -> None:
-        self._end("abort")
-
-    def reset(self) -> None:
-        self._end("reset")
-
-    def _end(self, how: str) -> None:
-        self.ending = self.ending or how
+        super().close()
         self.ended.set()
 
-    def pause_reading(self) -> None:
-        self.reading = False
+    def abort(self) -> None:
+        super().abort()
+        self.ended.set()
+
+    def reset(self) -> None:
+        super().reset()
+        self.ended.set()
 
     def resume_reading(self) -> None:
-        self.reading = True
+        super().resume_reading()
         self.resumed.set()
 
 
@@ -86,6 +79,7 @@ def logs() -> Iterator[Logs]:
 async def ended(conn: FakeConnection) -> str:
     with anyio.fail_after(10):
         await conn.ended.wait()
+    assert conn.ending is not None
     return conn.ending
 
 

@@ -8,18 +8,17 @@ The fakes and the response reader here are shared by the corpus and property tes
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 from portd.config import parse_config
 from portd.errors import ConfigError
-from portd.handlers.base import StreamSession
 from portd.handlers.http.responses import Responses
 from portd.handlers.http_hello import LINGER_MAX_BYTES, LINGER_S, HttpHelloHandler, HttpHelloSession
 from portd.options import defaults
+from portd.testing.kit import FakeConnection, ManualClock
 
 BODY = b"Hello from portd\n"
 WALL_CLOCK = 1_700_000_000.0  # the Date every test response carries
@@ -32,125 +31,6 @@ OK_HEAD = (
 )
 OK = OK_HEAD + b"\r\n" + BODY
 ALLOWED_STATUSES = {200, 400, 405, 408, 414, 431, 505}
-
-
-@dataclass
-class FakeTimer:
-    when: float
-    callback: Callable[[], object]
-    cancelled: bool = False
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-
-@dataclass
-class FakeClock:
-    """Loop time that moves only in advance(), firing due timers in order."""
-
-    now: float = 1000.0
-    timers: list[FakeTimer] = field(default_factory=list)
-
-    def time(self) -> float:
-        return self.now
-
-    def call_at(self, when: float, callback: Callable[[], object]) -> FakeTimer:
-        timer = FakeTimer(when, callback)
-        self.timers.append(timer)
-        return timer
-
-    def advance(self, seconds: float) -> None:
-        target = self.now + seconds
-        while due := [t for t in self.timers if not t.cancelled and t.when <= target]:
-            timer = min(due, key=lambda t: t.when)
-            self.timers.remove(timer)
-            self.now = max(self.now, timer.when)
-            timer.callback()
-        self.now = target
-
-    @property
-    def pending(self) -> list[FakeTimer]:
-        return [t for t in self.timers if not t.cancelled]
-
-
-class RecordingLog:
-    """Stands in for the bound structlog logger; keeps (level, event, fields)."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, str, dict[str, Any]]] = []
-
-    def debug(self, event: str, **fields: Any) -> None:
-        self.events.append(("debug", event, fields))
-
-    def info(self, event: str, **fields: Any) -> None:
-        self.events.append(("info", event, fields))
-
-
-class FakeConnection:
-    """A Connection that records what the session does, and can play a peer that reads
-    nothing: with ``high_water`` set, written bytes queue up and pause the session."""
-
-    conn_id = 1
-    peer = "127.0.0.1:40000"
-
-    def __init__(self, draining: bool = False, high_water: int | None = None) -> None:
-        self.log = RecordingLog()
-        self.draining = draining
-        self.high_water = high_water
-        self.session: StreamSession | None = None
-        self.written = bytearray()
-        self.writes = 0
-        self.queued = 0
-        self.paused = False
-        self.reading = True
-        self.eof_sent = False
-        self.closed = False
-        self.aborted = False
-
-    def write(self, data: bytes) -> None:
-        assert not self.done, "write after close"
-        self.written += data
-        self.writes += 1
-        if self.high_water is not None:
-            self.queued += len(data)
-            if self.queued > self.high_water and not self.paused:
-                self.paused = True
-                assert self.session is not None
-                self.session.pause_writing()
-
-    def drain(self) -> None:
-        """The peer reads everything queued."""
-        self.queued = 0
-        if self.paused:
-            self.paused = False
-            assert self.session is not None
-            self.session.resume_writing()
-
-    def get_write_buffer_size(self) -> int:
-        return self.queued
-
-    def write_eof(self) -> None:
-        self.eof_sent = True
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.aborted = True
-
-    def reset(self) -> None:
-        self.abort()
-
-    def pause_reading(self) -> None:
-        self.reading = False
-
-    def resume_reading(self) -> None:
-        self.reading = True
-
-    @property
-    def done(self) -> bool:
-        """The session has ended the exchange (closed, aborted or half-closed)."""
-        return self.closed or self.aborted or self.eof_sent
 
 
 def make_handler(**settings: Any) -> HttpHelloHandler:
@@ -166,10 +46,10 @@ def make_handler(**settings: Any) -> HttpHelloHandler:
 
 
 def open_session(
-    conn: FakeConnection | None = None, clock: FakeClock | None = None, **settings: Any
-) -> tuple[HttpHelloSession, FakeConnection, FakeClock]:
+    conn: FakeConnection | None = None, clock: ManualClock | None = None, **settings: Any
+) -> tuple[HttpHelloSession, FakeConnection, ManualClock]:
     conn = conn or FakeConnection()
-    clock = clock or FakeClock()
+    clock = clock or conn.clock
     session = HttpHelloSession(conn, make_handler(**settings), clock)
     conn.session = session
     return session, conn, clock

@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from portd.handlers.http.heads import MAX_FIELDS_BYTES, MAX_LINE
-from tests.handlers.test_http_hello import FakeConnection, check_responses, open_session
+from portd.testing.kit import FakeConnection
+from tests.handlers.test_http_hello import check_responses, open_session
 
 MAX_HEAD_HELD = MAX_LINE + 2 + MAX_FIELDS_BYTES + 2  # a request line, fields, a CR or CRLF
 

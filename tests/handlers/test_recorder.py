@@ -8,14 +8,15 @@ from typing import Any
 
 import pytest
 
+from portd.endpoints.inet import inet_peer
 from portd.handlers.recorder import RecorderHandler, RecorderSession
 from portd.options import defaults
 from portd.testing import Server, ServerFactory, serve
-from tests.handlers.test_echo import RecordingConnection, RecordingEndpoint
+from portd.testing.kit import FakeConnection, RecordingEndpoint
 
 
-def session(**options: Any) -> tuple[RecorderSession, RecordingConnection]:
-    conn = RecordingConnection()
+def session(**options: Any) -> tuple[RecorderSession, FakeConnection]:
+    conn = FakeConnection()
     handler = RecorderHandler({**defaults(RecorderHandler.options), **options})
     opened = handler.open_session(conn)
     assert isinstance(opened, RecorderSession)
@@ -27,7 +28,7 @@ def test_keeps_at_most_max_bytes_and_never_replies_by_default() -> None:
     recorder.data_received(b"abc")
     recorder.data_received(b"defgh")
     assert recorder.received == b"abcde"
-    assert conn.written == []
+    assert conn.chunks == []
 
 
 @pytest.mark.parametrize(
@@ -38,25 +39,25 @@ def test_the_reply_is_sent_once_at_its_moment(
     reply_after: str, before_data: int, after_data: int, after_eof: int
 ) -> None:
     recorder, conn = session(reply="ok", reply_after=reply_after)
-    assert len(conn.written) == before_data
+    assert len(conn.chunks) == before_data
     recorder.data_received(b"1")
     recorder.data_received(b"2")
-    assert len(conn.written) == after_data
+    assert len(conn.chunks) == after_data
     assert recorder.eof_received() is False
-    assert conn.written == [b"ok"] * after_eof
+    assert conn.chunks == [b"ok"] * after_eof
 
 
 def test_close_after_reply() -> None:
     _recorder, conn = session(reply="bye", reply_after="connect", close_after_reply=True)
-    assert (conn.written, conn.closed) == ([b"bye"], True)
+    assert (conn.chunks, conn.closed) == ([b"bye"], True)
 
 
 def test_udp_replies_to_every_datagram_when_a_reply_is_set() -> None:
     endpoint = RecordingEndpoint()
     RecorderHandler({**defaults(RecorderHandler.options), "reply": "r"}).datagram_received(
-        b"q", ("127.0.0.1", 9), endpoint
+        b"q", inet_peer(("127.0.0.1", 9)), endpoint
     )
-    assert endpoint.sent == [(b"r", ("127.0.0.1", 9))]
+    assert endpoint.sent == [(b"r", inet_peer(("127.0.0.1", 9)))]
 
 
 def test_records_what_a_real_client_sent(recorder_server: Server) -> None:

@@ -8,7 +8,6 @@ import socket
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -20,50 +19,14 @@ from portd.handlers.registry import load_handler
 from portd.handlers.shaping import QUEUE_HIGH_BYTES, PacedSession, PacingHandler
 from portd.options import defaults
 from portd.testing import Server, ServerFactory
-from tests.handlers.test_echo import RecordingConnection
+from portd.testing.kit import FakeConnection, ManualClock
 
 
-class FakeTimer:
-    def __init__(self, clock: FakeClock, when: float, callback: Callable[[], object]) -> None:
-        self.clock, self.when, self.callback = clock, when, callback
-        self.cancelled = False
+class TimedConnection(FakeConnection):
+    """Records each write, and how the connection ended, with the manual time of it."""
 
-    def cancel(self) -> None:
-        self.cancelled = True
-
-
-class FakeClock:
-    """A loop clock that moves only when told; timers fire in order as it moves."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-        self.timers: list[FakeTimer] = []
-
-    def time(self) -> float:
-        return self.now
-
-    def call_at(self, when: float, callback: Callable[[], object]) -> FakeTimer:
-        timer = FakeTimer(self, when, callback)
-        self.timers.append(timer)
-        return timer
-
-    def run(self, until: float = float("inf")) -> None:
-        while True:
-            due = [t for t in self.timers if not t.cancelled and t.when <= until]
-            if not due:
-                return
-            timer = min(due, key=lambda t: t.when)
-            self.timers.remove(timer)
-            self.now = max(self.now, timer.when)
-            timer.callback()
-
-
-class TimedConnection(RecordingConnection):
-    """Records each write with the fake time it happened at."""
-
-    def __init__(self, clock: FakeClock) -> None:
-        super().__init__()
-        self.clock = clock
+    def __init__(self, clock: ManualClock) -> None:
+        super().__init__(clock=clock)
         self.timeline: list[tuple[float, bytes]] = []
         self.ended: list[tuple[float, str]] = []
 
@@ -79,12 +42,12 @@ class TimedConnection(RecordingConnection):
         self.ended.append((round(self.clock.now - 100.0, 6), "close"))
 
 
-def paced(name: str, **options: Any) -> tuple[PacedSession, TimedConnection, FakeClock]:
+def paced(name: str, **options: Any) -> tuple[PacedSession, TimedConnection, ManualClock]:
     """An echo behind ``name`` on a fake clock."""
     handler_class = load_handler(name)
     assert issubclass(handler_class, PacingHandler)
     handler = handler_class({**defaults(handler_class.options), **options})
-    clock = FakeClock()
+    clock = ManualClock(100.0)
     conn = TimedConnection(clock)
     return handler.open_paced(conn, clock), conn, clock
 
@@ -94,7 +57,7 @@ def test_latency_delays_each_reply_and_keeps_their_order() -> None:
     session.data_received(b"a")
     clock.now += 0.1
     session.data_received(b"b")
-    assert conn.written == []
+    assert conn.chunks == []
     clock.run()
     assert conn.timeline == [(0.25, b"a"), (0.35, b"b")]
 
@@ -167,10 +130,10 @@ def test_nothing_is_released_while_the_kernel_buffer_is_full() -> None:
     session.pause_writing()
     session.data_received(b"abc")
     clock.run()
-    assert conn.written == []
+    assert conn.chunks == []
     session.resume_writing()
     clock.run()
-    assert b"".join(conn.written) == b"abc"
+    assert conn.written == b"abc"
 
 
 def test_connection_lost_cancels_the_timer() -> None:
@@ -178,7 +141,7 @@ def test_connection_lost_cancels_the_timer() -> None:
     session.data_received(b"never sent")
     session.connection_lost(None)
     clock.run()
-    assert conn.written == []
+    assert conn.chunks == []
     assert isinstance(session.inner, StreamSession)
 
 

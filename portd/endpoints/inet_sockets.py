@@ -1,4 +1,4 @@
-"""Creating and binding listening sockets: every socket option portd sets lives here.
+"""Creating and binding IP sockets: every option portd sets on them lives here.
 
 One function per socket kind sets its options, each with its reason. Binding a spec
 that opens several sockets (``*``, a host name with IPv4 and IPv6 addresses) is all or
@@ -12,17 +12,22 @@ import errno
 import socket
 from collections.abc import Sequence
 
-from portd.binds import Protocol, SocketAddress
+from portd.endpoints.base import DEFAULT_BACKLOG, ProtocolName, SocketOptions
+from portd.endpoints.inet import InetAddress
 from portd.errors import AddressInUseError, AddressNotAvailableError, BindError, PrivilegedPortError
 from portd.privileges import check_port_allowed
 
-DEFAULT_BACKLOG = 1024
 SAME_PORT_ATTEMPTS = 32
+DEFAULT_OPTIONS = SocketOptions()
 NO_FAMILY_ERRNOS = frozenset({errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT})
 
 
 def open_tcp_socket(
-    address: SocketAddress, backlog: int = DEFAULT_BACKLOG, *, listen: bool = True
+    address: InetAddress,
+    backlog: int = DEFAULT_BACKLOG,
+    *,
+    listen: bool = True,
+    reuse_port: bool = False,
 ) -> socket.socket:
     """A bound, listening, non-blocking TCP socket. The caller owns (and closes) it.
 
@@ -39,6 +44,9 @@ def open_tcp_socket(
             # for port 0: the kernel's choice is a fresh port anyway, and with the option
             # Linux searches only part of the range, so thousands of binds turn quadratic.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            # Asked for (workers with a socket each): the kernel spreads connections.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         # Small replies (echo, HTTP heads) go out at once; accepted sockets inherit it.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         _set_v6only(sock, address)
@@ -52,7 +60,7 @@ def open_tcp_socket(
     return sock
 
 
-def open_udp_socket(address: SocketAddress) -> socket.socket:
+def open_udp_socket(address: InetAddress) -> socket.socket:
     """A bound, non-blocking UDP socket. The caller owns (and closes) it.
 
     No SO_REUSEADDR: on UDP it would let another socket co-bind the port and steal
@@ -72,31 +80,30 @@ def open_udp_socket(address: SocketAddress) -> socket.socket:
     return sock
 
 
-def _set_v6only(sock: socket.socket, address: SocketAddress) -> None:
+def _set_v6only(sock: socket.socket, address: InetAddress) -> None:
     if address.family == socket.AF_INET6:
         # Explicit, never the host's net.ipv6.bindv6only: "*" opens its own IPv4 socket.
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
 
 
 def open_listener_sockets(
-    addresses: Sequence[SocketAddress],
-    protocol: Protocol,
+    addresses: Sequence[InetAddress],
+    protocol: ProtocolName,
     label: str,
-    backlog: int = DEFAULT_BACKLOG,
+    options: SocketOptions = DEFAULT_OPTIONS,
     *,
     skip_missing_ipv6: bool = False,
-    listen: bool = True,
 ) -> list[socket.socket]:
     """Open one socket per address, all with the same port, or none at all.
 
     Args:
-        addresses: from resolve_bind; all carry the same port (0: kernel's choice).
+        addresses: from InetEndpoint.resolve; all carry the same port (0: kernel's choice).
         protocol: tcp or udp.
         label: names the listener in error messages.
-        backlog: TCP listen queue length.
+        options: backlog, listen (False binds TCP sockets without listening, see
+            open_tcp_socket), reuse_port (SO_REUSEPORT: one socket per worker process).
         skip_missing_ipv6: leave out IPv6 addresses when the kernel has no IPv6
             (used for ``*``, where IPv6 is best effort).
-        listen: False binds TCP sockets without listening (see open_tcp_socket).
 
     Returns:
         The sockets, owned by the caller.
@@ -108,11 +115,14 @@ def open_listener_sockets(
     check_port_allowed(port, label)
     for _attempt in range(SAME_PORT_ATTEMPTS):
         try:
-            return _open_same_port(addresses, protocol, backlog, skip_missing_ipv6, listen)
+            opened = _open_same_port(addresses, protocol, options, skip_missing_ipv6)
         except _PortTakenElsewhereError:
             continue
         except _AddressFailedError as failed:
             raise _bind_error(failed.error, protocol, label, failed.address) from failed.error
+        if not opened:  # every address was IPv6 and the kernel has none
+            raise AddressNotAvailableError(f"{label}: this host has no IPv6 support")
+        return opened
     raise AddressInUseError(
         f"{label}: no port number was free in every address family after "
         f"{SAME_PORT_ATTEMPTS} attempts"
@@ -126,18 +136,17 @@ class _PortTakenElsewhereError(Exception):
 class _AddressFailedError(Exception):
     """Carries the OSError of one address out of the all-or-nothing loop."""
 
-    def __init__(self, address: SocketAddress, error: OSError) -> None:
+    def __init__(self, address: InetAddress, error: OSError) -> None:
         super().__init__(address, error)
         self.address = address
         self.error = error
 
 
 def _open_same_port(
-    addresses: Sequence[SocketAddress],
-    protocol: Protocol,
-    backlog: int,
+    addresses: Sequence[InetAddress],
+    protocol: ProtocolName,
+    options: SocketOptions,
     skip_missing_ipv6: bool,
-    listen: bool,
 ) -> list[socket.socket]:
     opened: list[socket.socket] = []
     port = addresses[0].port
@@ -146,7 +155,12 @@ def _open_same_port(
             target = _with_port(address, port) if opened else address
             try:
                 sock = (
-                    open_tcp_socket(target, backlog, listen=listen)
+                    open_tcp_socket(
+                        target,
+                        options.backlog,
+                        listen=options.listen,
+                        reuse_port=options.reuse_port,
+                    )
                     if protocol == "tcp"
                     else open_udp_socket(target)
                 )
@@ -169,11 +183,13 @@ def _open_same_port(
     return opened
 
 
-def _with_port(address: SocketAddress, port: int) -> SocketAddress:
-    return SocketAddress(address.family, (address.sockaddr[0], port, *address.sockaddr[2:]))
+def _with_port(address: InetAddress, port: int) -> InetAddress:
+    return InetAddress(address.family, (address.sockaddr[0], port, *address.sockaddr[2:]))
 
 
-def _bind_error(exc: OSError, protocol: Protocol, label: str, address: SocketAddress) -> BindError:
+def _bind_error(
+    exc: OSError, protocol: ProtocolName, label: str, address: InetAddress
+) -> BindError:
     where = f"{label}: {address} ({protocol})"
     if exc.errno == errno.EADDRINUSE:
         from portd.inspect.owner import find_port_owner
@@ -188,16 +204,3 @@ def _bind_error(exc: OSError, protocol: Protocol, label: str, address: SocketAdd
     if exc.errno == errno.EACCES:
         return PrivilegedPortError(f"{where}: permission denied ({exc.strerror})")
     return BindError(f"{where}: cannot bind: {exc.strerror}")
-
-
-def bound_addresses(sockets: Sequence[socket.socket]) -> list[SocketAddress]:
-    """What the sockets are really bound to (port 0 resolved).
-
-    The family comes from the sockname's shape (4 fields: IPv6): ``sock.family`` builds
-    an enum each time, which adds up over 10,000 listeners.
-    """
-    found = []
-    for sock in sockets:
-        name = sock.getsockname()
-        found.append(SocketAddress(socket.AF_INET6 if len(name) == 4 else socket.AF_INET, name))
-    return found

@@ -1,45 +1,45 @@
 """A listener at run time: its bound sockets, its handler, and its live connections.
 
-The Listener owns its sockets and accepts on them itself rather than through
-``loop.create_server``: uvloop closes a server for good when accept() fails with
-ENOBUFS or ENOMEM (and sheds every pending client on EMFILE), while portd must back
-off and recover. Accepting here also keeps the socket usable after the listener stops
-serving it (a listener that lives on across a reload keeps the very same socket).
+* ``accept``: the accept loop (batches, back-off, which errnos mean what);
+* ``host``: the narrow host every connection of the listener sees;
+* ``stream`` / ``datagram``: one stream connection, one datagram socket.
+
+The Listener owns its sockets from the moment it is made (the assembly made its
+handler and bound them), admits each peer through its gate before any transport or
+handler code exists, and writes one ``connection_closed`` line per connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Collection
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from portd.binds import SocketAddress, format_peer
-from portd.config import ListenerConfig
-from portd.connections import DatagramServer, StreamConnection
-from portd.handlers.base import Peer
 from portd.limits import ConnectionGate, DatagramGate, RefusalLog
+from portd.listeners.accept import AcceptLoop
+from portd.listeners.datagram import DatagramServer
+from portd.listeners.host import ConnectionHost
+from portd.listeners.stream import StreamConnection
 from portd.logging import get_logger
-from portd.sockets import bound_addresses
 
-ACCEPT_BATCH = 64
-ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-ACCEPT_BACKOFF_START_S = 0.05
-ACCEPT_BACKOFF_MAX_S = 1.0
+if TYPE_CHECKING:
+    from portd.config import ListenerConfig
+    from portd.endpoints.base import Address, Peer
+    from portd.handlers.base import Handler
 
 
 class Observer(Protocol):
     """Sees what a listener serves (the testing API records with one)."""
 
     def connection_closed(self, conn: StreamConnection) -> None:
-        """A TCP connection ended; its counters and ``how_it_ended`` are final."""
+        """A stream connection ended; its counters and ``how_it_ended`` are final."""
 
     def datagram_received(self, data: bytes, peer: Peer) -> None:
-        """A UDP datagram arrived (before the handler sees it)."""
+        """A datagram arrived (before the handler sees it)."""
 
 
 class Listener:
@@ -48,21 +48,38 @@ class Listener:
     def __init__(
         self,
         config: ListenerConfig,
+        handler: Handler,
         sockets: list[socket.socket],
         next_conn_id: Callable[[], int],
+        *,
         origin: str = "bound",
         log: Any = None,
+        previous: Listener | None = None,
     ) -> None:
+        """Take ownership of ``handler`` and ``sockets`` (closed by :meth:`close`).
+
+        Args:
+            previous: the listener this one replaces on a reload: its live connections
+                keep counting against this one's caps.
+        """
         self.config = config
         self.sockets = sockets
         self.origin = origin  # bound, inherited (socket activation) or reused (reload)
-        self.addresses: list[SocketAddress] = bound_addresses(sockets)
-        self.next_conn_id = next_conn_id
-        self.handler = config.handler(config.settings)
+        self.addresses: list[Address] = list(config.endpoint.bound_addresses(sockets))
+        self.handler = handler
         self._handler_closed = False
         # The daemon's structlog logger, or one the caller supplies (the testing API keeps
         # test servers off the host program's structlog configuration).
         self.log: Any = log if log is not None else get_logger(listener=config.name)
+        self.host = ConnectionHost(
+            config.name,
+            handler=handler,
+            limits=config.limits,
+            log=self.log,
+            next_conn_id=next_conn_id,
+            opened=self.connection_opened,
+            closed=self.connection_closed,
+        )
         self.connections: set[StreamConnection] = set()
         self.observers: list[Observer] = []
         self.total_connections = 0
@@ -72,85 +89,91 @@ class Listener:
         self.bytes_out = 0
         self.endings: Counter[str] = Counter()
         self.started_at = time.monotonic()
-        self.gate = ConnectionGate(config.limits)
+        self.gate: ConnectionGate = ConnectionGate(
+            config.limits, previous.gate if previous is not None else None
+        )
         self.refusal_log = RefusalLog(self.log)
         self.datagram_gate = DatagramGate(config.limits)
         self.datagram_log = RefusalLog(self.log, "datagram_dropped")
         self._adopting = 0  # accepted, transport not made yet: live for draining
-        self.draining = False
         self._aborted = False
         self._endpoints: list[DatagramServer] = []
         self._idle: asyncio.Event | None = None
         self._opened: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._accepting = False
-        self._backoff_s = 0.0
-        self._resume: asyncio.TimerHandle | None = None
+        self._accept = AcceptLoop(sockets, self._accepted, self.log)
+
+    @property
+    def name(self) -> str:
+        """The listener's name."""
+        return self.config.name
+
+    @property
+    def draining(self) -> bool:
+        """True once the listener stopped accepting for good."""
+        return self.host.draining
 
     @property
     def port(self) -> int:
-        """The bound port (the same on every socket of the listener)."""
-        return self.addresses[0].port
+        """The bound port of an IP listener (the same on every socket); 0 otherwise."""
+        return int(getattr(self.addresses[0], "port", 0)) if self.addresses else 0
 
     async def start(self) -> None:
         """Serve every socket on the running loop and log ``listener_started``."""
         self._loop = loop = asyncio.get_running_loop()
+        self.host.clock = loop
         if self.config.protocol == "tcp":
             # A handler that does not listen (refuse) leaves its sockets bound and unwatched:
             # the kernel refuses every connect.
             if self.handler.listens:
                 if self.origin == "reused":  # the backlog may have changed; inherited keep theirs
                     for sock in self.sockets:
-                        sock.listen(self.config.backlog)
-                self._watch_accept(True)
+                        sock.listen(self.config.socket_options.backlog)
+                self._accept.start(loop)
         else:
             for sock in self.sockets:
-                endpoint = DatagramServer(self, sock)
+                endpoint = DatagramServer(
+                    sock,
+                    self.config.endpoint,
+                    handler=self.handler,
+                    gate=self.datagram_gate,
+                    refusals=self.datagram_log,
+                    observers=self.observers,
+                    log=self.log,
+                )
                 endpoint.start(loop)
                 self._endpoints.append(endpoint)
+        fields = {"port": self.port} if self.port else {}
         self.log.info(
             "listener_started",
-            bind=str(self.config.bind.with_port(self.port)),
+            bind=self.config.endpoint.describe_bound(self.addresses),
             protocol=self.config.protocol,
             handler=self.config.handler.name,
-            port=self.port,
+            **fields,
             addresses=[str(address) for address in self.addresses],
             origin=self.origin,
         )
 
-    def _watch_accept(self, on: bool) -> None:
+    def _accepted(self, conn: socket.socket, addr: Any) -> bool:
+        """One accepted socket: admit it or refuse it. False stops this batch."""
+        try:
+            peer = self.config.endpoint.peer(conn, addr)
+        except OSError:  # the peer left before we could ask who it was
+            conn.close()
+            return True
+        refusal = self.gate.admit(peer)
+        if refusal is not None:
+            self._refuse(conn, refusal, peer)
+            return True
+        conn.setblocking(False)
+        self._adopting += 1
         assert self._loop is not None
-        self._accepting = on
-        for sock in self.sockets:
-            if on:
-                self._loop.add_reader(sock.fileno(), self._accept_ready, sock)
-            else:
-                self._loop.remove_reader(sock.fileno())
-
-    def _accept_ready(self, sock: socket.socket) -> None:
-        assert self._loop is not None
-        for _ in range(ACCEPT_BATCH):
-            try:
-                conn, peer = sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except ConnectionAbortedError:
-                continue
-            except OSError as exc:
-                self._back_off(exc)
-                return
-            self._backoff_s = 0.0
-            refusal = self.gate.admit(peer[0])
-            if refusal is not None:
-                self._refuse(conn, refusal, peer)
-                continue
-            conn.setblocking(False)
-            self._adopting += 1
-            self._loop.create_task(self._adopt(conn, peer))
-            self.accepted += 1
-            if self.accepted == self.accept_limit:
-                self.stop_accepting()  # later clients in the backlog are reset, as nc -l does
-                return
+        self._loop.create_task(self._adopt(conn, peer))
+        self.accepted += 1
+        if self.accepted == self.accept_limit:
+            self.stop_accepting()  # later clients in the backlog are reset, as nc -l does
+            return False
+        return True
 
     def _refuse(self, conn: socket.socket, reason: str, peer: Peer) -> None:
         """Close a refused peer at once; a full listener may first say so (HTTP 503)."""
@@ -160,15 +183,16 @@ class Listener:
                 with contextlib.suppress(OSError):
                     conn.send(busy)  # best effort: a small reply into an empty buffer
         conn.close()
-        self.refusal_log.refused(reason, format_peer(peer))
+        self.refusal_log.refused(reason, str(peer))
 
     async def _adopt(self, conn: socket.socket, peer: Peer) -> None:
         assert self._loop is not None
+        host = self.host
         try:
-            await self._loop.connect_accepted_socket(lambda: StreamConnection(self, peer), conn)
+            await self._loop.connect_accepted_socket(lambda: StreamConnection(host, peer), conn)
         except OSError as exc:  # the peer left before the transport was made
             conn.close()
-            self.gate.release(peer[0])
+            self.gate.release(peer)
             self.log.debug("connection_lost_early", error=str(exc))
         finally:
             self._adopting -= 1
@@ -183,23 +207,6 @@ class Listener:
         if self._idle is not None and not self.live:
             self._idle.set()
 
-    def _back_off(self, exc: OSError) -> None:
-        """Out of descriptors or memory: stop accepting for a while, never spin.
-
-        Pending clients wait in the kernel's backlog and are served once resources
-        return; the pause doubles up to ACCEPT_BACKOFF_MAX_S while the errors last.
-        """
-        assert self._loop is not None
-        self._backoff_s = min(
-            max(self._backoff_s * 2, ACCEPT_BACKOFF_START_S), ACCEPT_BACKOFF_MAX_S
-        )
-        capacity = exc.errno in ACCEPT_CAPACITY_ERRNOS
-        self.log.warning(
-            "accept_failed", error=exc.strerror, capacity=capacity, retry_in_s=self._backoff_s
-        )
-        self._watch_accept(False)
-        self._resume = self._loop.call_later(self._backoff_s, self._watch_accept, True)
-
     def connection_opened(self, conn: StreamConnection) -> None:
         """Called by a connection once it is accepted."""
         self.connections.add(conn)
@@ -212,14 +219,14 @@ class Listener:
     def connection_closed(self, conn: StreamConnection, exc: Exception | None) -> None:
         """Called by a connection once it is closed: the one summary line per connection."""
         self.connections.discard(conn)
-        self.gate.release(conn.peer_host)
+        self.gate.release(conn.peer)
         self.bytes_in += conn.bytes_in
         self.bytes_out += conn.bytes_out
         self.endings[conn.how_it_ended] += 1
         self.log.info(
             "connection_closed",
             conn_id=conn.conn_id,
-            peer=conn.peer,
+            peer=str(conn.peer),
             bytes_in=conn.bytes_in,
             bytes_out=conn.bytes_out,
             duration_ms=round((time.monotonic() - conn.started) * 1000, 1),
@@ -236,16 +243,14 @@ class Listener:
             keep: sockets a successor listener takes over (a reload): they are left open
                 and no longer belong to this listener; the others are closed.
         """
-        if self._resume is not None:
-            self._resume.cancel()
-        if self._accepting:
-            self._watch_accept(False)
+        self._accept.stop()
         for endpoint in self._endpoints:
             endpoint.stop()
+        handed_over = [sock for sock in self.sockets if sock in keep]
         self.sockets = [sock for sock in self.sockets if sock not in keep]
-        self.close_sockets()
-        if not self.draining:
-            self.draining = True
+        self.close_sockets(released=not handed_over)
+        if not self.host.draining:
+            self.host.draining = True
             for conn in list(self.connections):
                 conn.shutdown_requested()
 
@@ -296,10 +301,16 @@ class Listener:
             "uptime_s": round(time.monotonic() - self.started_at, 3),
         }
 
-    def close_sockets(self) -> None:
-        """Close the listener's own sockets (idempotent)."""
+    def close_sockets(self, *, released: bool = True) -> None:
+        """Close the listener's own sockets (idempotent); with ``released``, remove what
+        binding them left behind (a unix socket file) unless a successor holds them."""
+        if not self.sockets:
+            return
         for sock in self.sockets:
             sock.close()
+        self.sockets = []
+        if released:
+            self.config.endpoint.release(())
 
     def close(self) -> None:
         """Release the sockets and whatever the handler holds (idempotent)."""

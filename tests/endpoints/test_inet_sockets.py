@@ -1,4 +1,5 @@
-"""The socket factory over real loopback sockets: options, same-port binding, bind errors."""
+"""The inet socket factory over real loopback sockets: options, same-port binding, bind
+errors."""
 
 from __future__ import annotations
 
@@ -11,13 +12,13 @@ import psutil
 import pytest
 
 from portd import privileges
-from portd.binds import SocketAddress, parse_bind, resolve_bind
+from portd.endpoints.inet import InetAddress, parse_inet
+from portd.endpoints.inet_sockets import open_listener_sockets, open_tcp_socket, open_udp_socket
 from portd.errors import AddressInUseError, AddressNotAvailableError, PrivilegedPortError
-from portd.sockets import open_listener_sockets, open_tcp_socket, open_udp_socket
 from tests.conftest import needs_ipv6
 
-LOOPBACK = SocketAddress(socket.AF_INET, ("127.0.0.1", 0))
-LOOPBACK6 = SocketAddress(socket.AF_INET6, ("::1", 0, 0, 0))
+LOOPBACK = InetAddress(socket.AF_INET, ("127.0.0.1", 0))
+LOOPBACK6 = InetAddress(socket.AF_INET6, ("::1", 0, 0, 0))
 
 
 def test_tcp_socket_disables_nagle_listens_and_does_not_block() -> None:
@@ -56,8 +57,8 @@ def test_ipv6_sockets_are_v6_only_whatever_the_sysctl(opener: object) -> None:
 @needs_ipv6
 @pytest.mark.parametrize("protocol", ["tcp", "udp"])
 def test_wildcard_port_zero_gives_one_port_in_both_families(protocol: str) -> None:
-    spec = parse_bind("*:0")
-    sockets = open_listener_sockets(resolve_bind(spec, protocol), protocol, "test")  # type: ignore[arg-type]
+    spec = parse_inet("*:0", protocol)  # type: ignore[arg-type]
+    sockets = open_listener_sockets(spec.resolve(), protocol, "test")  # type: ignore[arg-type]
     try:
         assert [sock.family for sock in sockets] == [socket.AF_INET, socket.AF_INET6]
         assert [sock.getsockname()[0] for sock in sockets] == ["0.0.0.0", "::"]
@@ -95,7 +96,7 @@ def test_restart_through_time_wait_binds_the_same_port() -> None:
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     assert states.strip(), "expected a TIME_WAIT entry on the server's port"
-    with open_tcp_socket(SocketAddress(socket.AF_INET, ("127.0.0.1", port))) as again:
+    with open_tcp_socket(InetAddress(socket.AF_INET, ("127.0.0.1", port))) as again:
         assert again.getsockname()[1] == port
         assert again.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) == 1
 
@@ -105,7 +106,7 @@ def test_busy_port_names_the_listener_and_the_holding_process() -> None:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        address = SocketAddress(socket.AF_INET, ("127.0.0.1", port))
+        address = InetAddress(socket.AF_INET, ("127.0.0.1", port))
         with pytest.raises(AddressInUseError) as caught:
             open_listener_sockets([address], "tcp", 'listener "web"')
     message = str(caught.value)
@@ -122,8 +123,8 @@ def test_a_failure_on_a_later_address_closes_the_earlier_sockets() -> None:
         holder.listen()
         port = holder.getsockname()[1]
         addresses = [
-            SocketAddress(socket.AF_INET, ("127.0.0.1", port)),
-            SocketAddress(socket.AF_INET, ("127.0.0.2", port)),
+            InetAddress(socket.AF_INET, ("127.0.0.1", port)),
+            InetAddress(socket.AF_INET, ("127.0.0.2", port)),
         ]
         with pytest.raises(AddressInUseError):
             open_listener_sockets(addresses, "tcp", "test")
@@ -138,7 +139,7 @@ def test_a_failure_on_a_later_address_closes_the_earlier_sockets() -> None:
 @needs_ipv6
 def test_an_address_not_on_this_host_is_unavailable() -> None:
     """2001:db8::/32 is for documentation: never assigned here, and nothing is sent."""
-    address = SocketAddress(socket.AF_INET6, ("2001:db8::1", 0, 0, 0))
+    address = InetAddress(socket.AF_INET6, ("2001:db8::1", 0, 0, 0))
     with pytest.raises(AddressNotAvailableError, match=r"address not available") as caught:
         open_listener_sockets([address], "tcp", "test")
     assert caught.value.exit_code == 69
@@ -149,7 +150,7 @@ def test_privileged_port_without_capability_fails_before_binding(
 ) -> None:
     monkeypatch.setattr(privileges, "has_capability", lambda bit: False)
     monkeypatch.setattr(privileges, "unprivileged_port_start", lambda: 1024)
-    address = SocketAddress(socket.AF_INET, ("127.0.0.1", 80))
+    address = InetAddress(socket.AF_INET, ("127.0.0.1", 80))
     with pytest.raises(PrivilegedPortError) as caught:
         open_listener_sockets([address], "tcp", 'listener "web"')
     message = str(caught.value)

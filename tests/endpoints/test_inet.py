@@ -1,4 +1,4 @@
-"""The bind grammar ``[HOST:]PORT``: parse_bind, parse_port, resolve_bind, format_host_port.
+"""The inet endpoint grammar ``[HOST:]PORT``: parse_inet, parse_port, resolution, formatting.
 
 Nothing here binds a socket: these tests only parse and resolve addresses, so the port
 numbers in them are never opened.
@@ -11,55 +11,58 @@ from typing import Any
 
 import pytest
 
-from portd.binds import (
-    BindSpec,
-    Protocol,
-    SocketAddress,
+from portd.endpoints.base import ProtocolName as Protocol
+from portd.endpoints.inet import (
+    InetAddress,
+    InetEndpoint,
     format_host_port,
-    parse_bind,
+    parse_inet,
     parse_port,
-    resolve_bind,
 )
 from portd.errors import EX_USAGE, BindSyntaxError, UsageError
 
 AF_INET = socket.AF_INET
 AF_INET6 = socket.AF_INET6
-V4_ANY = SocketAddress(AF_INET, ("0.0.0.0", 80))
-V6_ANY = SocketAddress(AF_INET6, ("::", 80, 0, 0))
-V4_LOOPBACK = SocketAddress(AF_INET, ("127.0.0.1", 80))
-V6_LOOPBACK = SocketAddress(AF_INET6, ("::1", 80, 0, 0))
+V4_ANY = InetAddress(AF_INET, ("0.0.0.0", 80))
+V6_ANY = InetAddress(AF_INET6, ("::", 80, 0, 0))
+V4_LOOPBACK = InetAddress(AF_INET, ("127.0.0.1", 80))
+V6_LOOPBACK = InetAddress(AF_INET6, ("::1", 80, 0, 0))
 
 
 @pytest.mark.parametrize(
     ("text", "protocol", "expected"),
     [
-        pytest.param("80", "tcp", BindSpec("*", 80), id="bare-port-is-wildcard"),
-        pytest.param("0", "tcp", BindSpec("*", 0), id="port-zero"),
-        pytest.param("65535", "tcp", BindSpec("*", 65535), id="highest-port"),
-        pytest.param("080", "tcp", BindSpec("*", 80), id="leading-zero-is-decimal"),
-        pytest.param("*:80", "tcp", BindSpec("*", 80), id="star-port"),
-        pytest.param("127.0.0.1:80", "tcp", BindSpec("127.0.0.1", 80), id="ipv4"),
-        pytest.param("0.0.0.0:80", "tcp", BindSpec("0.0.0.0", 80), id="ipv4-any-literal"),
-        pytest.param("[::1]:80", "tcp", BindSpec("::1", 80), id="ipv6-loopback"),
-        pytest.param("[::]:80", "tcp", BindSpec("::", 80), id="ipv6-any-literal"),
-        pytest.param("[fe80::1%lo]:80", "tcp", BindSpec("fe80::1%lo", 80), id="ipv6-scope"),
-        pytest.param("localhost:80", "tcp", BindSpec("localhost", 80), id="host-name"),
-        pytest.param("localhost:http", "tcp", BindSpec("localhost", 80), id="host-and-service"),
-        pytest.param("http", "tcp", BindSpec("*", 80), id="service-http-tcp"),
-        pytest.param("echo", "tcp", BindSpec("*", 7), id="service-echo-tcp"),
-        pytest.param("echo", "udp", BindSpec("*", 7), id="service-echo-udp"),
-        pytest.param("[::1]:domain", "udp", BindSpec("::1", 53), id="ipv6-and-service-udp"),
-        pytest.param("  127.0.0.1:80 \n", "tcp", BindSpec("127.0.0.1", 80), id="surrounding-space"),
+        pytest.param("80", "tcp", InetEndpoint("*", 80), id="bare-port-is-wildcard"),
+        pytest.param("0", "tcp", InetEndpoint("*", 0), id="port-zero"),
+        pytest.param("65535", "tcp", InetEndpoint("*", 65535), id="highest-port"),
+        pytest.param("080", "tcp", InetEndpoint("*", 80), id="leading-zero-is-decimal"),
+        pytest.param("*:80", "tcp", InetEndpoint("*", 80), id="star-port"),
+        pytest.param("127.0.0.1:80", "tcp", InetEndpoint("127.0.0.1", 80), id="ipv4"),
+        pytest.param("0.0.0.0:80", "tcp", InetEndpoint("0.0.0.0", 80), id="ipv4-any-literal"),
+        pytest.param("[::1]:80", "tcp", InetEndpoint("::1", 80), id="ipv6-loopback"),
+        pytest.param("[::]:80", "tcp", InetEndpoint("::", 80), id="ipv6-any-literal"),
+        pytest.param("[fe80::1%lo]:80", "tcp", InetEndpoint("fe80::1%lo", 80), id="ipv6-scope"),
+        pytest.param("localhost:80", "tcp", InetEndpoint("localhost", 80), id="host-name"),
+        pytest.param("localhost:http", "tcp", InetEndpoint("localhost", 80), id="host-and-service"),
+        pytest.param("http", "tcp", InetEndpoint("*", 80), id="service-http-tcp"),
+        pytest.param("echo", "tcp", InetEndpoint("*", 7), id="service-echo-tcp"),
+        pytest.param("echo", "udp", InetEndpoint("*", 7), id="service-echo-udp"),
+        pytest.param("[::1]:domain", "udp", InetEndpoint("::1", 53), id="ipv6-and-service-udp"),
+        pytest.param(
+            "  127.0.0.1:80 \n", "tcp", InetEndpoint("127.0.0.1", 80), id="surrounding-space"
+        ),
     ],
 )
-def test_parse_bind_accepts_every_form(text: str, protocol: Protocol, expected: BindSpec) -> None:
+def test_parse_inet_accepts_every_form(
+    text: str, protocol: Protocol, expected: InetEndpoint
+) -> None:
     """Each documented form of [HOST:]PORT parses to the exact host and port."""
-    assert parse_bind(text, protocol) == expected
+    assert parse_inet(text, protocol) == expected._replace(protocol=protocol)
 
 
-def test_parse_bind_looks_up_services_for_tcp_by_default() -> None:
+def test_parse_inet_looks_up_services_for_tcp_by_default() -> None:
     """Without a protocol, service names are looked up as tcp (http is tcp-only)."""
-    assert parse_bind("http") == BindSpec("*", 80)
+    assert parse_inet("http") == InetEndpoint("*", 80)
 
 
 @pytest.mark.parametrize(
@@ -151,12 +154,12 @@ def test_parse_bind_looks_up_services_for_tcp_by_default() -> None:
         ),
     ],
 )
-def test_parse_bind_rejects_with_a_message_naming_the_text(
+def test_parse_inet_rejects_with_a_message_naming_the_text(
     text: str, protocol: Protocol, message: str
 ) -> None:
     """Each malformed bind raises BindSyntaxError whose message quotes what was wrong."""
     with pytest.raises(BindSyntaxError) as excinfo:
-        parse_bind(text, protocol)
+        parse_inet(text, protocol)
     assert message in str(excinfo.value)
 
 
@@ -201,7 +204,7 @@ def test_parse_port_range_message_shows_the_digits_as_written() -> None:
 def test_bind_syntax_errors_are_usage_errors() -> None:
     """A bad bind on the command line exits 64 (EX_USAGE)."""
     with pytest.raises(UsageError) as excinfo:
-        parse_bind(":80")
+        parse_inet(":80")
     assert excinfo.value.exit_code == EX_USAGE
 
 
@@ -244,28 +247,28 @@ def test_format_host_port_brackets_ipv6_only(host: str, port: int, text: str) ->
 )
 def test_str_of_a_spec_parses_back_to_the_same_spec(text: str) -> None:
     """str(BindSpec) is itself valid bind text for the same spec."""
-    spec = parse_bind(text)
+    spec = parse_inet(text)
     assert str(spec) == text
-    assert parse_bind(str(spec)) == spec
+    assert parse_inet(str(spec)) == spec
 
 
 def test_spec_is_wildcard_only_for_star() -> None:
     """Only '*' (or a bare port) is the wildcard spec; an explicit 0.0.0.0 is one address."""
-    assert parse_bind("80").is_wildcard is True
-    assert parse_bind("*:80").is_wildcard is True
-    assert parse_bind("0.0.0.0:80").is_wildcard is False
-    assert parse_bind("[::]:80").is_wildcard is False
+    assert parse_inet("80").is_wildcard is True
+    assert parse_inet("*:80").is_wildcard is True
+    assert parse_inet("0.0.0.0:80").is_wildcard is False
+    assert parse_inet("[::]:80").is_wildcard is False
 
 
 def test_with_port_keeps_the_host() -> None:
     """with_port replaces only the port (used to report the kernel's choice for port 0)."""
-    assert parse_bind("[::1]:0").with_port(80) == BindSpec("::1", 80)
+    assert parse_inet("[::1]:0").with_port(80) == InetEndpoint("::1", 80)
 
 
 @pytest.mark.parametrize("protocol", ["tcp", "udp"])
 def test_resolve_wildcard_gives_ipv4_then_ipv6_any(protocol: Protocol) -> None:
     """'*' opens 0.0.0.0 and :: (in that order) for either protocol."""
-    assert resolve_bind(parse_bind("*:80"), protocol) == [V4_ANY, V6_ANY]
+    assert list(parse_inet("*:80", protocol).resolve()) == [V4_ANY, V6_ANY]
 
 
 @pytest.mark.parametrize(
@@ -278,22 +281,20 @@ def test_resolve_wildcard_gives_ipv4_then_ipv6_any(protocol: Protocol) -> None:
         pytest.param("127.1:80", [V4_LOOPBACK], id="short-ipv4-normalised"),
     ],
 )
-def test_resolve_address_literal_gives_one_address(
-    text: str, expected: list[SocketAddress]
-) -> None:
+def test_resolve_address_literal_gives_one_address(text: str, expected: list[InetAddress]) -> None:
     """An address literal resolves to exactly that one address, in normal form."""
-    assert resolve_bind(parse_bind(text), "tcp") == expected
+    assert list(parse_inet(text).resolve()) == expected
 
 
 def test_resolve_scoped_ipv6_carries_the_interface_index() -> None:
     """A link-local address with %lo resolves with lo's index as the scope id."""
-    addresses = resolve_bind(parse_bind("[fe80::1%lo]:80"), "tcp")
-    assert addresses == [SocketAddress(AF_INET6, ("fe80::1", 80, 0, socket.if_nametoindex("lo")))]
+    addresses = list(parse_inet("[fe80::1%lo]:80").resolve())
+    assert addresses == [InetAddress(AF_INET6, ("fe80::1", 80, 0, socket.if_nametoindex("lo")))]
 
 
 def test_resolve_localhost_gives_loopback_ipv4_first() -> None:
     """localhost gives 127.0.0.1 first, then ::1 when the host's resolver lists it."""
-    addresses = resolve_bind(parse_bind("localhost:80"), "tcp")
+    addresses = list(parse_inet("localhost:80").resolve())
     assert addresses[0] == V4_LOOPBACK
     assert addresses[1:] in ([], [V6_LOOPBACK])
 
@@ -316,10 +317,10 @@ def test_resolve_host_name_orders_ipv4_first_and_drops_duplicates(
         return answer
 
     monkeypatch.setattr(socket, "getaddrinfo", fake_getaddrinfo)
-    addresses = resolve_bind(parse_bind("dual.example:domain", "udp"), "udp")
+    addresses = list(parse_inet("dual.example:domain", "udp").resolve())
     assert addresses == [
-        SocketAddress(AF_INET, ("127.0.0.1", 53)),
-        SocketAddress(AF_INET6, ("::1", 53, 0, 0)),
+        InetAddress(AF_INET, ("127.0.0.1", 53)),
+        InetAddress(AF_INET6, ("::1", 53, 0, 0)),
     ]
     assert calls == [
         {
@@ -342,10 +343,10 @@ def test_resolve_host_name_orders_ipv4_first_and_drops_duplicates(
     ],
 )
 def test_resolve_filters_by_family(
-    text: str, families: tuple[socket.AddressFamily, ...], expected: list[SocketAddress]
+    text: str, families: tuple[socket.AddressFamily, ...], expected: list[InetAddress]
 ) -> None:
     """families keeps only the addresses of those families (-4 / -6)."""
-    assert resolve_bind(parse_bind(text), "tcp", families) == expected
+    assert list(parse_inet(text).resolve(families)) == expected
 
 
 @pytest.mark.parametrize(
@@ -360,7 +361,7 @@ def test_resolve_with_no_address_left_names_the_family(
 ) -> None:
     """Filtering away every address is an error naming the bind and the family asked for."""
     with pytest.raises(BindSyntaxError) as excinfo:
-        resolve_bind(parse_bind(text), "tcp", families)
+        list(parse_inet(text).resolve(families))
     assert str(excinfo.value) == message
 
 
@@ -380,7 +381,7 @@ def test_resolve_with_no_address_left_names_the_family(
 def test_resolve_unresolvable_host_names_the_host(host: str, prefix: str) -> None:
     """A host that does not resolve is a BindSyntaxError quoting the host and the reason."""
     with pytest.raises(BindSyntaxError) as excinfo:
-        resolve_bind(BindSpec(host, 80), "tcp")
+        list(InetEndpoint(host, 80).resolve())
     assert str(excinfo.value).startswith(prefix)
     assert len(str(excinfo.value)) > len(prefix)
 
@@ -393,7 +394,7 @@ def test_resolve_unresolvable_host_names_the_host(host: str, prefix: str) -> Non
         pytest.param(V4_LOOPBACK, "127.0.0.1", 80, False, "127.0.0.1:80", id="v4-loopback"),
         pytest.param(V6_LOOPBACK, "::1", 80, False, "[::1]:80", id="v6-loopback"),
         pytest.param(
-            SocketAddress(AF_INET6, ("fe80::1%lo", 7, 0, 1)),
+            InetAddress(AF_INET6, ("fe80::1%lo", 7, 0, 1)),
             "fe80::1%lo",
             7,
             False,
@@ -403,9 +404,9 @@ def test_resolve_unresolvable_host_names_the_host(host: str, prefix: str) -> Non
     ],
 )
 def test_socket_address_parts(
-    address: SocketAddress, host: str, port: int, wildcard: bool, text: str
+    address: InetAddress, host: str, port: int, wildcard: bool, text: str
 ) -> None:
-    """SocketAddress exposes host, port, whether it is 0.0.0.0/::, and host:port text."""
+    """InetAddress exposes host, port, whether it is 0.0.0.0/::, and host:port text."""
     assert (address.host, address.port, address.is_wildcard, str(address)) == (
         host,
         port,

@@ -1,0 +1,47 @@
+"""The narrow host a connection sees: what it needs of its listener, and nothing more.
+
+A StreamConnection reads its handler, limits, logger and clock here, asks for its id,
+and reports its opening and closing; it never reaches the Listener (its sockets, its
+gate, its other connections) or the event loop's other services.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from portd.handlers.base import Handler
+    from portd.limits import Limits
+    from portd.listeners.stream import StreamConnection
+
+
+class ConnectionHost:
+    """Shared by every connection of one listener; the listener keeps it current."""
+
+    __slots__ = (
+        "clock", "closed", "draining", "handler", "limits", "log", "name", "next_conn_id",
+        "opened",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        handler: Handler,
+        limits: Limits,
+        log: Any,
+        next_conn_id: Callable[[], int],
+        opened: Callable[[StreamConnection], None],
+        closed: Callable[[StreamConnection, Exception | None], None],
+    ) -> None:
+        self.name = name
+        self.handler = handler
+        self.limits = limits
+        self.log = log
+        self.next_conn_id = next_conn_id
+        self.opened = opened
+        self.closed = closed
+        self.draining = False  # set once the daemon stops; sessions read it
+        self.clock: asyncio.AbstractEventLoop | None = None  # the loop, once serving

@@ -1,0 +1,244 @@
+"""The server side of one stream connection, offered to its session as a Connection.
+
+This asyncio protocol sits between the event loop and a handler's session: it counts
+bytes, owns closing, runs the idle and send timeouts, contains handler crashes (logged
+once, that connection only) and has its host write the one ``connection_closed`` line.
+It stays thin because every received chunk passes through it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+import time
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, cast
+
+from portd.handlers.base import StreamSession
+
+if TYPE_CHECKING:
+    from portd.endpoints.base import Peer
+    from portd.listeners.host import ConnectionHost
+
+RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, zero timeout: close sends RST
+_monotonic = time.monotonic
+
+
+def _describe_loss(exc: Exception) -> str:
+    if isinstance(exc, ConnectionResetError):
+        return "reset"
+    return str(exc) or type(exc).__name__
+
+
+class StreamConnection(asyncio.Protocol):
+    """One accepted stream connection (TCP or unix), offered to the handler as a Connection."""
+
+    __slots__ = (
+        "_idle_timer", "_send_timer", "_tasks", "bytes_in", "bytes_out", "conn_id", "ending",
+        "failed", "host", "last_active", "peer", "session", "started", "transport",
+    )  # fmt: skip
+
+    def __init__(self, host: ConnectionHost, peer: Peer) -> None:
+        self.host = host
+        self.peer = peer  # from accept(): the gate admitted (and will release) it
+        self.last_active = 0.0
+        self._send_timer: asyncio.TimerHandle | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[Any]] | None = None
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.failed = False
+        self.ending: str | None = None  # set by whoever ends it; see ``how_it_ended``
+        self.session: StreamSession = StreamSession()
+        self.conn_id = 0
+        self.started = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement the interface without subclassing asyncio's.
+        self.transport = cast(asyncio.Transport, transport)
+        self.started = self.last_active = time.monotonic()
+        host = self.host
+        self.conn_id = host.next_conn_id()
+        host.opened(self)
+        idle_timeout_s = host.limits.idle_timeout_s
+        if idle_timeout_s:
+            self._idle_timer = self.clock.call_later(
+                idle_timeout_s, self._check_idle, idle_timeout_s
+            )
+        try:
+            self.session = host.handler.open_session(self)
+        except Exception as exc:  # noqa: BLE001 - a handler bug must not reach the loop
+            self._handler_failed(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        self.last_active = _monotonic()
+        try:
+            self.session.data_received(data)
+        except Exception as exc:  # noqa: BLE001
+            self._handler_failed(exc)
+
+    def eof_received(self) -> bool:
+        try:
+            return bool(self.session.eof_received())
+        except Exception as exc:  # noqa: BLE001
+            self._handler_failed(exc)
+            return False
+
+    def pause_writing(self) -> None:
+        send_timeout_s = self.host.limits.send_timeout_s
+        if send_timeout_s and self._send_timer is None:
+            self._send_timer = self.clock.call_later(send_timeout_s, self._time_out, "send_timeout")
+        try:
+            self.session.pause_writing()
+        except Exception as exc:  # noqa: BLE001
+            self._handler_failed(exc)
+
+    def resume_writing(self) -> None:
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+        try:
+            self.session.resume_writing()
+        except Exception as exc:  # noqa: BLE001
+            self._handler_failed(exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for timer in (self._idle_timer, self._send_timer):
+            if timer is not None:
+                timer.cancel()
+        try:
+            self.session.connection_lost(exc)
+        except Exception as error:  # noqa: BLE001
+            self._handler_failed(error)
+        if self._tasks:
+            for task in list(self._tasks):
+                task.cancel()
+        if self.ending is None:
+            self.ending = "closed" if exc is None else _describe_loss(exc)
+        self.host.closed(self, exc)
+
+    @property
+    def how_it_ended(self) -> str:
+        """closed (cleanly), reset (by the peer), aborted (by portd), handler_failed,
+        idle_timeout, send_timeout, or another error's text; "open" while it lasts."""
+        return self.ending or "open"
+
+    def _check_idle(self, timeout_s: float) -> None:
+        """One timer per connection, pushed back lazily: the data path only stores a time."""
+        quiet_s = _monotonic() - self.last_active
+        if quiet_s < timeout_s:
+            self._idle_timer = self.clock.call_later(
+                timeout_s - quiet_s, self._check_idle, timeout_s
+            )
+        else:
+            self._time_out("idle_timeout")
+
+    def _time_out(self, reason: str) -> None:
+        if self.ending is None:
+            self.ending = reason
+        self.transport.abort()
+
+    def shutdown_requested(self) -> None:
+        """Tell the session the daemon is draining."""
+        try:
+            self.session.shutdown_requested()
+        except Exception as exc:  # noqa: BLE001
+            self._handler_failed(exc)
+
+    def _handler_failed(self, exc: BaseException) -> None:
+        if not self.failed:
+            self.failed = True
+            self.ending = "handler_failed"
+            self.host.log.error(
+                "handler_failed", conn_id=self.conn_id, peer=str(self.peer), exc_info=exc
+            )
+        self.transport.abort()
+
+    # The Connection interface offered to sessions.
+
+    @property
+    def listener(self) -> str:
+        """The listener's name."""
+        return self.host.name
+
+    @property
+    def log(self) -> Any:
+        """The listener's logger bound to this connection."""
+        return self.host.log.bind(conn_id=self.conn_id, peer=str(self.peer))
+
+    @property
+    def clock(self) -> asyncio.AbstractEventLoop:
+        """The loop this connection runs on (its time and timers)."""
+        clock = self.host.clock
+        assert clock is not None  # set before the listener accepts
+        return clock
+
+    @property
+    def draining(self) -> bool:
+        """True once the daemon is stopping."""
+        return self.host.draining
+
+    def start_task(self, coro: Coroutine[Any, Any, object]) -> asyncio.Task[Any]:
+        """A task this connection owns (see the Connection protocol)."""
+        task = self.clock.create_task(coro)
+        if self._tasks is None:
+            self._tasks = set()
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        if self._tasks is not None:
+            self._tasks.discard(task)
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:
+            self._handler_failed(error)
+
+    def write(self, data: bytes) -> None:
+        """Queue ``data`` for the peer."""
+        self.bytes_out += len(data)
+        self.last_active = _monotonic()
+        self.transport.write(data)
+
+    def get_write_buffer_size(self) -> int:
+        """Bytes queued in the transport."""
+        return self.transport.get_write_buffer_size()
+
+    def write_eof(self) -> None:
+        """Half-close after queued data."""
+        if self.transport.can_write_eof() and not self.transport.is_closing():
+            self.transport.write_eof()
+
+    def close(self) -> None:
+        """Close after queued data."""
+        self.transport.close()
+
+    def abort(self) -> None:
+        """Close now, dropping queued data."""
+        if self.ending is None:
+            self.ending = "aborted"
+        self.transport.abort()
+
+    def reset(self) -> None:
+        """Close now with an RST, even when every byte was read, so the peer can tell a
+        failed exchange (an upload that was not stored) from a finished one."""
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None and not self.transport.is_closing():
+            with contextlib.suppress(OSError, ValueError):  # ValueError: closed already
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET_ON_CLOSE)
+        self.abort()
+
+    def pause_reading(self) -> None:
+        """Stop reading from the peer."""
+        if not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        """Read from the peer again."""
+        if not self.transport.is_closing():
+            self.transport.resume_reading()
