@@ -30,12 +30,14 @@ class SocketPlan(NamedTuple):
 
     ``taken`` maps addresses (by key) to sockets that already exist (inherited, or
     handed over on a reload); ``missing`` are bound now. ``origin`` names the source
-    in ``listener_started``: bound, inherited or reused.
+    in ``listener_started``: bound, inherited or reused. ``owned``: portd made the
+    sockets' files and removes them when done (never one systemd made).
     """
 
     taken: Mapping[Any, socket.socket]
     missing: tuple[Any, ...]
     origin: str = "bound"
+    owned: bool = True
 
 
 def plan_bind(config: ListenerConfig) -> SocketPlan:
@@ -45,7 +47,7 @@ def plan_bind(config: ListenerConfig) -> SocketPlan:
 
 def plan_taken(sockets: Sequence[socket.socket], origin: str) -> SocketPlan:
     """Use these sockets as they are (socket activation)."""
-    return SocketPlan(dict(enumerate(sockets)), (), origin)
+    return SocketPlan(dict(enumerate(sockets)), (), origin, owned=False)
 
 
 def build_handlers(configs: Sequence[ListenerConfig]) -> list[Handler]:
@@ -105,6 +107,7 @@ def assemble(
             sockets[config.name],
             next_conn_id,
             origin=plans.get(config.name, plan_bind(config)).origin,
+            owned=plans.get(config.name, plan_bind(config)).owned,
             log=log(config) if log is not None else None,
             previous=previous.get(config.name),
         )

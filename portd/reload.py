@@ -42,7 +42,10 @@ class ReloadPlan(NamedTuple):
         return {sock for start in self.started for sock in start.plan.taken.values()}
 
 
-def socket_key(config: ListenerConfig, address: object) -> tuple[str, Hashable, bool]:
+SocketKey = tuple[str, Hashable, bool]
+
+
+def socket_key(config: ListenerConfig, address: object) -> SocketKey:
     """Identity of a bound socket: protocol, address key, and whether it listens (a
     socket cannot stop listening, so ``refuse`` never takes over a listening one)."""
     return (config.protocol, address.key, config.handler.listens)  # type: ignore[attr-defined]
@@ -61,11 +64,11 @@ def plan_reload(running: Sequence[Listener], configs: Sequence[ListenerConfig]) 
         for config in configs
         if config.name in by_name and unchanged(by_name[config.name].config, config)
     ]
-    pool: dict[tuple[str, Hashable, bool], socket.socket] = {}
+    pool: dict[SocketKey, tuple[socket.socket, bool]] = {}  # -> (socket, portd made its file)
     for listener in running:
         if listener not in kept:
             for sock, address in zip(listener.sockets, listener.addresses, strict=True):
-                pool[socket_key(listener.config, address)] = sock
+                pool[socket_key(listener.config, address)] = (sock, listener.owned)
     started = [
         _start(config, by_name.get(config.name), pool)
         for config in configs
@@ -78,7 +81,7 @@ def plan_reload(running: Sequence[Listener], configs: Sequence[ListenerConfig]) 
 def _start(
     config: ListenerConfig,
     old: Listener | None,
-    pool: dict[tuple[str, Hashable, bool], socket.socket],
+    pool: dict[SocketKey, tuple[socket.socket, bool]],
 ) -> Start:
     if (
         config.endpoint.is_ephemeral
@@ -90,20 +93,17 @@ def _start(
         # Port 0: the same listener keeps the address the kernel gave it.
         for address in old.addresses:
             pool.pop(socket_key(config, address), None)
-        taken = {
-            address.key: sock for address, sock in zip(old.addresses, old.sockets, strict=True)
-        }
-        return Start(config, old, SocketPlan(taken, (), "reused"))
-    taken, missing = {}, []
+        taken = {a.key: sock for a, sock in zip(old.addresses, old.sockets, strict=True)}
+        return Start(config, old, SocketPlan(taken, (), "reused", old.owned))
+    taken, missing, owned = {}, [], True
     for address in config.addresses:
-        sock = (
-            pool.pop(socket_key(config, address), None)
-            if not config.endpoint.is_ephemeral
-            else None
+        found = (
+            None if config.endpoint.is_ephemeral else pool.pop(socket_key(config, address), None)
         )
-        if sock is None:
+        if found is None:
             missing.append(address)
         else:
-            taken[address.key] = sock
+            taken[address.key], mine = found
+            owned = owned and mine
     origin = "reused" if taken else "bound"
-    return Start(config, old, SocketPlan(taken, tuple(missing), origin))
+    return Start(config, old, SocketPlan(taken, tuple(missing), origin, owned))

@@ -111,10 +111,12 @@ class Daemon:
                 return found
 
     def ready(self) -> dict[str, int]:
-        """Wait for ``daemon_ready``; return each listener's bound port by name."""
+        """Wait for ``daemon_ready``; return each IP listener's bound port by name."""
         self.wait_for("daemon_ready")
         return {
-            e["listener"]: e["port"] for e in self.events if e.get("event") == "listener_started"
+            e["listener"]: e["port"]
+            for e in self.events
+            if e.get("event") == "listener_started" and "port" in e
         }
 
     def signal(self, signum: int = signal.SIGTERM) -> None:

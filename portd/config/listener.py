@@ -92,16 +92,35 @@ def build_listener(index: int, table: Any, problems: Problems) -> ListenerConfig
         _check_name(name, where, problems)
     if len(problems.lines) > before or handler is None or endpoint is None:
         return None
+    return _complete(
+        index, where, handler=handler, endpoint=endpoint, addresses=addresses, values=values,
+        problems=problems,
+    )  # fmt: skip
+
+
+def _complete(
+    index: int,
+    where: str,
+    *,
+    handler: type[Handler],
+    endpoint: Endpoint,
+    addresses: tuple[Address, ...],
+    values: dict[str, Any],
+    problems: Problems,
+) -> ListenerConfig | None:
+    """The checks that need a valid table: socket owners, the handler's own, the name."""
     try:
         sockets = socket_options(values, listens=handler.listens)
     except OptionError as exc:
         problems.add(where, str(exc))
         return None
-    if name is None:
-        name = default_name(handler.name, endpoint)
-        if not _check_name(name, where, problems):
-            return None
     settings = {option.name: values[option.name] for option in handler.options}
+    refused = handler.check_settings(settings)  # what serve would refuse, found here too
+    for problem in refused:
+        problems.add(where, problem)
+    name = values["name"] or default_name(handler.name, endpoint)
+    if refused or not _check_name(name, where, problems):
+        return None
     limits = Limits(**{option.name: values[option.name] for option in LIMIT_OPTIONS})
     return ListenerConfig(index, name, endpoint, handler, settings, addresses, limits, sockets)
 

@@ -37,7 +37,7 @@ from typing import Any, ClassVar, NamedTuple
 from portd.endpoints.base import ProtocolName
 from portd.errors import ConfigError, OptionError
 from portd.handlers.base import Connection, Handler, StreamSession
-from portd.handlers.files.directory import hold_directory
+from portd.handlers.files.directory import check_directory_usable, hold_directory
 from portd.handlers.files.durable import DurableFile
 from portd.handlers.files.names import DEFAULT_TEMPLATE, name_fields, parse_template
 from portd.logging import get_logger
@@ -307,6 +307,13 @@ class FileReceiveHandler(Handler):
             "receive_directory_ready", directory=path, created=self.directory.created,
             stale_partials_removed=removed,
         )  # fmt: skip
+
+    @classmethod
+    def check_settings(cls, settings: Settings) -> list[str]:
+        """A directory that is a symlink or not a directory, or whose parent is missing."""
+        path = settings.get("directory")
+        problem = check_directory_usable(path) if isinstance(path, str) else None
+        return [problem] if problem else []
 
     def open_session(self, conn: Connection) -> StreamSession:
         return FileReceiveSession(conn, self)

@@ -53,18 +53,23 @@ class Listener:
         next_conn_id: Callable[[], int],
         *,
         origin: str = "bound",
+        owned: bool = True,
         log: Any = None,
         previous: Listener | None = None,
     ) -> None:
         """Take ownership of ``handler`` and ``sockets`` (closed by :meth:`close`).
 
         Args:
+            origin: where the sockets came from (bound, inherited, reused), for logs.
+            owned: portd made the sockets' files (a unix socket's) and removes them once
+                done; inherited ones belong to the service manager.
             previous: the listener this one replaces on a reload: its live connections
                 keep counting against this one's caps.
         """
         self.config = config
         self.sockets = sockets
         self.origin = origin  # bound, inherited (socket activation) or reused (reload)
+        self.owned = owned
         self.addresses: list[Address] = list(config.endpoint.bound_addresses(sockets))
         self.handler = handler
         self._handler_closed = False
@@ -309,7 +314,7 @@ class Listener:
         for sock in self.sockets:
             sock.close()
         self.sockets = []
-        if released:
+        if released and self.owned:
             self.config.endpoint.release(())
 
     def close(self) -> None:

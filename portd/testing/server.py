@@ -43,7 +43,8 @@ def serve(
         handler: a handler name (``echo``, ``http-hello``, ``recorder``, a fault such as
             ``reset``, or ``refuse`` for a port that refuses connections) or a Handler
             subclass, registered or not.
-        bind: ``[HOST:]PORT`` as in config files; port 0 lets the kernel choose.
+        bind: as in config files: ``[HOST:]PORT`` (port 0 lets the kernel choose), or
+            ``unix:PATH`` / ``unix:@NAME`` for a unix-domain socket.
         protocol: tcp or udp.
         check_leaks: raise LeakError on leaving the block when a client connection, a
             task, a thread or a socket is left over (not when the block raised).
@@ -154,20 +155,50 @@ class Server:
         self.leaks: LeakReport | None = None  # set on leaving the block, with check_leaks
 
     @property
+    def is_unix(self) -> bool:
+        """True for a unix-socket server (``bind="unix:..."``)."""
+        return self.running.config.endpoint.kind == "unix"
+
+    @property
     def host(self) -> str:
-        """The address to connect to, without brackets."""
+        """The address to connect to, without brackets.
+
+        Raises:
+            ValueError: a unix-socket server (use :attr:`path`).
+        """
+        self._require_inet("host")
         host: str = self.addresses[0].host
         return LOOPBACK.get(host, host)
 
     @property
     def port(self) -> int:
-        """The bound port."""
+        """The bound port.
+
+        Raises:
+            ValueError: a unix-socket server (use :attr:`path`).
+        """
+        self._require_inet("port")
         port: int = self.addresses[0].port
         return port
 
     @property
-    def address(self) -> tuple[str, int]:
-        """``(host, port)``, ready for ``socket.create_connection``."""
+    def path(self) -> str:
+        """The socket's path (``@name`` for an abstract one) of a unix-socket server.
+
+        Raises:
+            ValueError: an IP server.
+        """
+        if not self.is_unix:
+            raise ValueError(f"{self!r} is an IP server: use .host and .port")
+        path: str = self.addresses[0].path
+        return path
+
+    @property
+    def address(self) -> Any:
+        """What ``connect()`` takes: ``(host, port)`` (ready for
+        ``socket.create_connection``), or the path of a unix-socket server."""
+        if self.is_unix:
+            return self.addresses[0].sockaddr
         return self.host, self.port
 
     @property
@@ -175,11 +206,17 @@ class Server:
         """``http://host:port`` (IPv6 in brackets), without a trailing slash.
 
         Raises:
-            ValueError: the server is not TCP.
+            ValueError: the server is not TCP, or listens on a unix socket (no URL: give
+                clients :attr:`path`, as ``curl --unix-socket``).
         """
         if self.protocol != "tcp":
             raise ValueError(f"a {self.protocol} server has no HTTP URL")
+        self._require_inet("url")
         return f"http://{format_host_port(self.host, self.port)}"
+
+    def _require_inet(self, what: str) -> None:
+        if self.is_unix:
+            raise ValueError(f"{self!r} listens on a unix socket and has no {what}: use .path")
 
     @property
     def connections(self) -> tuple[ConnectionRecord, ...]:

@@ -133,17 +133,20 @@ def _unusable(tmp_path: Path, kind: str) -> tuple[Path, str]:
     return tmp_path / "missing" / "in", "does not exist and its parent is missing"
 
 
+@pytest.mark.parametrize("command", ["serve", "check"])
 @pytest.mark.parametrize("kind", ["file", "symlink", "no-parent"])
-def test_an_unusable_directory_stops_serve_with_exit_78_and_one_line(
-    tmp_path: Path, kind: str
+def test_an_unusable_directory_stops_check_and_serve_alike_with_exit_78_and_one_line(
+    tmp_path: Path, kind: str, command: str
 ) -> None:
+    """Found at load, without creating anything: `portd check` refuses what serve would."""
     directory, reason = _unusable(tmp_path, kind)
     path = write_config(tmp_path, receive_listener(directory))
-    result = run_portd("serve", "-c", str(path))
+    result = run_portd(command, *(["-c"] if command == "serve" else []), str(path))
     assert result.returncode == 78
     assert result.stderr.splitlines() == [
-        f'portd: listener "up": file-receive: directory = "{directory}": {reason}'
+        f'portd: {path}: [[listener]] #1 "up": file-receive: directory = "{directory}": {reason}'
     ]
+    assert not (tmp_path / "missing").exists()
 
 
 @pytest.mark.parametrize("command", ["serve", "check"])

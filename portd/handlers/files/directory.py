@@ -66,12 +66,36 @@ def hold_directory(path: str) -> tuple[ReceiveDirectory, int]:
         return held, held.remove_stale()
 
 
+def check_directory_usable(path: str) -> str | None:
+    """What :func:`hold_directory` would refuse about ``path``, found without creating,
+    opening or locking anything (``portd check``); None when it looks usable.
+
+    A lock held by another process is not checked: the daemon being reloaded holds it.
+    """
+    target = Path(path)
+    try:
+        if target.is_symlink():
+            return _problem(path, _OPEN_PROBLEMS[errno.ELOOP])
+        if not target.exists():
+            if not target.parent.is_dir():
+                return _problem(path, _OPEN_PROBLEMS[errno.ENOENT])
+            return None
+        if not target.is_dir():
+            return _problem(path, _OPEN_PROBLEMS[errno.ENOTDIR])
+    except OSError as exc:
+        return _problem(path, exc.strerror or str(exc))
+    return None
+
+
+def _problem(path: str, reason: str) -> str:
+    return f"file-receive: directory = {json.dumps(path)}: {reason}"
+
+
 def _open_error(path: str, exc: OSError) -> ConfigError:
     code = exc.errno or 0
     if code == errno.ENOTDIR and Path(path).is_symlink():  # O_DIRECTORY spoke first
         code = errno.ELOOP
-    reason = _OPEN_PROBLEMS.get(code, exc.strerror)
-    return ConfigError([f"file-receive: directory = {json.dumps(path)}: {reason}"])
+    return ConfigError([_problem(path, _OPEN_PROBLEMS.get(code) or exc.strerror or str(exc))])
 
 
 class ReceiveDirectory:
