@@ -26,6 +26,8 @@ _EXPORTS = {
     "PortdError": "portd.errors",
     "PrivilegedPortError": "portd.errors",
     "StreamSession": "portd.handlers.base",
+    "Stream": "portd.handlers.streams",
+    "StreamHandler": "portd.handlers.streams",
     "UsageError": "portd.errors",
     "Peer": "portd.endpoints.base",
     "parse_endpoint": "portd.endpoints.parse",
@@ -45,6 +47,8 @@ __all__ = [
     "Option",
     "PortdError",
     "PrivilegedPortError",
+    "Stream",
+    "StreamHandler",
     "StreamSession",
     "UsageError",
     "__version__",
@@ -67,6 +71,7 @@ if TYPE_CHECKING:
         UsageError,
     )
     from portd.handlers.base import Connection, DatagramEndpoint, Handler, StreamSession
+    from portd.handlers.streams import Stream, StreamHandler
     from portd.options import Option
 
 

@@ -103,6 +103,9 @@ class Connection(Protocol):
     def get_write_buffer_size(self) -> int:
         """Bytes queued and not yet handed to the kernel."""
 
+    def is_closing(self) -> bool:
+        """True once the connection is closing or lost (a write failed, close() was called)."""
+
     def write_eof(self) -> None:
         """Half-close: the peer reads EOF once queued bytes are sent."""
 

@@ -63,6 +63,10 @@ class ConnectionProxy:
         """Bytes queued and not yet handed to the kernel."""
         return self.conn.get_write_buffer_size()
 
+    def is_closing(self) -> bool:
+        """True once the real connection is closing."""
+        return self.conn.is_closing()
+
     def write_eof(self) -> None:
         """Half-close after queued bytes."""
         self.conn.write_eof()

@@ -41,6 +41,9 @@ class Observer(Protocol):
     def datagram_received(self, data: bytes, peer: Peer) -> None:
         """A datagram arrived (before the handler sees it)."""
 
+    def handler_failed(self, exc: BaseException) -> None:
+        """The handler raised (already logged as ``handler_failed``)."""
+
 
 class Listener:
     """One configured listener, from bound sockets to drained connections."""
@@ -84,6 +87,7 @@ class Listener:
             next_conn_id=next_conn_id,
             opened=self.connection_opened,
             closed=self.connection_closed,
+            failed=self.handler_failed,
         )
         self.connections: set[StreamConnection] = set()
         self.observers: list[Observer] = []
@@ -145,6 +149,7 @@ class Listener:
                     refusals=self.datagram_log,
                     observers=self.observers,
                     log=self.log,
+                    failed=self.handler_failed,
                 )
                 endpoint.start(loop)
                 self._endpoints.append(endpoint)
@@ -220,6 +225,11 @@ class Listener:
             self._opened.set()
         if self._aborted:  # accepted before the stop, made after the final abort
             conn.abort()
+
+    def handler_failed(self, exc: BaseException) -> None:
+        """A session or the datagram handler raised: observers hear of it."""
+        for observer in self.observers:
+            observer.handler_failed(exc)
 
     def connection_closed(self, conn: StreamConnection, exc: Exception | None) -> None:
         """Called by a connection once it is closed: the one summary line per connection."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -43,6 +43,7 @@ class DatagramServer:
         refusals: RefusalLog,
         observers: Sequence[Observer],
         log: Any,
+        failed: Callable[[BaseException], None],
     ) -> None:
         self.sock = sock
         self.handler = handler
@@ -50,6 +51,7 @@ class DatagramServer:
         self.refusals = refusals
         self.observers = observers
         self.log = log
+        self.failed = failed
         self.datagrams_in = 0
         self.datagrams_out = 0
         self.bytes_in = 0
@@ -124,6 +126,7 @@ class DatagramServer:
 
     def _handler_failed(self, exc: Exception, peer: Peer) -> None:
         self.failures += 1
+        self.failed(exc)
         now = time.monotonic()
         if now - self._last_failure_log >= FAILURE_LOG_INTERVAL_S:
             self._last_failure_log = now

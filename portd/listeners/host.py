@@ -21,8 +21,8 @@ class ConnectionHost:
     """Shared by every connection of one listener; the listener keeps it current."""
 
     __slots__ = (
-        "clock", "closed", "draining", "handler", "limits", "log", "name", "next_conn_id",
-        "opened",
+        "clock", "closed", "draining", "failed", "handler", "limits", "log", "name",
+        "next_conn_id", "opened",
     )  # fmt: skip
 
     def __init__(
@@ -35,6 +35,7 @@ class ConnectionHost:
         next_conn_id: Callable[[], int],
         opened: Callable[[StreamConnection], None],
         closed: Callable[[StreamConnection, Exception | None], None],
+        failed: Callable[[BaseException], None],
     ) -> None:
         self.name = name
         self.handler = handler
@@ -43,5 +44,6 @@ class ConnectionHost:
         self.next_conn_id = next_conn_id
         self.opened = opened
         self.closed = closed
+        self.failed = failed  # a session raised (logged already); observers hear of it
         self.draining = False  # set once the daemon stops; sessions read it
         self.clock: asyncio.AbstractEventLoop | None = None  # the loop, once serving

@@ -155,6 +155,7 @@ class StreamConnection(asyncio.Protocol):
             self.host.log.error(
                 "handler_failed", conn_id=self.conn_id, peer=str(self.peer), exc_info=exc
             )
+            self.host.failed(exc)
         self.transport.abort()
 
     # The Connection interface offered to sessions.
@@ -208,6 +209,10 @@ class StreamConnection(asyncio.Protocol):
     def get_write_buffer_size(self) -> int:
         """Bytes queued in the transport."""
         return self.transport.get_write_buffer_size()
+
+    def is_closing(self) -> bool:
+        """True once the transport is closing or closed."""
+        return self.transport.is_closing()
 
     def write_eof(self) -> None:
         """Half-close after queued data."""

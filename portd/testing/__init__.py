@@ -9,6 +9,7 @@ without pulling in the server machinery until a fixture is used.
 * :func:`bound_socket` and :func:`listen_fds`: pass a bound socket to a child process
   the systemd way (LISTEN_FDS), so a server under test needs no port of its own.
 * :class:`LeakError`: what ``serve(check_leaks=True)`` and the fixtures raise.
+* :class:`HandlerFailedError`: what leaving the block raises when the handler raised.
 * :class:`ServerFactory`: the type of the ``portd_server`` fixture, for annotations.
 * :class:`FakeConnection`, :class:`ManualClock`, :class:`RecordingEndpoint`,
   :class:`RecordingLog`: the kit for testing a handler's sessions without sockets.
@@ -26,6 +27,7 @@ _EXPORTS = {
     "ConnectionRecord": "portd.testing.records",
     "DatagramRecord": "portd.testing.records",
     "FakeConnection": "portd.testing.kit",
+    "HandlerFailedError": "portd.testing.records",
     "ManualClock": "portd.testing.kit",
     "RecordingEndpoint": "portd.testing.kit",
     "RecordingLog": "portd.testing.kit",
@@ -44,6 +46,7 @@ __all__ = [
     "ConnectionRecord",
     "DatagramRecord",
     "FakeConnection",
+    "HandlerFailedError",
     "LeakError",
     "LeakReport",
     "ListenFds",
@@ -63,7 +66,7 @@ if TYPE_CHECKING:
     from portd.testing.kit import FakeConnection, ManualClock, RecordingEndpoint, RecordingLog
     from portd.testing.leaks import LeakError, LeakReport
     from portd.testing.plugin import ServerFactory
-    from portd.testing.records import ConnectionRecord, DatagramRecord
+    from portd.testing.records import ConnectionRecord, DatagramRecord, HandlerFailedError
     from portd.testing.server import ServeContext, Server, serve
 
 

@@ -215,6 +215,10 @@ class FakeConnection:
         """Bytes queued and not read by the (fake) peer."""
         return self.queued
 
+    def is_closing(self) -> bool:
+        """True once the session ended the connection."""
+        return self.ending is not None
+
     def write_eof(self) -> None:
         """Record the half-close."""
         self.eof_sent = True

@@ -53,6 +53,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=True,
     )
     parser.addini(
+        "portd_raise_handler_errors",
+        "a test whose portd fixture's handler raised fails with HandlerFailedError",
+        type="bool",
+        default=True,
+    )
+    parser.addini(
         "portd_leak_grace_s",
         "seconds portd fixtures give clients to finish closing before calling them leaked",
         default="1.0",
@@ -79,6 +85,7 @@ def portd_server(request: pytest.FixtureRequest) -> Iterator[ServerFactory]:
     defaults = {
         "check_leaks": request.config.getini("portd_check_leaks"),
         "leak_grace_s": float(request.config.getini("portd_leak_grace_s")),
+        "raise_handler_errors": request.config.getini("portd_raise_handler_errors"),
     }
     started: list[ServeContext] = []
 

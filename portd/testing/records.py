@@ -19,6 +19,21 @@ if TYPE_CHECKING:
     from portd.listeners.stream import StreamConnection
 
 MAX_RECORDS = 100_000  # per kind; a test that makes more is told (``records_dropped``)
+MAX_FAILURES_KEPT = 10
+
+
+class HandlerFailedError(AssertionError):
+    """The handler a test server ran raised: the test that served it fails with it, as
+    pytest-httpserver re-raises server-side errors (``raise_handler_errors=False`` to
+    test a client against a crashing server on purpose). The first failure is the cause.
+    """
+
+    def __init__(self, server: str, failures: list[BaseException], count: int) -> None:
+        first = failures[0]
+        more = f" (and {count - 1} more)" if count > 1 else ""
+        super().__init__(f"{server}: the handler raised {type(first).__name__}: {first}{more}")
+        self.failures = tuple(failures)
+        self.count = count
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +80,8 @@ class Records:
         self._datagrams: list[DatagramRecord] = []
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self.dropped = 0
+        self.handler_failures: list[BaseException] = []  # the first MAX_FAILURES_KEPT
+        self.handler_failure_count = 0
 
     # The Observer side (runs on the server's loop).
 
@@ -88,6 +105,13 @@ class Records:
     def datagram_received(self, data: bytes, peer: Peer) -> None:
         """Record a datagram."""
         self._add(self._datagrams, DatagramRecord(str(peer), bytes(data)))
+
+    def handler_failed(self, exc: BaseException) -> None:
+        """Keep what the handler raised, for the test to fail with."""
+        with self._lock:
+            self.handler_failure_count += 1
+            if len(self.handler_failures) < MAX_FAILURES_KEPT:
+                self.handler_failures.append(exc)
 
     def _add(self, into: list[Any], record: Any) -> None:
         with self._lock:

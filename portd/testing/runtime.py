@@ -50,6 +50,7 @@ class ServeSpec:
     log_level: str | None = None
     loop: str = "asyncio"
     start_timeout_s: float = 10.0
+    raise_handler_errors: bool = True
 
     @property
     def handler_name(self) -> str:

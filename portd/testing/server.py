@@ -35,6 +35,7 @@ def serve(
     leak_grace_s: float = 1.0,
     log_level: str | None = None,
     loop: str = "asyncio",
+    raise_handler_errors: bool = True,
     **options: Any,
 ) -> ServeContext:
     """A server for ``with serve(...) as server:`` or ``async with serve(...) as server:``.
@@ -51,13 +52,19 @@ def serve(
         leak_grace_s: with check_leaks, how long clients may take to finish closing.
         log_level: the server's log level; default: the ``portd.testing`` logger's.
         loop: the background loop in sync mode: ``asyncio`` or ``uvloop``.
+        raise_handler_errors: on leaving the block, raise HandlerFailedError (its cause
+            the handler's first exception) when the handler raised while serving; False
+            to test a client against a crashing handler on purpose.
         **options: the handler's options, as in a ``[[listener]]`` table.
 
     Raises (on entering the block):
         ConfigError: an unknown handler or option, or a bad value (every problem listed).
         BindError: the address cannot be bound.
     """
-    spec = ServeSpec(handler, bind, protocol, options, check_leaks, leak_grace_s, log_level, loop)
+    spec = ServeSpec(
+        handler, bind, protocol, options, check_leaks, leak_grace_s, log_level, loop,
+        raise_handler_errors=raise_handler_errors,
+    )  # fmt: skip
     return ServeContext(spec)
 
 
@@ -128,6 +135,14 @@ class ServeContext:
         return self.server
 
     def _finish(self, server: Server, tasks: list[str], threads: list[str], failed: bool) -> None:
+        records = server.running.records
+        if self.spec.raise_handler_errors and records.handler_failures and not failed:
+            from portd.testing.records import HandlerFailedError
+
+            error = HandlerFailedError(
+                server.running.label, records.handler_failures, records.handler_failure_count
+            )
+            raise error from records.handler_failures[0]
         if not self.spec.check_leaks:
             return
         report = server.running.report(tasks, threads)

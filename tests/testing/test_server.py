@@ -13,9 +13,10 @@ import anyio
 import pytest
 import structlog
 
+from portd.endpoints.base import Peer
 from portd.errors import ConfigError, PortdError
-from portd.handlers.base import Connection, Handler, StreamSession
-from portd.testing import Server, serve
+from portd.handlers.base import Connection, DatagramEndpoint, Handler, StreamSession
+from portd.testing import HandlerFailedError, Server, serve
 from tests.conftest import needs_ipv6
 
 
@@ -201,15 +202,19 @@ def test_an_explicit_log_level_wins(caplog: pytest.LogCaptureFixture) -> None:
         pass
 
 
+class Broken(Handler):
+    name = "broken"
+    protocols = frozenset({"tcp", "udp"})
+
+    def open_session(self, conn: Connection) -> StreamSession:
+        raise RuntimeError("handler bug")
+
+    def datagram_received(self, data: bytes, peer: Peer, endpoint: DatagramEndpoint) -> None:
+        raise ValueError(f"datagram bug {len(data)}")
+
+
 def test_a_handler_failure_is_logged_with_its_traceback(caplog: pytest.LogCaptureFixture) -> None:
-    class Broken(Handler):
-        name = "broken"
-        protocols = frozenset({"tcp"})
-
-        def open_session(self, conn: Connection) -> StreamSession:
-            raise RuntimeError("handler bug")
-
-    with serve(Broken) as server:
+    with serve(Broken, raise_handler_errors=False) as server:
         with socket.create_connection(server.address, timeout=5) as client:
             assert client.recv(1) == b""
         (record,) = server.wait_connections(1)
@@ -218,6 +223,34 @@ def test_a_handler_failure_is_logged_with_its_traceback(caplog: pytest.LogCaptur
     assert logged.levelno == logging.ERROR
     assert logged.getMessage().startswith("handler_failed listener='broken-tcp-127.0.0.1-0'")
     assert "RuntimeError: handler bug" in logged.getMessage()
+
+
+@pytest.mark.parametrize("protocol", ["tcp", "udp"])
+def test_a_handler_that_raises_fails_the_block_that_served_it(protocol: str) -> None:
+    """Like pytest-httpserver: a server-side bug is the test's failure, not a silent log."""
+    context = serve(Broken, protocol=protocol)  # type: ignore[arg-type]
+    _provoke(context.__enter__(), protocol)
+    with pytest.raises(HandlerFailedError) as raised:
+        context.__exit__(None, None, None)  # leaving the block, as `with` would
+    cause = raised.value.__cause__
+    if protocol == "tcp":
+        assert isinstance(cause, RuntimeError)
+        assert str(raised.value).endswith("the handler raised RuntimeError: handler bug")
+    else:
+        assert isinstance(cause, ValueError)
+        assert "the handler raised ValueError: datagram bug 4 (and 1 more)" in str(raised.value)
+
+
+def _provoke(server: Server, protocol: str) -> None:
+    if protocol == "tcp":
+        with socket.create_connection(server.address, timeout=5) as client:
+            assert client.recv(1) == b""
+        server.wait_connections(1)
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        for _ in range(2):
+            client.sendto(b"boom", server.address)
+        server.wait_datagrams(2)
 
 
 def test_asyncio_run_inside_a_test_is_unaffected() -> None:
