@@ -303,6 +303,8 @@ class Listener:
 
     def close(self) -> None:
         """Release the sockets and whatever the handler holds (idempotent)."""
+        self.refusal_log.flush()  # refusals counted since the last line are logged too
+        self.datagram_log.flush()
         self.close_sockets()
         self.close_handler()
 

@@ -346,3 +346,36 @@ def test_a_slowloris_crowd_is_cut_off_on_time_while_normal_clients_see_no_errors
     assert all(reply.startswith(b"HTTP/1.1 408 Request Timeout\r\n") for reply in replies.values())
     assert normal_errors == []
     assert normal_ok > 50
+
+
+def test_the_refusal_log_counts_add_up_to_every_refusal(serve: Callable[..., Served]) -> None:
+    """500 refusals within a second were one line with count 1 (the rest never logged)."""
+    served = serve(deny=["127.0.0.2"])
+    for _ in range(500):
+        with connect(served.port, "127.0.0.2") as sock:
+            assert not echoes(sock)
+    logged = 0
+    while logged < 500:
+        line = served.daemon.wait_for("connection_refused")
+        assert (line["reason"], line["last_peer"].split(":")[0]) == ("denied", "127.0.0.2")
+        logged += line["count"]
+    assert logged == 500
+    assert served.stats()["refusals"] == {"denied": 500}
+    served.daemon.signal()
+    assert served.daemon.wait() == 0
+    assert (
+        sum(e.get("count", 0) for e in served.daemon.events if e["event"] == "connection_refused")
+        == 500
+    )
+
+
+def test_udp_drops_logged_at_stop_add_up_too(serve: Callable[..., Served]) -> None:
+    served = serve(protocol="udp", datagram_rate=1, datagram_burst=1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        for _ in range(50):
+            client.sendto(b"x", ("127.0.0.1", served.port))
+        served.wait_for_stat(lambda stats: stats["refusals"] == {"datagram_rate": 49})
+    served.daemon.signal()  # at once: the count since the last line is written at stop
+    assert served.daemon.wait() == 0
+    dropped = [e for e in served.daemon.events if e["event"] == "datagram_dropped"]
+    assert sum(e["count"] for e in dropped) == 49
