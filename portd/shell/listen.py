@@ -67,10 +67,41 @@ def announce(addresses: Sequence[SocketAddress], protocol: str, port_file: str |
     where = ", ".join(str(address) for address in addresses)
     print(f"listening on {where} ({protocol})", file=sys.stderr, flush=True)
     if port_file:
-        temporary = f"{port_file}.{os.getpid()}.tmp"
-        with open(temporary, "w", encoding="ascii") as file:  # noqa: PTH123 - start-up time
-            file.write(f"{addresses[0].port}\n")
-        os.replace(temporary, port_file)  # noqa: PTH105 - readers never see a half-written file
+        write_port_file(port_file, addresses[0].port)
+
+
+PORT_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def write_port_file(path: str, port: int) -> None:
+    """Write ``port`` to ``path`` atomically, never through a planted file or symlink.
+
+    The temporary is created exclusively (O_EXCL|O_NOFOLLOW: an entry someone put there
+    first, a symlink included, is never opened) under an unpredictable name in the
+    target's directory, then renamed over ``path`` (a symlink at ``path`` itself is
+    replaced, not followed).
+
+    Raises:
+        UsageError: the file cannot be written (one line naming it).
+    """
+    import secrets
+
+    from portd.errors import UsageError
+
+    directory, _, name = path.rpartition("/")
+    temporary = f"{directory}{'/' if directory else ''}.{name}.{secrets.token_hex(8)}.tmp"
+    try:
+        fd = os.open(temporary, PORT_FILE_FLAGS, 0o644)
+        try:
+            os.write(fd, f"{port}\n".encode("ascii"))
+        finally:
+            os.close(fd)
+        os.replace(temporary, path)  # noqa: PTH105 - readers never see a half-written file
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        with contextlib.suppress(OSError, ValueError):
+            os.unlink(temporary)  # noqa: PTH108
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+        raise UsageError(f"--port-file {path!r}: cannot write it: {reason}") from None
 
 
 def run_listen(options: ListenOptions) -> int:

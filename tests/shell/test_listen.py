@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.processes import Process, Spawner, read_to_eof, tcp_client, write_payload
-from tests.support import require_tool
+from tests.support import PORTD, require_tool
 
 SIZES = pytest.mark.parametrize("size", [0, 1 << 20], ids=["empty", "1MiB"])
 TOTALS = r"received (\d+) bytes sha256 ([0-9a-f]{64}); sent (\d+) bytes sha256 ([0-9a-f]{64}); "
@@ -409,3 +409,44 @@ def test_no_stdin_ends_with_the_peer_even_while_stdin_stays_open(spawn: Spawner)
         assert read_to_eof(client) == b""
     assert listen.wait() == 0
     assert listen.output == b"one way\n"
+
+
+def test_port_file_never_follows_a_symlink_another_user_planted(
+    spawn: Spawner, public_dir: Path
+) -> None:
+    """portd wrote FILE.<pid>.tmp with a plain open: nobody could plant that name as a
+    symlink to a file root owns, and root's portd clobbered it."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to plant the link as another user")
+    setpriv = require_tool("setpriv")
+    shared = public_dir / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # writable by the other user too (not sticky)
+    victim = public_dir / "victim"
+    victim.write_text("root's data\n")
+    port_file = shared / "port"
+    # The shell's pid is the one portd will have after exec: plant the link at that name.
+    script = (
+        f'{setpriv} --reuid=65534 --regid=65534 --clear-groups ln -s {victim} "{port_file}.$$.tmp"'
+        f' && exec "$@"'
+    )
+    listen = spawn(
+        "sh", "-c", script, "sh", *PORTD, "listen", "--port-file", str(port_file), "127.0.0.1:0"
+    )
+    port = listen.port()
+    with tcp_client(port) as client:
+        client.sendall(b"x")
+    assert listen.wait() == 0, listen.stderr
+    assert victim.read_text() == "root's data\n"
+    assert not port_file.is_symlink()
+    assert port_file.read_text(encoding="ascii") == f"{port}\n"
+    assert [p.name for p in shared.iterdir() if not p.is_symlink()] == ["port"]
+
+
+def test_an_unwritable_port_file_is_one_line_and_exit_64(spawn: Spawner, tmp_path: Path) -> None:
+    listen = spawn.portd("listen", "--port-file", str(tmp_path / "missing" / "port"), "127.0.0.1:0")
+    assert listen.wait() == 64
+    assert listen.lines[-1] == (
+        f"portd: --port-file '{tmp_path}/missing/port': cannot write it: No such file or directory"
+    )
+    assert "Traceback" not in listen.stderr
