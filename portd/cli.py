@@ -359,10 +359,12 @@ def run_units(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from portd.config import load_config
-    from portd.units import render_units
+    from portd.units import port_zero_warnings, render_units
 
     config = load_config(args.config)
     units = render_units(config, str(Path(args.config).resolve()), args.portd)
+    for warning in port_zero_warnings(config):
+        print(f"portd: warning: {warning}", file=sys.stderr)
     if args.output_dir:
         directory = Path(args.output_dir)
         directory.mkdir(parents=True, exist_ok=True)
