@@ -71,6 +71,12 @@ class PrivilegedPortError(BindError):
     exit_code = EX_NOPERM
 
 
+class AccessError(PortdError):
+    """A file or directory portd needs is out of reach of the user it runs as."""
+
+    exit_code = EX_NOPERM
+
+
 class ControlError(PortdError):
     """No daemon answers on the control socket, or it cannot be opened."""
 

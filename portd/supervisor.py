@@ -137,6 +137,16 @@ class Supervisor:
             listener.handler.before_privilege_drop(self.identity.uid, self.identity.gid)
         drop_privileges(self.identity)
         self.log.info("privileges_dropped", uid=self.identity.uid, gid=self.identity.gid)
+        for listener in self.listeners:
+            try:
+                listener.handler.after_privilege_drop()
+            except PortdError as exc:
+                raise labelled(exc, listener.config.label) from exc
+        if not os.access(self.config.source, os.R_OK):  # every reload would fail to read it
+            self.log.warning(
+                "config_unreadable", path=self.config.source, uid=self.identity.uid,
+                error="the user portd runs as cannot read the config: every reload will fail",
+            )  # fmt: skip
 
     def close(self) -> None:
         """Close every listener's sockets and handlers (idempotent)."""

@@ -133,5 +133,14 @@ class Handler:
         """Called as root just before portd switches to ``uid``/``gid`` ([daemon] user):
         hand over what the handler created while root (a directory's owner)."""
 
+    def after_privilege_drop(self) -> None:
+        """Called once portd runs as [daemon] user: check that what the handler needs
+        is within that user's reach (a directory it must write), so the daemon fails at
+        start instead of on every connection.
+
+        Raises:
+            PortdError: something is out of reach (one line; the daemon exits).
+        """
+
     def close(self) -> None:
         """The listener stopped for good: release what the handler holds (files, fds)."""

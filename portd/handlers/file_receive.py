@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import json
 import os
 import threading
 import time
@@ -38,7 +39,7 @@ from typing import Any, ClassVar, NamedTuple
 import structlog
 
 from portd.binds import Protocol
-from portd.errors import ConfigError, OptionError
+from portd.errors import AccessError, ConfigError, OptionError
 from portd.handlers.base import Connection, Handler, StreamSession
 from portd.handlers.files.directory import hold_directory
 from portd.handlers.files.durable import DurableFile
@@ -311,6 +312,8 @@ class FileReceiveHandler(Handler):
             "receive_directory_ready", directory=path, created=self.directory.created,
             stale_partials_removed=removed,
         )  # fmt: skip
+        if os.geteuid() != 0:  # root may write anywhere; [daemon] user is checked after the drop
+            self._check_writable()
 
     def open_session(self, conn: Connection) -> StreamSession:
         return FileReceiveSession(conn, self)
@@ -320,6 +323,28 @@ class FileReceiveHandler(Handler):
         one that existed keeps the owner its administrator gave it."""
         if self.directory.created:
             os.fchown(self.directory.fd, uid, gid)
+
+    def after_privilege_drop(self) -> None:
+        """The directory must take files from the user portd now runs as."""
+        self._check_writable()
+
+    def _check_writable(self) -> None:
+        """Create and remove a temporary, as every upload will.
+
+        Raises:
+            AccessError: this user cannot (exit 77), so no upload could be stored.
+        """
+        try:
+            name, fd = self.directory.create_temp(f"{os.getpid()}-access-check", 0o600)
+            os.close(fd)
+            self.directory.unlink(name)
+        except OSError as exc:
+            self.close()
+            raise AccessError(
+                f"file-receive: directory = {json.dumps(self.settings['directory'])}: uid "
+                f"{os.geteuid()} cannot create files in it ({exc.strerror}); give that user "
+                "write access, or let portd create the directory"
+            ) from None
 
     def close(self) -> None:
         """Let queued steps finish (a cut transfer's partial is removed), then release
