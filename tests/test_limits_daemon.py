@@ -155,7 +155,8 @@ def test_an_idle_connection_is_closed_on_time_and_activity_keeps_it(
         for _ in range(4):  # 0.3 s apart: never idle for 0.5 s
             assert echoes(busy)
             time.sleep(0.3)  # the activity pattern under test, not a readiness wait
-        assert idle.recv(1) == b""  # closed by the daemon...
+        with pytest.raises(ConnectionResetError):  # cut by the daemon, with an RST...
+            idle.recv(1)
         closed_after = time.monotonic() - opened
         assert 0.5 <= closed_after < 1.0 + 0.3 * 4  # ...at 0.5 s (recv returns late here)
         assert echoes(busy)
@@ -169,8 +170,11 @@ def test_idle_close_happens_within_half_a_second_of_the_timeout(
     with connect(served.port) as idle:
         opened = time.monotonic()
         idle.settimeout(5)
-        assert idle.recv(1) == b""
+        with pytest.raises(ConnectionResetError):
+            idle.recv(1)
         assert 1.0 <= time.monotonic() - opened < 1.5
+    closed = served.daemon.wait_for("connection_closed")
+    assert closed["error"] == "idle_timeout"
 
 
 def test_a_peer_that_stops_reading_is_dropped_after_the_send_timeout(
@@ -199,6 +203,7 @@ def test_a_peer_that_stops_reading_is_dropped_after_the_send_timeout(
     assert stalled_at is not None
     assert time.monotonic() - stalled_at < 0.5 + 0.5 + 0.5  # timeout, plus slack for buffers
     served.wait_for_stat(lambda stats: stats["closed"].get("send_timeout") == 1)
+    assert served.daemon.wait_for("connection_closed")["error"] == "send_timeout"
 
 
 def _low_port_udp_socket() -> socket.socket:

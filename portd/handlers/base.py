@@ -53,8 +53,9 @@ class Connection(Protocol):
     def abort(self) -> None:
         """Close now, dropping queued bytes (the peer may see a reset)."""
 
-    def reset(self) -> None:
-        """Close now with an RST the peer always sees: the exchange failed."""
+    def reset(self, reason: str = "") -> None:
+        """Close now with an RST the peer always sees: the exchange failed (``reason``,
+        such as "file_failed: max_bytes", names why in ``connection_closed``)."""
 
     def pause_reading(self) -> None:
         """Stop receiving data_received calls until resume_reading."""

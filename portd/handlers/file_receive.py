@@ -10,9 +10,12 @@
   ``keep_partial``, a ``NAME.partial``) and one ``file_failed`` line, and its
   connection is aborted; every other transfer and listener goes on.
 - portd closes the connection only once the file is durable or the transfer has
-  failed, so a sender that waits for the close (``nc -N``, socat) knows the outcome is
-  settled; which outcome, only the log says (an abort is a reset only when bytes were
-  left unread).
+  failed, so a sender that waits for the close (``nc -N``, socat) knows the outcome:
+  a stored file ends with a normal close, a failure always with an RST (a timeout and
+  the end of the drain too), and ``connection_closed`` names the failure.
+- A connection that sends no byte (``nc -z``, a port scan, a health check) stores no
+  file: one ``file_empty`` line, unless ``keep_empty``. The temporary is created only
+  with the first byte, so probes cost the disk nothing.
 
 A raw stream has no end marker: a sender that closes normally has delivered a complete
 file, and one killed on the same host (the kernel sends its FIN) looks the same.
@@ -137,14 +140,15 @@ class FileReceiveSession(StreamSession):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.phase == "open":  # cut before EOF: by the peer, or by portd (drain timeout)
             reason, error = ("connection_lost", str(exc)) if exc else ("aborted", "closed by portd")
-            keep = self.handler.settings["keep_partial"]
-            self._submit(Step("keep" if keep else "discard", reason, error))
+            keep = self.handler.settings["keep_partial"] and self.received
+            action = "empty" if not self.received else "keep" if keep else "discard"
+            self._submit(Step(action, reason, error))
         self.phase = "done"
 
     def _give_up(self, step: Step) -> None:
         self.phase = "done"
         self._submit(step)
-        self.conn.reset()  # an RST: the sender must not mistake this for a stored file
+        self.conn.reset(f"file_failed: {step.reason}")  # the sender must see it failed
 
     def _written(self, count: int) -> None:
         self.queued -= count
@@ -152,12 +156,12 @@ class FileReceiveSession(StreamSession):
             self.paused = False
             self.conn.resume_reading()
 
-    def _ended(self, stored: bool) -> None:
+    def _ended(self, stored: bool, reason: str = "") -> None:
         self.phase = "done"
         if stored:
             self.conn.close()
         else:
-            self.conn.reset()
+            self.conn.reset(f"file_failed: {reason}")
 
     def _submit(self, step: bytes | Step) -> None:
         with self._lock:
@@ -211,6 +215,8 @@ class FileReceiveSession(StreamSession):
                 self._open()
             elif step.action == "commit" or (step.action == "keep" and self._has_bytes()):
                 self._commit(step)
+            elif step.action == "empty":
+                self._skip_empty(step.reason)
             else:
                 self._fail(step.reason, step.error)
         except OSError as exc:
@@ -226,12 +232,18 @@ class FileReceiveSession(StreamSession):
             self.finished = True
             self.log.warning("file_refused", reason="min_free_bytes", free_bytes=free,
                              min_free_bytes=floor)  # fmt: skip
-            self._notify(self._ended, False)
-            return
-        stem = f"{os.getpid()}-{self.conn.conn_id}"
-        self.file = DurableFile(self.handler.directory, stem, self.handler.settings["file_mode"])
+            self._notify(self._ended, False, "min_free_bytes")
+
+    def _create(self) -> DurableFile:
+        """The temporary, made with the first byte (or at EOF with keep_empty)."""
+        if self.file is None:
+            stem = f"{os.getpid()}-{self.conn.conn_id}"
+            mode = self.handler.settings["file_mode"]
+            self.file = DurableFile(self.handler.directory, stem, mode)
+        return self.file
 
     def _write(self, chunks: list[bytes]) -> None:
+        self._create()
         assert self.file is not None
         hashed = self.handler.hashers.submit(self.file.hash, chunks)  # both release the GIL
         try:
@@ -248,6 +260,10 @@ class FileReceiveSession(StreamSession):
         return self.file is not None and self.file.size > 0
 
     def _commit(self, step: Step) -> None:
+        if self.file is None and not self.handler.settings["keep_empty"]:
+            self._skip_empty("eof")
+            return
+        self._create()
         assert self.file is not None
         name = self.name if step.action == "commit" else f"{self.name}.partial"
         final = self.file.commit(name)
@@ -259,6 +275,13 @@ class FileReceiveSession(StreamSession):
         else:
             self.log.warning("file_partial_kept", **fields, reason=step.reason, error=step.error)
 
+    def _skip_empty(self, ended_by: str) -> None:
+        """A connection without a byte (a probe): nothing stored, one line."""
+        self.finished = True
+        self.log.info("file_empty", ended_by=ended_by, stored=False,
+                      duration_ms=self._duration_ms())  # fmt: skip
+        self._notify(self._ended, True)
+
     def _fail(self, reason: str, error: str) -> None:
         self.finished = True
         size = 0
@@ -267,7 +290,7 @@ class FileReceiveSession(StreamSession):
             self.file.discard()
         self.log.warning("file_failed", reason=reason, error=error, bytes=size,
                          duration_ms=self._duration_ms())  # fmt: skip
-        self._notify(self._ended, False)
+        self._notify(self._ended, False, reason)
 
     def _duration_ms(self) -> float:
         return round((time.monotonic() - self.started) * 1000, 1)
@@ -288,6 +311,8 @@ class FileReceiveHandler(Handler):
         Option("file_mode", int, 0o600, "mode of received files, at most 0o644", minimum=0,
                convert=check_file_mode),
         Option("keep_partial", bool, False, "keep a cut transfer as NAME.partial"),
+        Option("keep_empty", bool, False, "store a connection that sent no byte as an "
+               "empty file (default: log file_empty, store nothing)"),
         Option("min_free_bytes", object, 64 << 20, "refuse and stop transfers below this much "
                "free space, e.g. 1GiB", convert=parse_size),
     )  # fmt: skip

@@ -115,9 +115,9 @@ class PacedConnection(ConnectionProxy):
         self.stop()
         self.conn.abort()
 
-    def reset(self) -> None:
+    def reset(self, reason: str = "") -> None:
         self.stop()
-        self.conn.reset()
+        self.conn.reset(reason)
 
     def stop(self) -> None:
         """Drop the queue and the timer (the connection is gone or aborted)."""

@@ -157,7 +157,7 @@ class Running:
                     await asyncio.wait_for(listener.wait_idle(), grace_s)
                 held = release_finished(listener)
             self.leaked_connections = [describe_connection(conn) for conn in held]
-            listener.abort_connections()
+            listener.abort_connections(reset=False)
             for _ in range(LOOP_TURNS_AFTER_ABORT):
                 await asyncio.sleep(0)
         finally:
@@ -166,7 +166,7 @@ class Running:
     def close_now(self) -> None:
         """Abort connections and close sockets and handler at once (idempotent)."""
         if self.listener is not None:
-            self.listener.abort_connections()
+            self.listener.abort_connections(reset=False)
             self.listener.close()
         for sock in self.sockets:
             sock.close()

@@ -37,6 +37,7 @@ class FakeConnection:
         self.log: Any = structlog.get_logger().bind(listener="up", conn_id=7, peer=self.peer)
         self.ended = anyio.Event()
         self.ending = ""
+        self.reason = ""
         self.reading = True
         self.resumed = anyio.Event()
 
@@ -55,7 +56,8 @@ class FakeConnection:
     def abort(self) -> None:
         self._end("abort")
 
-    def reset(self) -> None:
+    def reset(self, reason: str = "") -> None:
+        self.reason = reason
         self._end("reset")
 
     def _end(self, how: str) -> None:
