@@ -355,10 +355,21 @@ def build_listener(index: int, table: Any, problems: _Problems) -> ListenerConfi
         if not _check_name(name, where, problems):
             return None
     settings = {option.name: values[option.name] for option in handler.options}
-    limits = Limits(**{option.name: values[option.name] for option in LIMIT_OPTIONS})
+    limits = build_limits(values, table, handler)
     return ListenerConfig(
         index, name, bind, protocol, handler, values["backlog"], settings, addresses, limits
     )
+
+
+def build_limits(
+    values: Mapping[str, Any], table: Mapping[str, Any], handler: type[Handler]
+) -> Limits:
+    """The listener's limits: its table's, else the handler's defaults, else portd's."""
+    chosen = {option.name: values[option.name] for option in LIMIT_OPTIONS}
+    for key, value in handler.default_limits.items():
+        if key not in table:
+            chosen[key] = value
+    return Limits(**chosen)
 
 
 def _check_name(name: str, where: str, problems: _Problems) -> bool:

@@ -13,6 +13,7 @@ schedules its own work and reports back through the :class:`Connection`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar, Protocol
 
 from portd.binds import Protocol as TransportProtocol
@@ -113,6 +114,9 @@ class Handler:
     protocols: ClassVar[frozenset[TransportProtocol]]
     options: ClassVar[tuple[Option, ...]] = ()
     listens: ClassVar[bool] = True  # False: TCP sockets are bound and never listen (refuse)
+    # Limits this handler is safe with when the listener table does not set them, such
+    # as {"idle_timeout_s": 60.0}: a listener key always wins.
+    default_limits: ClassVar[Mapping[str, Any]] = {}
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings

@@ -35,6 +35,7 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
@@ -301,6 +302,9 @@ class FileReceiveHandler(Handler):
 
     name = "file-receive"
     protocols: ClassVar[frozenset[Protocol]] = frozenset({"tcp"})
+    # A silent peer holds a connection (and a max_connections slot) until this passes;
+    # nginx closes idle clients after 60 s too. idle_timeout_s = 0 turns it off.
+    default_limits: ClassVar[Mapping[str, Any]] = {"idle_timeout_s": 60.0}
     options = (
         Option("directory", str, None, "absolute path; created 0700 when missing",
                convert=check_directory, required=True),

@@ -15,7 +15,8 @@ cannot make the server grow.
 from __future__ import annotations
 
 import hashlib
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from portd.binds import Protocol
 from portd.handlers.base import Connection, DatagramEndpoint, Handler, Peer, StreamSession
@@ -76,6 +77,9 @@ class RecorderHandler(Handler):
 
     name = "recorder"
     protocols: ClassVar[frozenset[Protocol]] = frozenset({"tcp", "udp"})
+    # A silent peer holds a connection (and a max_connections slot) until this passes;
+    # nginx closes idle clients after 60 s too. idle_timeout_s = 0 turns it off.
+    default_limits: ClassVar[Mapping[str, Any]] = {"idle_timeout_s": 60.0}
     options = (
         Option("reply", str, "", "sent once per connection (UTF-8); empty: never reply"),
         Option(

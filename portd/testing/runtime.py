@@ -74,8 +74,9 @@ def build_config(spec: ServeSpec) -> ListenerConfig:
 def config_for_class(handler: type[Handler], table: Mapping[str, Any]) -> ListenerConfig:
     """A listener served by a Handler class that need not be registered.
 
-    The listener keys are checked by the config loader (as an echo listener), the
-    handler's options against its declared Options.
+    The listener keys are checked by the config loader (as a blackhole listener, which
+    serves both protocols and sets no limits of its own), the handler's options against
+    its declared Options; the handler's default limits apply where the table sets none.
 
     Raises:
         ConfigError: every problem, one line each.
@@ -88,7 +89,7 @@ def config_for_class(handler: type[Handler], table: Mapping[str, Any]) -> Listen
 
     listener_keys = {option.name for option in LISTENER_OPTIONS}
     base = {key: value for key, value in table.items() if key in listener_keys}
-    config = parse_config({"listener": [{**base, "handler": "echo"}]}, SOURCE).listeners[0]
+    config = parse_config({"listener": [{**base, "handler": "blackhole"}]}, SOURCE).listeners[0]
     known = {option.name: option for option in handler.options}
     settings = defaults(handler.options)
     problems = []
@@ -110,7 +111,10 @@ def config_for_class(handler: type[Handler], table: Mapping[str, Any]) -> Listen
     if problems:
         raise ConfigError([f"{SOURCE}: handler {handler.name!r}: {line}" for line in problems])
     name = table.get("name") or default_name(handler.name, config.protocol, config.bind)
-    return replace(config, name=name, handler=handler, settings=settings)
+    limits = config.limits._replace(
+        **{key: value for key, value in handler.default_limits.items() if key not in table}
+    )
+    return replace(config, name=name, handler=handler, settings=settings, limits=limits)
 
 
 class Running:
