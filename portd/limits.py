@@ -219,15 +219,25 @@ class DatagramGate:
         return None
 
     def _bucket(self, key: str) -> TokenBucket:
-        bucket = self.buckets.get(key)
-        if bucket is None:
-            if len(self.buckets) >= MAX_TRACKED_SOURCES:
-                self.buckets.popitem(last=False)  # forget the least recently seen source
-            bucket = TokenBucket(self.limits.datagram_rate, self.limits.datagram_burst)
-            self.buckets[key] = bucket
-        else:
-            self.buckets.move_to_end(key)
-        return bucket
+        return source_bucket(
+            self.buckets, key, self.limits.datagram_rate, self.limits.datagram_burst
+        )
+
+
+def source_bucket(
+    buckets: OrderedDict[str, TokenBucket], key: str, rate: float, burst: int
+) -> TokenBucket:
+    """The token bucket of one source; at most MAX_TRACKED_SOURCES are kept (the least
+    recently seen source is forgotten first), so spoofed sources cannot grow the map."""
+    bucket = buckets.get(key)
+    if bucket is None:
+        if len(buckets) >= MAX_TRACKED_SOURCES:
+            buckets.popitem(last=False)
+        bucket = TokenBucket(rate, burst)
+        buckets[key] = bucket
+    else:
+        buckets.move_to_end(key)
+    return bucket
 
 
 class RefusalLog:
