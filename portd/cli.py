@@ -109,6 +109,13 @@ def _add_shell_commands(commands: Any) -> None:
     listen.add_argument(
         "-k", "--keep", action="store_true", help="keep listening and serve clients concurrently"
     )
+    listen.add_argument(
+        "--max-clients",
+        type=_count,
+        default=128,
+        metavar="N",
+        help="with -k: serve at most N clients at once, refuse (RST) the next (default 128)",
+    )
     _add_family_flags(listen)
     _add_eof_flags(listen)
     listen.add_argument("--port-file", metavar="FILE", help="write the bound port to FILE")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import select
 import socket
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,6 +27,10 @@ from portd.shell.relay import (
 from portd.shell.stats import Transfer
 from portd.sockets import bound_addresses, open_listener_sockets
 
+DEFAULT_MAX_CLIENTS = 128  # -k: each client takes a thread; beyond this, refuse
+ACCEPT_RETRY_S = 0.1  # -k: out of descriptors, accept again after this
+RESET_ON_CLOSE = b"\1\0\0\0\0\0\0\0"  # SO_LINGER on, 0 s: close() sends an RST
+
 
 class ListenOptions:
     """The parsed options of ``portd listen`` (a plain class: no dataclass import cost)."""
@@ -34,6 +40,7 @@ class ListenOptions:
         self.spec: BindSpec = parse_bind(args.bind, self.protocol)
         self.families = address_families(args.ipv4, args.ipv6)
         self.keep: bool = args.keep
+        self.max_clients: int = getattr(args, "max_clients", DEFAULT_MAX_CLIENTS)
         self.verbose: bool = args.verbose
         self.port_file: str | None = args.port_file
         self.policy = EofPolicy(args.close_on_eof, args.quit_after, not args.no_stdin)
@@ -187,17 +194,46 @@ class _Clients:
         self.message: str | None = None
 
     def accept_forever(self, sockets: list[socket.socket]) -> None:
-        """Accept and serve until the process ends (the sockets may close under us then)."""
-        with contextlib.suppress(OSError, ValueError):
-            while True:
-                self.add(*_accept_one(sockets))
+        """Accept and serve until the process ends (the sockets may close under us then).
+
+        Out of descriptors, it waits and accepts again (clients wait in the backlog); a
+        client it cannot serve is refused with an RST and a line, never dropped silently.
+        """
+        while True:
+            try:
+                conn, peer = _accept_one(sockets)
+            except (ValueError, OSError) as exc:
+                if isinstance(exc, ValueError) or exc.errno == errno.EBADF:
+                    return  # the sockets were closed: the process is ending
+                self._report(f"portd: accept failed: {exc.strerror}; retrying", always=True)
+                time.sleep(ACCEPT_RETRY_S)  # a back-off, not a readiness wait
+                continue
+            self.add(conn, peer)
 
     def add(self, conn: socket.socket, peer: str) -> None:
         with self.lock:
-            self.clients.add(conn)
+            full = len(self.clients) >= self.options.max_clients
+            if not full:
+                self.clients.add(conn)
+        if full:
+            self._refuse(conn, peer, f"{self.options.max_clients} clients already (--max-clients)")
+            return
+        try:
+            threading.Thread(target=self._pump, args=(conn, peer), daemon=True).start()
+        except RuntimeError:  # can't start new thread: RLIMIT_NPROC, cgroup pids.max
+            with self.lock:
+                self.clients.discard(conn)
+            self._refuse(conn, peer, "no thread could be started for it (a thread limit?)")
+            return
+        with self.lock:  # only now: a refused client must read a reset, not this EOF
             if self.stdin_done:
                 _half_close(conn)
-        threading.Thread(target=self._pump, args=(conn, peer), daemon=True).start()
+
+    def _refuse(self, conn: socket.socket, peer: str, why: str) -> None:
+        with contextlib.suppress(OSError):
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET_ON_CLOSE)
+        conn.close()
+        self._report(f"portd: refused {peer}: {why}", always=True)
 
     def _pump(self, conn: socket.socket, peer: str) -> None:
         self._report(f"connection from {peer}")
@@ -229,9 +265,10 @@ class _Clients:
                 self.status, self.message = status, message
                 self.ended.set()
 
-    def _report(self, line: str) -> None:
-        """-v: one line; print() writes text and newline separately, so threads take turns."""
-        if self.options.verbose:
+    def _report(self, line: str, always: bool = False) -> None:
+        """-v (or ``always``): one line; print() writes text and newline separately, so
+        threads take turns."""
+        if self.options.verbose or always:
             with self.stderr_lock:
                 print(line, file=sys.stderr, flush=True)
 
