@@ -172,7 +172,7 @@ class PacedConnection(ConnectionProxy):
         self.queued_bytes -= size
         start = self.next_at if self.next_at > now - CATCH_UP_S else now
         self.next_at = start + gap_s
-        self.conn.write(item[:size])
+        self.conn.write(bytes(item[:size]))  # the piece alone is copied
 
 
 class PacedSession(SessionProxy):
