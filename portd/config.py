@@ -267,7 +267,7 @@ def account_problem(value: Any) -> str | None:
     if not isinstance(value, str) or not value:
         return None
     if value.isascii() and value.isdigit():
-        if int(value) > MAX_ACCOUNT_ID:
+        if len(value) > len(str(MAX_ACCOUNT_ID)) or int(value) > MAX_ACCOUNT_ID:
             return (
                 f"expected an id from 0 to {MAX_ACCOUNT_ID} (4294967295 means "
                 '"leave unchanged" to the kernel, so the drop would keep root\'s id)'

@@ -77,6 +77,12 @@ class AccessError(PortdError):
     exit_code = EX_NOPERM
 
 
+class ResourceLimitError(PortdError):
+    """Out of file descriptors, threads or memory for what was asked."""
+
+    exit_code = EX_UNAVAILABLE
+
+
 class ControlError(PortdError):
     """No daemon answers on the control socket, or it cannot be opened."""
 

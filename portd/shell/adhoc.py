@@ -6,6 +6,7 @@ asked for, so plain ``portd listen`` keeps its fast start.
 
 from __future__ import annotations
 
+import socket
 import tomllib
 from collections.abc import Collection, Sequence
 from dataclasses import replace
@@ -44,6 +45,8 @@ def parse_sets(pairs: Sequence[str], text_keys: Collection[str] = ()) -> dict[st
             values[key] = tomllib.loads(f"value = {text}")["value"]
         except tomllib.TOMLDecodeError:
             values[key] = text
+        except ValueError:  # an integer past Python's 4,300 digits
+            raise UsageError(f"--set {key}=...: a number that long cannot be read") from None
     return values
 
 
@@ -76,6 +79,9 @@ def run_handler(options: ListenOptions, bind_text: str, handler: str, sets: Sequ
     listener = config.listeners[0]
     if options.families:
         kept = tuple(a for a in listener.addresses if a.family in options.families)
+        if not kept:
+            family = "IPv4" if options.families == (socket.AF_INET,) else "IPv6"
+            raise UsageError(f"{bind_text} has no {family} address")
         listener = replace(listener, addresses=kept)
     configure_logging("auto", "info" if options.verbose else "warning")
     supervisor = Supervisor(replace(config, listeners=(listener,)))
