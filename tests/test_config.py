@@ -941,7 +941,7 @@ def test_handlers_bring_a_safe_idle_timeout_that_the_listener_key_overrides(
     handler: str, extra: str, idle_timeout_s: float
 ) -> None:
     """1,024 silent peers locked a file-receive listener out for good: no idle default."""
-    table = {"bind": "127.0.0.1:0", "handler": handler}
+    table: dict[str, object] = {"bind": "127.0.0.1:0", "handler": handler}
     if extra:
         key, _, value = extra.partition(" = ")
         table[key] = value.strip('"') if value.startswith('"') else float(value)

@@ -32,7 +32,7 @@ class RecordingConnection:
     def abort(self) -> None:
         self.closed = True
 
-    def reset(self) -> None:
+    def reset(self, reason: str = "") -> None:
         self.abort()
 
     def write_eof(self) -> None:

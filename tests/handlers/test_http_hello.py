@@ -138,7 +138,7 @@ class FakeConnection:
     def abort(self) -> None:
         self.aborted = True
 
-    def reset(self) -> None:
+    def reset(self, reason: str = "") -> None:
         self.abort()
 
     def pause_reading(self) -> None:
