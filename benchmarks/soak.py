@@ -11,7 +11,13 @@
    sockets; every answer must be a status line or a close, and the daemon must log no
    handler_failed or loop_error.
 
-Prints a table and exits 1 when a limit is exceeded. Loopback only, port 0 only.
+3. CRLF flood: two connections send empty lines (CRLF) to http-hello as fast as they
+   can, reconnecting whenever they are closed, while a normal client probes with a GET
+   on a new connection each time; its median and p99 latency are reported, next to
+   nginx's (`return 200`, one worker) under the same flood when nginx is installed.
+
+Prints a table and exits 1 when a limit is exceeded. Loopback only; every server binds
+port 0 but nginx, which is given a port the kernel just handed out.
 """
 
 from __future__ import annotations
@@ -202,12 +208,90 @@ def mangled_http(daemon: Daemon, total: int, seed: int, threads: int = 4) -> dic
     return merged
 
 
+FLOOD_CONNECTIONS = 2
+CRLF_MEDIAN_LIMIT_MS = 100.0
+PROBE = b"GET / HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n"
+
+
+def _flood(port: int, stop: threading.Event) -> None:
+    chunk = b"\r\n" * 32768
+    while not stop.is_set():
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                while not stop.is_set():
+                    sock.sendall(chunk)
+        except OSError:
+            continue  # closed by the server: come back, as an attacker would
+
+
+def _probe_ms(port: int) -> float:
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(PROBE)
+        while sock.recv(65536):
+            pass
+    return (time.monotonic() - started) * 1000
+
+
+def crlf_flood(port: int, seconds: float) -> dict[str, float]:
+    """Probe latency (ms) of a normal client while FLOOD_CONNECTIONS send CRLF forever."""
+    stop = threading.Event()
+    threads = [threading.Thread(target=_flood, args=(port, stop), daemon=True)
+               for _ in range(FLOOD_CONNECTIONS)]  # fmt: skip
+    for thread in threads:
+        thread.start()
+    latencies = []
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            latencies.append(_probe_ms(port))
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+    latencies.sort()
+    return {
+        "probes": len(latencies),
+        "median_ms": round(latencies[len(latencies) // 2], 2),
+        "p99_ms": round(latencies[min(len(latencies) - 1, len(latencies) * 99 // 100)], 2),
+    }
+
+
+def nginx_crlf_flood(directory: Path, seconds: float) -> dict[str, float] | None:
+    """The same round against nginx (None when nginx is not installed)."""
+    import shutil
+
+    if shutil.which("nginx") is None:
+        return None
+    from http_hello import nginx_command  # a sibling, as the benchmarks import each other
+
+    with socket.socket() as hold:  # nginx needs a number in its config
+        hold.bind(("127.0.0.1", 0))
+        port = hold.getsockname()[1]
+    proc = subprocess.Popen(nginx_command(directory, port), stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise SystemExit("nginx did not start") from None
+                time.sleep(0.05)  # waiting for nginx to listen: polled with a connect
+        return crlf_flood(port, seconds)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--connections", type=int, default=10_000)
     parser.add_argument("--cycles", type=int, default=5)
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--flood-seconds", type=float, default=5.0)
     args = parser.parse_args()
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -220,14 +304,18 @@ def main() -> int:
             started = time.monotonic()
             http = mangled_http(daemon, args.requests, args.seed)
             elapsed = time.monotonic() - started
+            flood = crlf_flood(daemon.ports["http"], args.flood_seconds)
         finally:
             code = daemon.stop()
+        nginx = nginx_crlf_flood(Path(directory), args.flood_seconds)
     failures = daemon.events.get("handler_failed", 0) + daemon.events.get("loop_error", 0)
     print(f"idle connections: {args.connections} x {args.cycles} cycles")
     for row in cycles:
         print("  " + ", ".join(f"{key} {value}" for key, value in row.items()))
     outcomes = dict(sorted(http.items()))
     print(f"mangled HTTP: {sum(http.values())} requests in {elapsed:.1f} s: {outcomes}")
+    print(f"CRLF flood ({FLOOD_CONNECTIONS} connections, {args.flood_seconds:g} s), a normal "
+          f"client's GET: portd {flood}; nginx {nginx or 'not installed'}")  # fmt: skip
     print(f"daemon: handler_failed + loop_error = {failures}, exit code {code}")
     after = [row["rss_after_close_mib"] for row in cycles]
     new_high = after[-1] - max(after[:-1], default=after[-1])
@@ -239,6 +327,7 @@ def main() -> int:
         and new_high <= NEW_HIGH_LIMIT_MIB
         and failures == 0
         and http.get("other", 0) == 0
+        and flood["median_ms"] <= CRLF_MEDIAN_LIMIT_MS
         and code == 0
     )
     print("PASS" if ok else "FAIL")

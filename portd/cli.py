@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from portd import __version__
-from portd.errors import EX_SOFTWARE, EX_USAGE, PortdError, UsageError
+from portd.errors import EX_USAGE, PortdError, UsageError
 
 if TYPE_CHECKING:
     from portd.endpoints.base import ProtocolName
@@ -33,11 +33,11 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
 
 
+MAX_SECONDS = 31_536_000.0  # a year: longer waits overflow the kernel's timeouts (time_t)
+
+
 def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    value = _seconds(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return value
@@ -46,9 +46,14 @@ def _positive(text: str) -> float:
 def _seconds(text: str) -> float:
     """-q SECS: a number; negative means wait for the peer (Debian nc)."""
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not abs(value) <= MAX_SECONDS:  # also refuses inf and nan
+        raise argparse.ArgumentTypeError(
+            f"expected at most {MAX_SECONDS:.0f} seconds (a year), got {text!r}"
+        )
+    return value
 
 
 def _port(text: str) -> int:
@@ -108,6 +113,13 @@ def _add_shell_commands(commands: Any) -> None:
     )
     listen.add_argument(
         "-k", "--keep", action="store_true", help="keep listening and serve clients concurrently"
+    )
+    listen.add_argument(
+        "--max-clients",
+        type=_count,
+        default=128,
+        metavar="N",
+        help="with -k: serve at most N clients at once, refuse (RST) the next (default 128)",
     )
     _add_family_flags(listen)
     _add_eof_flags(listen)
@@ -359,10 +371,12 @@ def run_units(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from portd.config import load_config
-    from portd.units import render_units
+    from portd.units import port_zero_warnings, render_units
 
     config = load_config(args.config)
     units = render_units(config, str(Path(args.config).resolve()), args.portd)
+    for warning in port_zero_warnings(config):
+        print(f"portd: warning: {warning}", file=sys.stderr)
     if args.output_dir:
         directory = Path(args.output_dir)
         directory.mkdir(parents=True, exist_ok=True)
@@ -481,9 +495,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `portd services | head -0`: the reader has what it wanted
+        _quiet_stdout()
+        return 0
+    try:
+        sys.stdout.flush()
     except BrokenPipeError:
-        return EX_SOFTWARE
+        _quiet_stdout()
     return code
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush at exit finds no
+    closed pipe to complain about (Python's documented remedy for SIGPIPE)."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -131,6 +131,7 @@ class Daemon:
         self.supervisor.prepare_privilege_drop(self.identity.uid, self.identity.gid)
         drop_privileges(self.identity)
         self.log.info("privileges_dropped", uid=self.identity.uid, gid=self.identity.gid)
+        self.supervisor.after_privilege_drop(self.identity.uid)
 
     async def _serve(self, control_path: str) -> int:
         import anyio

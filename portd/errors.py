@@ -139,6 +139,18 @@ class UnsafeDirectoryError(BindError):
     """The directory of a socket path could let another user swap the socket."""
 
 
+class AccessError(PortdError):
+    """A file or directory portd needs is out of reach of the user it runs as."""
+
+    exit_code = EX_NOPERM
+
+
+class ResourceLimitError(PortdError):
+    """Out of file descriptors, threads or memory for what was asked."""
+
+    exit_code = EX_UNAVAILABLE
+
+
 class ControlError(PortdError):
     """No daemon answers on the control socket, or it cannot be opened."""
 

@@ -291,19 +291,34 @@ class DatagramGate:
         return None
 
     def _bucket(self, key: str) -> TokenBucket:
-        bucket = self.buckets.get(key)
-        if bucket is None:
-            if len(self.buckets) >= MAX_TRACKED_SOURCES:
-                self.buckets.popitem(last=False)  # forget the least recently seen source
-            bucket = TokenBucket(self.limits.datagram_rate, self.limits.datagram_burst)
-            self.buckets[key] = bucket
-        else:
-            self.buckets.move_to_end(key)
-        return bucket
+        return source_bucket(
+            self.buckets, key, self.limits.datagram_rate, self.limits.datagram_burst
+        )
+
+
+def source_bucket(
+    buckets: OrderedDict[str, TokenBucket], key: str, rate: float, burst: int
+) -> TokenBucket:
+    """The token bucket of one source; at most MAX_TRACKED_SOURCES are kept (the least
+    recently seen source is forgotten first), so spoofed sources cannot grow the map."""
+    bucket = buckets.get(key)
+    if bucket is None:
+        if len(buckets) >= MAX_TRACKED_SOURCES:
+            buckets.popitem(last=False)
+        bucket = TokenBucket(rate, burst)
+        buckets[key] = bucket
+    else:
+        buckets.move_to_end(key)
+    return bucket
 
 
 class RefusalLog:
-    """Logs each refusal reason at most once a second, with the count since the last line."""
+    """Logs each refusal reason at most once a second, with the count since the last line.
+
+    Refusals that arrive within the second after a line are not lost: a timer writes
+    their count once the second is over, and :meth:`flush` writes what is still pending
+    when the listener closes, so the counts in the log add up to the refusals made.
+    """
 
     def __init__(
         self, log: Any, event: str = "connection_refused", interval_s: float = 1.0
@@ -313,12 +328,49 @@ class RefusalLog:
         self.interval_s = interval_s
         self._last: dict[str, float] = {}
         self._pending: Counter[str] = Counter()
+        self._last_peer: dict[str, str] = {}
+        self._timers: dict[str, Any] = {}
 
     def refused(self, reason: str, peer: str) -> None:
-        """Count one refusal; write a line when this reason has been quiet for a second."""
+        """Count one refusal; write a line now if this reason has been quiet for a
+        second, else make sure one is written when the second is over."""
         self._pending[reason] += 1
+        self._last_peer[reason] = peer
         now = time.monotonic()
-        if now - self._last.get(reason, -self.interval_s) >= self.interval_s:
+        due = self._last.get(reason, -self.interval_s) + self.interval_s
+        if now >= due:
+            self._write(reason, now)
+        elif reason not in self._timers:
+            self._timers[reason] = _call_later(due - now, self._write_due, reason)
+
+    def flush(self) -> None:
+        """Write every pending count now (the listener is closing)."""
+        for timer in self._timers.values():
+            if timer is not None:
+                timer.cancel()
+        self._timers.clear()
+        for reason in list(self._pending):
+            self._write(reason, time.monotonic())
+
+    def _write_due(self, reason: str) -> None:
+        self._timers.pop(reason, None)
+        self._write(reason, time.monotonic())
+
+    def _write(self, reason: str, now: float) -> None:
+        count = self._pending.pop(reason, 0)
+        if count:
             self._last[reason] = now
-            count, self._pending[reason] = self._pending[reason], 0
-            self.log.warning(self.event, reason=reason, count=count, last_peer=peer)
+            self.log.warning(
+                self.event, reason=reason, count=count, last_peer=self._last_peer.pop(reason, "")
+            )
+
+
+def _call_later(delay_s: float, callback: Any, *args: Any) -> Any:
+    """A timer on the running loop; None outside one (then only flush() writes)."""
+    import asyncio  # lazily: limits is imported by commands that run no event loop
+
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+    return loop.call_later(delay_s, callback, *args)

@@ -92,6 +92,7 @@ SIZE_UNITS = {
     "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4,
 }  # fmt: skip
 _SIZE_PATTERN = re.compile(r"(?P<number>[0-9]+(?:\.[0-9]+)?) ?(?P<unit>[KMGT]i?B|B)?")
+MAX_SIZE_DIGITS = 30  # more than any disk holds; int() would refuse 4,300 and more
 SIZE_RULE = (
     'expected a byte count: an integer >= 0, or a string such as "500MB" or "1GiB" '
     "(B; KB MB GB TB = 1000^n; KiB MiB GiB TiB = 1024^n)"
@@ -112,7 +113,7 @@ def parse_size(value: Any) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
     match = _SIZE_PATTERN.fullmatch(value.strip()) if isinstance(value, str) else None
-    if match is None:
+    if match is None or len(match["number"]) > MAX_SIZE_DIGITS:
         raise OptionError(SIZE_RULE)
     multiplier = SIZE_UNITS[match["unit"] or "B"]
     whole, _, fraction = match["number"].partition(".")

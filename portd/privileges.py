@@ -74,8 +74,14 @@ def resolve_identity(user: str, group: str = "") -> Identity:
     import grp
     import pwd
 
+    from portd.config.daemon import account_problem
+
+    for what, value in (("user", user), ("group", group)):
+        problem = account_problem(value)
+        if problem:
+            raise UnknownUserError(f"{what} {value!r}: {problem}")
     entry = None
-    if user.isdigit():
+    if user.isascii() and user.isdigit():
         uid = int(user)
         with contextlib.suppress(KeyError):
             entry = pwd.getpwuid(uid)
@@ -87,7 +93,7 @@ def resolve_identity(user: str, group: str = "") -> Identity:
                 f"unknown user {user!r} (use a name from passwd or a uid)"
             ) from None
         uid = entry.pw_uid
-    if group.isdigit():
+    if group.isascii() and group.isdigit():
         gid = int(group)
     elif group:
         try:

@@ -98,6 +98,25 @@ class Supervisor:
         for listener in self.listeners:
             listener.handler.before_privilege_drop(uid, gid)
 
+    def after_privilege_drop(self, uid: int) -> None:
+        """Let handlers check what they need as the new user, and warn when the config
+        can no longer be read (every later reload would fail).
+
+        Raises:
+            AccessError: a handler cannot work as the new user (a directory it cannot
+                write), naming the listener.
+        """
+        for listener in self.listeners:
+            try:
+                listener.handler.after_privilege_drop()
+            except PortdError as exc:
+                raise exc.concerning(listener.config.label) from None
+        if not os.access(self.config.source, os.R_OK):
+            self.log.warning(
+                "config_unreadable", path=self.config.source, uid=uid,
+                error="the user portd runs as cannot read the config: every reload will fail",
+            )  # fmt: skip
+
     def close(self) -> None:
         """Close every listener's sockets and handlers (idempotent)."""
         for listener in (*self.listeners, *self.retiring):

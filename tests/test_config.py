@@ -933,3 +933,35 @@ def test_every_problem_in_a_file_is_reported_at_once(tmp_path: Path) -> None:
     lines = problems(path)
     assert lines == [f"{path}: {line}" for line in expected]
     assert len(lines) == 13
+
+
+@pytest.mark.parametrize(
+    ("handler", "extra", "idle_timeout_s"),
+    [
+        ("echo", "", 60.0),
+        ("recorder", "", 60.0),
+        ("file-receive", 'directory = "/tmp/portd-test-in"', 60.0),  # checked, not made
+        ("echo", "idle_timeout_s = 5", 5.0),
+        ("echo", "idle_timeout_s = 0", 0.0),
+        ("http-hello", "", 0.0),  # has its own header and keep-alive deadlines
+        ("stall", "", 0.0),  # holds connections on purpose
+    ],
+    ids=["echo", "recorder", "file-receive", "key-wins", "key-turns-it-off", "http", "fault"],
+)
+def test_handlers_bring_a_safe_idle_timeout_that_the_listener_key_overrides(
+    handler: str, extra: str, idle_timeout_s: float
+) -> None:
+    """1,024 silent peers locked a file-receive listener out for good: no idle default."""
+    table: dict[str, object] = {"bind": "127.0.0.1:0", "handler": handler}
+    if extra:
+        key, _, value = extra.partition(" = ")
+        table[key] = value.strip('"') if value.startswith('"') else float(value)
+    (listener,) = parse_config({"listener": [table]}, "t.toml").listeners
+    assert listener.limits.idle_timeout_s == idle_timeout_s
+
+
+def test_a_udp_listener_of_a_handler_with_tcp_defaults_loads() -> None:
+    (listener,) = parse_config(
+        {"listener": [{"bind": "127.0.0.1:0", "handler": "echo", "protocol": "udp"}]}, "t.toml"
+    ).listeners
+    assert listener.protocol == "udp"

@@ -155,7 +155,8 @@ def test_an_idle_connection_is_closed_on_time_and_activity_keeps_it(
         for _ in range(4):  # 0.3 s apart: never idle for 0.5 s
             assert echoes(busy)
             time.sleep(0.3)  # the activity pattern under test, not a readiness wait
-        assert idle.recv(1) == b""  # closed by the daemon...
+        with pytest.raises(ConnectionResetError):  # cut by the daemon, with an RST...
+            idle.recv(1)
         closed_after = time.monotonic() - opened
         assert 0.5 <= closed_after < 1.0 + 0.3 * 4  # ...at 0.5 s (recv returns late here)
         assert echoes(busy)
@@ -169,8 +170,11 @@ def test_idle_close_happens_within_half_a_second_of_the_timeout(
     with connect(served.port) as idle:
         opened = time.monotonic()
         idle.settimeout(5)
-        assert idle.recv(1) == b""
+        with pytest.raises(ConnectionResetError):
+            idle.recv(1)
         assert 1.0 <= time.monotonic() - opened < 1.5
+    closed = served.daemon.wait_for("connection_closed")
+    assert closed["error"] == "idle_timeout"
 
 
 def test_a_peer_that_stops_reading_is_dropped_after_the_send_timeout(
@@ -199,6 +203,7 @@ def test_a_peer_that_stops_reading_is_dropped_after_the_send_timeout(
     assert stalled_at is not None
     assert time.monotonic() - stalled_at < 0.5 + 0.5 + 0.5  # timeout, plus slack for buffers
     served.wait_for_stat(lambda stats: stats["closed"].get("send_timeout") == 1)
+    assert served.daemon.wait_for("connection_closed")["error"] == "send_timeout"
 
 
 def _low_port_udp_socket() -> socket.socket:
@@ -346,3 +351,36 @@ def test_a_slowloris_crowd_is_cut_off_on_time_while_normal_clients_see_no_errors
     assert all(reply.startswith(b"HTTP/1.1 408 Request Timeout\r\n") for reply in replies.values())
     assert normal_errors == []
     assert normal_ok > 50
+
+
+def test_the_refusal_log_counts_add_up_to_every_refusal(serve: Callable[..., Served]) -> None:
+    """500 refusals within a second were one line with count 1 (the rest never logged)."""
+    served = serve(deny=["127.0.0.2"])
+    for _ in range(500):
+        with connect(served.port, "127.0.0.2") as sock:
+            assert not echoes(sock)
+    logged = 0
+    while logged < 500:
+        line = served.daemon.wait_for("connection_refused")
+        assert (line["reason"], line["last_peer"].split(":")[0]) == ("denied", "127.0.0.2")
+        logged += line["count"]
+    assert logged == 500
+    assert served.stats()["refusals"] == {"denied": 500}
+    served.daemon.signal()
+    assert served.daemon.wait() == 0
+    assert (
+        sum(e.get("count", 0) for e in served.daemon.events if e["event"] == "connection_refused")
+        == 500
+    )
+
+
+def test_udp_drops_logged_at_stop_add_up_too(serve: Callable[..., Served]) -> None:
+    served = serve(protocol="udp", datagram_rate=1, datagram_burst=1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        for _ in range(50):
+            client.sendto(b"x", ("127.0.0.1", served.port))
+        served.wait_for_stat(lambda stats: stats["refusals"] == {"datagram_rate": 49})
+    served.daemon.signal()  # at once: the count since the last line is written at stop
+    assert served.daemon.wait() == 0
+    dropped = [e for e in served.daemon.events if e["event"] == "datagram_dropped"]
+    assert sum(e["count"] for e in dropped) == 49

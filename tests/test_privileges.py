@@ -121,3 +121,62 @@ def test_example_config_keys_stay_documented() -> None:
     text = textwrap.dedent((Path(__file__).parent.parent / "config.example.toml").read_text())
     for key in ("user", "group"):
         assert f"\n{key} = " in text or f"\n# {key} = " in text, key
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("group", "4294967295"), ("user", "4294967295"), ("user", "99999999999999999999"),
+     ("group", "a\u0000b"), ("user", "bad:name")],
+    ids=["gid-minus-1", "uid-minus-1", "uid-too-big", "nul", "colon"],
+)  # fmt: skip
+def test_ids_that_mean_unchanged_or_cannot_be_ids_are_config_errors(
+    tmp_path: Path, key: str, value: str
+) -> None:
+    """group = "4294967295" is (gid_t)-1: setresgid left the gid alone, nobody:root."""
+    path = tmp_path / "portd.toml"
+    escaped = value.replace("\0", "\\u0000")
+    daemon = f'{key} = "{escaped}"' if key == "user" else f'user = "nobody"\n{key} = "{escaped}"'
+    path.write_text(config_text(daemon, ("e", "127.0.0.1:0")))
+    for command in (("check", str(path)), ("serve", "-c", str(path))):
+        result = run_portd(*command)
+        assert result.returncode == 78, result.stderr
+        [line] = result.stderr.splitlines()
+        assert line.startswith(f"portd: {path}: [daemon]: {key} = "), line
+
+
+@needs_root
+def test_a_receive_directory_the_user_cannot_write_stops_the_start_with_exit_77(
+    public_dir: Path,
+) -> None:
+    """A root-owned 0700 directory with user = nobody started fine, then every upload failed."""
+    directory = public_dir / "uploads"
+    directory.mkdir(mode=0o700)
+    path = public_dir / "portd.toml"
+    path.write_text(
+        '[daemon]\nuser = "65534"\n[[listener]]\nname = "up"\nbind = "127.0.0.1:0"\n'
+        f'handler = "file-receive"\ndirectory = "{directory}"\n'
+    )
+    result = run_portd("serve", "-c", str(path), "--log-format", "json")
+    assert result.returncode == 77, result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f'portd: listener "up": file-receive: directory = "{directory}": uid 65534 cannot '
+        "create files in it (Permission denied); give that user write access, or let portd "
+        "create the directory"
+    )
+    assert "Traceback" not in result.stderr
+    assert list(directory.iterdir()) == []
+
+
+@needs_root
+def test_a_config_the_user_cannot_read_is_a_warning_at_start(public_dir: Path) -> None:
+    """Every later reload would fail to read it; say so while someone is watching."""
+    path = public_dir / "portd.toml"
+    path.write_text(config_text('user = "65534"', ("e", "127.0.0.1:0")))
+    path.chmod(0o600)
+    daemon = Daemon(["-c", str(path)])
+    try:
+        daemon.ready()  # the warning comes before daemon_ready
+        [warning] = [e for e in daemon.events if e["event"] == "config_unreadable"]
+        assert (warning["path"], warning["uid"], warning["level"]) == (str(path), 65534, "warning")
+    finally:
+        daemon.stop()

@@ -119,3 +119,48 @@ def test_units_leaves_port_zero_listeners_to_bind_and_gives_them_a_network(tmp_p
     assert ".socket" not in result.stdout.replace("After=network.target", "")
     assert "--activation-only" not in result.stdout
     assert "PrivateNetwork=no\n" in result.stdout
+
+
+def test_a_newline_in_the_config_path_cannot_inject_a_directive(tmp_path: Path) -> None:
+    """The path was pasted into ExecStart= as is: a newline started another directive."""
+    directory = tmp_path / "x\nExecStartPre=touch pwned\n"
+    directory.mkdir()
+    config = directory / "portd.toml"
+    config.write_text(f'[[listener]]\nbind = "127.0.0.1:{DNS_PORT}"\nhandler = "echo"\n')
+    out = tmp_path / "units"
+    result = run_portd("units", str(config), "--output-dir", str(out))
+    assert result.returncode == 64
+    assert result.stderr.count("\n") == 1
+    assert "holds a control character; a unit file cannot carry it" in result.stderr
+    assert not out.exists()
+
+
+def test_spaces_quotes_percent_and_dollar_in_paths_are_quoted_as_systemd_reads_them(
+    tmp_path: Path,
+) -> None:
+    directory = tmp_path / 'my "cfg" %q $HOME \\ dir'
+    directory.mkdir()
+    config = directory / "portd.toml"
+    config.write_text(f'[[listener]]\nbind = "127.0.0.1:{DNS_PORT}"\nhandler = "echo"\n')
+    out = tmp_path / "units"
+    result = run_portd(
+        "units", str(config), "--portd", str(PORTD_EXECUTABLE), "--output-dir", str(out)
+    )
+    assert result.returncode == 0, result.stderr
+    service = (out / "portd-activated.service").read_text()
+    quoted = str(config).replace("%", "%%").replace("$", "$$").replace("\\", "\\\\")
+    quoted = '"' + quoted.replace('"', '\\"') + '"'
+    assert f"ExecStart={PORTD_EXECUTABLE} serve -c {quoted} --activation-only\n" in service
+    check = verify(sorted(out.iterdir()))
+    assert (check.returncode, check.stdout, check.stderr) == (0, "", "")
+
+
+def test_a_port_zero_listener_weakening_the_unit_is_said_on_stderr(tmp_path: Path) -> None:
+    config = tmp_path / "portd.toml"
+    config.write_text('[[listener]]\nname = "any"\nbind = "127.0.0.1:0"\nhandler = "echo"\n')
+    result = run_portd("units", str(config))
+    assert result.returncode == 0
+    [warning] = result.stderr.splitlines()
+    assert warning.startswith('portd: warning: listener "any" binds port 0: ')
+    assert "keeps network access (PrivateNetwork=no" in warning
+    assert "# network access (PrivateNetwork=no): give them fixed ports" in result.stdout

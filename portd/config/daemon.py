@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,7 +48,31 @@ def build_daemon(table: Any, problems: Problems) -> DaemonConfig:
         return DaemonConfig()
     values = check_options(table, DAEMON_OPTIONS, "[daemon]", problems)
     _check_control_socket(values, problems)
+    for key in ("user", "group"):
+        reason = account_problem(values[key])
+        if reason:
+            problems.add("[daemon]", reason, key, values[key])
     return DaemonConfig(**values)
+
+
+MAX_ACCOUNT_ID = 4294967294  # (uid_t)-1 = 4294967295 tells setresuid "leave unchanged"
+ACCOUNT_NAME = re.compile(r"[A-Za-z0-9._][A-Za-z0-9._-]{0,255}\$?")
+
+
+def account_problem(value: Any) -> str | None:
+    """Why ``value`` cannot name a user or group ([daemon] user/group), or None."""
+    if not isinstance(value, str) or not value:
+        return None
+    if value.isascii() and value.isdigit():
+        if len(value) > len(str(MAX_ACCOUNT_ID)) or int(value) > MAX_ACCOUNT_ID:
+            return (
+                f"expected an id from 0 to {MAX_ACCOUNT_ID} (4294967295 means "
+                '"leave unchanged" to the kernel, so the drop would keep root\'s id)'
+            )
+        return None
+    if ACCOUNT_NAME.fullmatch(value) is None:
+        return "expected a user or group name (letters, digits . _ -) or a number"
+    return None
 
 
 def _check_control_socket(values: dict[str, Any], problems: Problems) -> None:

@@ -93,8 +93,8 @@ def build_listener(index: int, table: Any, problems: Problems) -> ListenerConfig
     if len(problems.lines) > before or handler is None or endpoint is None:
         return None
     return _complete(
-        index, where, handler=handler, endpoint=endpoint, addresses=addresses, values=values,
-        problems=problems,
+        index, where, table=table, handler=handler, endpoint=endpoint, addresses=addresses,
+        values=values, problems=problems,
     )  # fmt: skip
 
 
@@ -102,6 +102,7 @@ def _complete(
     index: int,
     where: str,
     *,
+    table: Mapping[str, Any],
     handler: type[Handler],
     endpoint: Endpoint,
     addresses: tuple[Address, ...],
@@ -121,8 +122,19 @@ def _complete(
     name = values["name"] or default_name(handler.name, endpoint)
     if refused or not _check_name(name, where, problems):
         return None
-    limits = Limits(**{option.name: values[option.name] for option in LIMIT_OPTIONS})
+    limits = build_limits(values, table, handler)
     return ListenerConfig(index, name, endpoint, handler, settings, addresses, limits, sockets)
+
+
+def build_limits(
+    values: Mapping[str, Any], table: Mapping[str, Any], handler: type[Handler]
+) -> Limits:
+    """The listener's limits: its table's, else the handler's defaults, else portd's."""
+    chosen = {option.name: values[option.name] for option in LIMIT_OPTIONS}
+    for key, value in handler.default_limits.items():
+        if key not in table:
+            chosen[key] = value
+    return Limits(**chosen)
 
 
 def _check_applicable(

@@ -17,7 +17,7 @@ handler that is naturally sequential (a proxy, a program on a port) subclasses
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, ClassVar, Protocol
 
 from portd.endpoints.base import Peer, ProtocolName
@@ -115,8 +115,9 @@ class Connection(Protocol):
     def abort(self) -> None:
         """Close now, dropping queued bytes (the peer may see a reset)."""
 
-    def reset(self) -> None:
-        """Close now with an RST the peer always sees: the exchange failed."""
+    def reset(self, reason: str = "") -> None:
+        """Close now with an RST the peer always sees: the exchange failed (``reason``,
+        such as "file_failed: max_bytes", names why in ``connection_closed``)."""
 
     def pause_reading(self) -> None:
         """Stop receiving data_received calls until resume_reading."""
@@ -176,6 +177,9 @@ class Handler:
     protocols: ClassVar[frozenset[ProtocolName]]
     options: ClassVar[tuple[Option, ...]] = ()
     listens: ClassVar[bool] = True  # False: stream sockets are bound and never listen (refuse)
+    # Limits this handler is safe with when the listener table does not set them, such
+    # as {"idle_timeout_s": 60.0}: a listener key always wins.
+    default_limits: ClassVar[Mapping[str, Any]] = {}
 
     def __init__(self, settings: Settings) -> None:
         """Take the validated settings and acquire what serving needs (files, threads).
@@ -209,6 +213,15 @@ class Handler:
     def before_privilege_drop(self, uid: int, gid: int) -> None:
         """Called as root just before portd switches to ``uid``/``gid`` ([daemon] user):
         hand over what the handler created while root (a directory's owner)."""
+
+    def after_privilege_drop(self) -> None:
+        """Called once portd runs as [daemon] user: check that what the handler needs
+        is within that user's reach (a directory it must write), so the daemon fails at
+        start instead of on every connection.
+
+        Raises:
+            PortdError: something is out of reach (one line; the daemon exits).
+        """
 
     def close(self) -> None:
         """The listener stopped for good: release what the handler holds (files, fds)."""

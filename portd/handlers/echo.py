@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from portd.endpoints.base import Peer, ProtocolName
 from portd.handlers.base import Connection, DatagramEndpoint, Handler, StreamSession
@@ -31,6 +32,9 @@ class EchoHandler(Handler):
 
     name = "echo"
     protocols: ClassVar[frozenset[ProtocolName]] = frozenset({"tcp", "udp"})
+    # A silent peer holds a connection (and a max_connections slot) until this passes;
+    # nginx closes idle clients after 60 s too. idle_timeout_s = 0 turns it off.
+    default_limits: ClassVar[Mapping[str, Any]] = {"idle_timeout_s": 60.0}
 
     def open_session(self, conn: Connection) -> StreamSession:
         return EchoSession(conn)

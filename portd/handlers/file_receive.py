@@ -10,9 +10,12 @@
   ``keep_partial``, a ``NAME.partial``) and one ``file_failed`` line, and its
   connection is aborted; every other transfer and listener goes on.
 - portd closes the connection only once the file is durable or the transfer has
-  failed, so a sender that waits for the close (``nc -N``, socat) knows the outcome is
-  settled; which outcome, only the log says (an abort is a reset only when bytes were
-  left unread).
+  failed, so a sender that waits for the close (``nc -N``, socat) knows the outcome:
+  a stored file ends with a normal close, a failure always with an RST (a timeout and
+  the end of the drain too), and ``connection_closed`` names the failure.
+- A connection that sends no byte (``nc -z``, a port scan, a health check) stores no
+  file: one ``file_empty`` line, unless ``keep_empty``. The temporary is created only
+  with the first byte, so probes cost the disk nothing.
 
 A raw stream has no end marker: a sender that closes normally has delivered a complete
 file, and one killed on the same host (the kernel sends its FIN) looks the same.
@@ -26,16 +29,18 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
 from portd.endpoints.base import ProtocolName
-from portd.errors import ConfigError, OptionError
+from portd.errors import AccessError, ConfigError, OptionError
 from portd.handlers.base import Connection, Handler, StreamSession
 from portd.handlers.files.directory import check_directory_usable, hold_directory
 from portd.handlers.files.durable import DurableFile
@@ -132,14 +137,15 @@ class FileReceiveSession(StreamSession):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.phase == "open":  # cut before EOF: by the peer, or by portd (drain timeout)
             reason, error = ("connection_lost", str(exc)) if exc else ("aborted", "closed by portd")
-            keep = self.handler.settings["keep_partial"]
-            self._submit(Step("keep" if keep else "discard", reason, error))
+            keep = self.handler.settings["keep_partial"] and self.received
+            action = "empty" if not self.received else "keep" if keep else "discard"
+            self._submit(Step(action, reason, error))
         self.phase = "done"
 
     def _give_up(self, step: Step) -> None:
         self.phase = "done"
         self._submit(step)
-        self.conn.reset()  # an RST: the sender must not mistake this for a stored file
+        self.conn.reset(f"file_failed: {step.reason}")  # the sender must see it failed
 
     def _written(self, count: int) -> None:
         self.queued -= count
@@ -147,12 +153,12 @@ class FileReceiveSession(StreamSession):
             self.paused = False
             self.conn.resume_reading()
 
-    def _ended(self, stored: bool) -> None:
+    def _ended(self, stored: bool, reason: str = "") -> None:
         self.phase = "done"
         if stored:
             self.conn.close()
         else:
-            self.conn.reset()
+            self.conn.reset(f"file_failed: {reason}")
 
     def _submit(self, step: bytes | Step) -> None:
         with self._lock:
@@ -206,6 +212,8 @@ class FileReceiveSession(StreamSession):
                 self._open()
             elif step.action == "commit" or (step.action == "keep" and self._has_bytes()):
                 self._commit(step)
+            elif step.action == "empty":
+                self._skip_empty(step.reason)
             else:
                 self._fail(step.reason, step.error)
         except OSError as exc:
@@ -221,12 +229,18 @@ class FileReceiveSession(StreamSession):
             self.finished = True
             self.log.warning("file_refused", reason="min_free_bytes", free_bytes=free,
                              min_free_bytes=floor)  # fmt: skip
-            self._notify(self._ended, False)
-            return
-        stem = f"{os.getpid()}-{self.conn.conn_id}"
-        self.file = DurableFile(self.handler.directory, stem, self.handler.settings["file_mode"])
+            self._notify(self._ended, False, "min_free_bytes")
+
+    def _create(self) -> DurableFile:
+        """The temporary, made with the first byte (or at EOF with keep_empty)."""
+        if self.file is None:
+            stem = f"{os.getpid()}-{self.conn.conn_id}"
+            mode = self.handler.settings["file_mode"]
+            self.file = DurableFile(self.handler.directory, stem, mode)
+        return self.file
 
     def _write(self, chunks: list[bytes]) -> None:
+        self._create()
         assert self.file is not None
         hashed = self.handler.hashers.submit(self.file.hash, chunks)  # both release the GIL
         try:
@@ -243,6 +257,10 @@ class FileReceiveSession(StreamSession):
         return self.file is not None and self.file.size > 0
 
     def _commit(self, step: Step) -> None:
+        if self.file is None and not self.handler.settings["keep_empty"]:
+            self._skip_empty("eof")
+            return
+        self._create()
         assert self.file is not None
         name = self.name if step.action == "commit" else f"{self.name}.partial"
         final = self.file.commit(name)
@@ -254,6 +272,13 @@ class FileReceiveSession(StreamSession):
         else:
             self.log.warning("file_partial_kept", **fields, reason=step.reason, error=step.error)
 
+    def _skip_empty(self, ended_by: str) -> None:
+        """A connection without a byte (a probe): nothing stored, one line."""
+        self.finished = True
+        self.log.info("file_empty", ended_by=ended_by, stored=False,
+                      duration_ms=self._duration_ms())  # fmt: skip
+        self._notify(self._ended, True)
+
     def _fail(self, reason: str, error: str) -> None:
         self.finished = True
         size = 0
@@ -262,7 +287,7 @@ class FileReceiveSession(StreamSession):
             self.file.discard()
         self.log.warning("file_failed", reason=reason, error=error, bytes=size,
                          duration_ms=self._duration_ms())  # fmt: skip
-        self._notify(self._ended, False)
+        self._notify(self._ended, False, reason)
 
     def _duration_ms(self) -> float:
         return round((time.monotonic() - self.started) * 1000, 1)
@@ -273,6 +298,9 @@ class FileReceiveHandler(Handler):
 
     name = "file-receive"
     protocols: ClassVar[frozenset[ProtocolName]] = frozenset({"tcp"})
+    # A silent peer holds a connection (and a max_connections slot) until this passes;
+    # nginx closes idle clients after 60 s too. idle_timeout_s = 0 turns it off.
+    default_limits: ClassVar[Mapping[str, Any]] = {"idle_timeout_s": 60.0}
     options = (
         Option("directory", str, None, "absolute path; created 0700 when missing",
                convert=check_directory, required=True),
@@ -283,6 +311,8 @@ class FileReceiveHandler(Handler):
         Option("file_mode", int, 0o600, "mode of received files, at most 0o644", minimum=0,
                convert=check_file_mode),
         Option("keep_partial", bool, False, "keep a cut transfer as NAME.partial"),
+        Option("keep_empty", bool, False, "store a connection that sent no byte as an "
+               "empty file (default: log file_empty, store nothing)"),
         Option("min_free_bytes", object, 64 << 20, "refuse and stop transfers below this much "
                "free space, e.g. 1GiB", convert=parse_size),
     )  # fmt: skip
@@ -307,6 +337,8 @@ class FileReceiveHandler(Handler):
             "receive_directory_ready", directory=path, created=self.directory.created,
             stale_partials_removed=removed,
         )  # fmt: skip
+        if os.geteuid() != 0:  # root may write anywhere; [daemon] user is checked after the drop
+            self._check_writable()
 
     @classmethod
     def check_settings(cls, settings: Settings) -> list[str]:
@@ -323,6 +355,28 @@ class FileReceiveHandler(Handler):
         one that existed keeps the owner its administrator gave it."""
         if self.directory.created:
             os.fchown(self.directory.fd, uid, gid)
+
+    def after_privilege_drop(self) -> None:
+        """The directory must take files from the user portd now runs as."""
+        self._check_writable()
+
+    def _check_writable(self) -> None:
+        """Create and remove a temporary, as every upload will.
+
+        Raises:
+            AccessError: this user cannot (exit 77), so no upload could be stored.
+        """
+        try:
+            name, fd = self.directory.create_temp(f"{os.getpid()}-access-check", 0o600)
+            os.close(fd)
+            self.directory.unlink(name)
+        except OSError as exc:
+            self.close()
+            raise AccessError(
+                f"file-receive: directory = {json.dumps(self.settings['directory'])}: uid "
+                f"{os.geteuid()} cannot create files in it ({exc.strerror}); give that user "
+                "write access, or let portd create the directory"
+            ) from None
 
     def close(self) -> None:
         """Let queued steps finish (a cut transfer's partial is removed), then release

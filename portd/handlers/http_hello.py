@@ -37,6 +37,7 @@ progress is answered with ``Connection: close``, then the connection closes.
 
 from __future__ import annotations
 
+import re
 from typing import ClassVar
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
@@ -51,13 +52,16 @@ from portd.handlers.http.heads import (
     HOST_CHARS,
     HTTP_1_0,
     LINE_ERRORS,
+    MAX_EMPTY_LINE_BYTES,
     MAX_LINE,
     FieldMeter,
     is_valid_host,
+    is_valid_target,
     judge_partial_line,
     judge_request_line,
 )
 from portd.handlers.http.responses import (
+    BODY_PIECE_BYTES,
     CLOSE,
     KEEP_ALIVE,
     KEEP_ALIVE_1_0,
@@ -69,7 +73,7 @@ from portd.options import Option, Settings
 LINGER_S = 2.0
 LINGER_MAX_BYTES = 1 << 20
 FLUSH_BYTES = 1 << 16  # pipelined responses are written in batches up to this size
-EMPTY_LINE_BYTES = b"\r\n"
+NOT_EMPTY_LINE = re.compile(rb"[^\r\n]")
 # Session states.
 OPEN = 0
 LINGER = 1  # an error was sent: reading and dropping input until the close
@@ -99,7 +103,12 @@ class HttpHelloSession(StreamSession):
         self._line_length = 0
         self._meter: FieldMeter | None = None  # only for heads big enough to need it
         self._hosts = 0
-        self._bad = False  # a bad Host, Transfer-Encoding, or a Content-Length above 0
+        self._bad = False  # a bad Host, or a Transfer-Encoding that does not end in chunked
+        self._content = False  # request content (Content-Length above 0, chunked): 413
+        self._chunked = False  # ... chunked, which HTTP/1.0 cannot frame (400)
+        self._empty = 0  # CR and LF bytes before the current request line
+        self._body: memoryview | None = None  # of a 200 being written piece by piece
+        self._close_after_body = False
         self._keep_alive = False
         self._out: list[bytes] = []
         self._out_bytes = 0
@@ -117,9 +126,12 @@ class HttpHelloSession(StreamSession):
                     self._bad = True
         elif size == 14:
             if name.lower() == b"content-length" and int(value):  # llhttp checked the digits
-                self._bad = True
+                self._content = True
         elif size == 17 and name.lower() == b"transfer-encoding":
-            self._bad = True
+            if value.rsplit(b",", 1)[-1].strip(b" \t").lower() == b"chunked":
+                self._content = self._chunked = True
+            else:
+                self._bad = True  # RFC 9112 §6.3: no way to find the end of the content
 
     def on_headers_complete(self) -> None:
         self._keep_alive = self.parser.should_keep_alive() and not self.parser.should_upgrade()
@@ -154,6 +166,8 @@ class HttpHelloSession(StreamSession):
 
     def resume_writing(self) -> None:
         self.paused = False
+        if self._body is not None and self._write_body():
+            return  # paused again before the body was out
         if self.state == OPEN:
             buf, self._buf = self._buf, b""
             self._run(buf)
@@ -176,6 +190,7 @@ class HttpHelloSession(StreamSession):
         self.state = CLOSED
         self.deadline.cancel()
         self.parser = DETACHED_PARSER  # it holds our bound methods: break the cycle
+        self._body = None
         self._buf = b""
         self._out.clear()
 
@@ -185,10 +200,16 @@ class HttpHelloSession(StreamSession):
         """Answer every complete head in ``buf``; keep the rest in ``self._buf``."""
         pos = 0
         size = len(buf)
-        while self.state == OPEN and not self.paused:
+        while self.state == OPEN and not self.paused and self._body is None:
             if not self._in_head:
-                while pos < size and buf[pos] in EMPTY_LINE_BYTES:
-                    pos += 1  # RFC 9112 §2.2: empty lines before a request line are ignored
+                # RFC 9112 §2.2: empty lines before a request line are ignored, a few
+                # of them: a flood of CRLF is junk, and found by a C-speed search.
+                found = NOT_EMPTY_LINE.search(buf, pos)
+                start, pos = pos, size if found is None else found.start()
+                self._empty += pos - start
+                if self._empty > MAX_EMPTY_LINE_BYTES:
+                    self._reject(400)
+                    return
                 if pos == size:
                     break
                 self._in_head = self._head_began = True
@@ -256,7 +277,8 @@ class HttpHelloSession(StreamSession):
     def _judge_line(self, buf: bytes, pos: int, eol: int, error: HttpParserError | None) -> int:
         """judge_request_line's verdict, kept for the head; -1 when rejected."""
         if error is None and buf.startswith(b"GET ", pos) and buf.startswith(b"HTTP/1.1", eol - 8):
-            line = 0 if buf.count(b" ", pos, eol) == 2 else 400  # the common case, short
+            simple = buf.count(b" ", pos, eol) == 2 and is_valid_target(buf, pos + 4, eol - 9)
+            line = 0 if simple else judge_request_line(buf, pos, eol, None)  # the common case
         else:
             line = judge_request_line(
                 buf, pos, eol, error if isinstance(error, LINE_ERRORS) else None
@@ -270,8 +292,12 @@ class HttpHelloSession(StreamSession):
 
     def _answer(self, line: int) -> None:
         """Answer a complete head whose request line and fields passed."""
-        if self._bad or (self._hosts > 1 if line & HTTP_1_0 else self._hosts != 1):
+        bad = self._bad or (self._chunked and line & HTTP_1_0)  # RFC 9112 §6.1: faulty
+        if bad or (self._hosts > 1 if line & HTTP_1_0 else self._hosts != 1):
             self._reject(400, line & HEAD)
+            return
+        if self._content:  # http-hello takes no request content: any is too large
+            self._reject(413, line & HEAD)
             return
         close = not self._keep_alive or self.stopping or not self.keepalive_timeout_s
         response = self.responses.ok(
@@ -283,16 +309,34 @@ class HttpHelloSession(StreamSession):
         self._meter = None
         self._in_head = False
         self._hosts = 0
-        self._bad = False
+        self._bad = self._content = self._chunked = False
+        self._empty = 0
         self._keep_alive = False
         out = self._out
         out.append(response)
         self._out_bytes += len(response)
-        if close:
+        if self.responses.streamed and not line & HEAD:
+            self._flush()
+            self._body, self._close_after_body = self.responses.body, close
+            self._write_body()
+        elif close:
             self._flush()
             self._close()
         elif self._out_bytes >= FLUSH_BYTES:
             self._flush()
+
+    def _write_body(self) -> bool:
+        """Write the body of a streamed 200 while the peer reads; True if it paused first."""
+        body = self._body
+        while body is not None and not self.paused:
+            self.conn.write(bytes(body[:BODY_PIECE_BYTES]))  # may call pause_writing
+            body = body[BODY_PIECE_BYTES:] or None
+        self._body = body
+        if body is not None:
+            return True
+        if self._close_after_body:
+            self._close()
+        return False
 
     def _end_head(self) -> None:
         self._fed = 0
@@ -300,7 +344,8 @@ class HttpHelloSession(StreamSession):
         self._meter = None
         self._in_head = False
         self._hosts = 0
-        self._bad = False
+        self._bad = self._content = self._chunked = False
+        self._empty = 0
         self._keep_alive = False
 
     # Output, closing and timers.

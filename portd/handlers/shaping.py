@@ -9,6 +9,11 @@ writes in a queue that a pacer releases on the event loop's clock:
 * ``slicer`` releases replies in pieces of 1 to ``piece_bytes`` bytes, ``delay_s``
   (plus up to ``jitter_s``) apart, so a client reads a reply in many small parts.
 
+The pacer does a bounded amount of work per turn of the event loop: at most
+PIECES_PER_TURN pieces, then it yields (a timer due at once) even when more are due,
+so ``slicer`` with ``delay_s = 0`` cannot hold the loop; a piece is cut from its reply
+as a memoryview, never by copying the rest of the reply.
+
 Random timings and piece sizes come from a ``random.Random`` seeded by ``seed`` and the
 connection's number, so a run repeats exactly. Flow control holds end to end: the
 queue is bounded (above QUEUE_HIGH_BYTES the inner session is told to pause writing,
@@ -39,6 +44,7 @@ QUEUE_LOW_BYTES = 16 * 1024
 BANDWIDTH_TICK_S = 0.01  # a bandwidth piece carries about this much time's worth
 MAX_PIECE_BYTES = 64 * 1024
 CATCH_UP_S = 0.05  # a pacer running late may catch up this much, never bank idle time
+PIECES_PER_TURN = 64  # then the pacer yields to the loop, even with pieces still due
 EOF = "eof"  # markers queue as text among the bytes, so no payload can pass for one
 CLOSE = "close"
 
@@ -76,7 +82,7 @@ class PacedConnection(ConnectionProxy):
         self.pace_clock = clock
         self.pacing = pacing
         self.session: StreamSession = StreamSession()  # the inner one, set by the handler
-        self.queue: deque[tuple[float, bytes | str]] = deque()
+        self.queue: deque[tuple[float, memoryview | str]] = deque()
         self.queued_bytes = 0
         self.next_at = 0.0
         self.timer: TimerHandle | None = None
@@ -87,7 +93,7 @@ class PacedConnection(ConnectionProxy):
     def write(self, data: bytes) -> None:
         if self.closing or not data:
             return
-        self.queue.append((self.pacing.release_at(self.pace_clock.time()), data))
+        self.queue.append((self.pacing.release_at(self.pace_clock.time()), memoryview(data)))
         self.queued_bytes += len(data)
         self.pump()
         if self.queued_bytes > QUEUE_HIGH_BYTES and not self.inner_paused:
@@ -114,9 +120,9 @@ class PacedConnection(ConnectionProxy):
         self.stop()
         self.conn.abort()
 
-    def reset(self) -> None:
+    def reset(self, reason: str = "") -> None:
         self.stop()
-        self.conn.reset()
+        self.conn.reset(reason)
 
     def stop(self) -> None:
         """Drop the queue and the timer (the connection is gone or aborted)."""
@@ -136,12 +142,14 @@ class PacedConnection(ConnectionProxy):
         if self.timer is not None:
             return
         now = self.pace_clock.time()
+        pieces = 0
         while self.queue and not self.kernel_full:
             release_at, item = self.queue[0]
             due = max(release_at, self.next_at)
-            if due > now:
-                self.timer = self.pace_clock.call_at(due, self.on_timer)
+            if due > now or pieces == PIECES_PER_TURN:
+                self.timer = self.pace_clock.call_at(max(due, now), self.on_timer)
                 return
+            pieces += 1
             if isinstance(item, str):
                 self.queue.popleft()
                 if item == EOF:
@@ -154,7 +162,7 @@ class PacedConnection(ConnectionProxy):
             self.inner_paused = False
             self.session.resume_writing()
 
-    def _send_piece(self, now: float, release_at: float, item: bytes) -> None:
+    def _send_piece(self, now: float, release_at: float, item: memoryview) -> None:
         size, gap_s = self.pacing.take(len(item))
         if size >= len(item):
             self.queue.popleft()
@@ -163,7 +171,7 @@ class PacedConnection(ConnectionProxy):
         self.queued_bytes -= size
         start = self.next_at if self.next_at > now - CATCH_UP_S else now
         self.next_at = start + gap_s
-        self.conn.write(item[:size])
+        self.conn.write(bytes(item[:size]))  # the piece alone is copied
 
 
 class PacedSession(SessionProxy):

@@ -79,9 +79,9 @@ class ConnectionProxy:
         """Close now."""
         self.conn.abort()
 
-    def reset(self) -> None:
+    def reset(self, reason: str = "") -> None:
         """Close now with an RST."""
-        self.conn.reset()
+        self.conn.reset(reason)
 
     def pause_reading(self) -> None:
         """Stop reading from the peer."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import selectors
 import socket
@@ -10,8 +11,18 @@ import time
 from collections.abc import Iterable, Iterator
 
 from portd.endpoints.inet import InetAddress
+from portd.errors import PortdError
 
 CONNECTING = frozenset({errno.EINPROGRESS, errno.EAGAIN})
+OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE})
+
+
+def _no_descriptors(exc: OSError) -> PortdError:
+    from portd.errors import ResourceLimitError
+
+    return ResourceLimitError(
+        f"cannot open a socket: {exc.strerror} (raise the limit, ulimit -n, or lower --concurrency)"
+    )
 
 
 def probe_tcp(
@@ -23,7 +34,7 @@ def probe_tcp(
         ``(target, None)`` when it accepted, else ``(target, reason)``: the OS's words
         ("connection refused") or "timed out". Every socket is closed before the yield.
     """
-    pending = iter(targets)
+    pending: Iterator[InetAddress] = iter(targets)
     selector = selectors.DefaultSelector()
     in_flight = 0
     try:
@@ -32,7 +43,15 @@ def probe_tcp(
                 target = next(pending, None)
                 if target is None:
                     break
-                started = _start(selector, target, timeout_s)
+                try:
+                    started = _start(selector, target, timeout_s)
+                except OSError as exc:
+                    if exc.errno not in OUT_OF_DESCRIPTORS or not in_flight:
+                        raise _no_descriptors(exc) from None
+                    # Out of descriptors: go on with as many as are in flight now.
+                    concurrency = in_flight
+                    pending = itertools.chain([target], pending)
+                    break
                 if started is None:
                     in_flight += 1
                 else:

@@ -53,6 +53,8 @@ def resolve_host(host: str, families: Sequence[socket.AddressFamily]) -> InetAdd
         infos = socket.getaddrinfo(host, 0, family, socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise HostNotFoundError(f"cannot resolve {host!r}: {exc.strerror}") from None
+    except UnicodeError:  # bytes that are not UTF-8 (surrogates), or a bad IDNA label
+        raise HostNotFoundError(f"cannot resolve {host!r}: not a valid host name") from None
     infos.sort(key=lambda info: info[0] != socket.AF_INET)
     found_family, _type, _proto, _name, sockaddr = infos[0]
     return InetAddress(found_family, sockaddr)  # type: ignore[arg-type]

@@ -35,6 +35,8 @@ def lookup(query: str) -> list[tuple[str, int, ProtocolName]]:
     found: list[tuple[str, int, ProtocolName]] = []
     for protocol in PROTOCOLS:
         if query.isascii() and query.isdigit():
+            if len(query) > 5:  # no port has more digits (and int() refuses 4,300)
+                break
             name = service_name(int(query), protocol)
             if name is not None:
                 found.append((name, int(query), protocol))

@@ -65,6 +65,9 @@ def _probe_round(
         except socket.gaierror as exc:
             reasons[spec] = f"cannot resolve {spec.host!r}: {exc.strerror}"
             continue
+        except UnicodeError:  # bytes that are not UTF-8 (surrogates), or a bad IDNA label
+            reasons[spec] = f"cannot resolve {spec.host!r}: not a valid host name"
+            continue
         for family, _type, _proto, _name, sockaddr in infos:
             targets[InetAddress(family, sockaddr)] = spec  # type: ignore[arg-type]
     up: list[InetEndpoint] = []

@@ -245,7 +245,7 @@ class Listener:
             bytes_in=conn.bytes_in,
             bytes_out=conn.bytes_out,
             duration_ms=round((time.monotonic() - conn.started) * 1000, 1),
-            error=str(exc) if exc else None,
+            error=str(exc) if exc and conn.reason is None else conn.error,
         )
         for observer in self.observers:
             observer.connection_closed(conn)
@@ -282,12 +282,20 @@ class Listener:
         self._idle = asyncio.Event()
         await self._idle.wait()
 
-    def abort_connections(self) -> int:
-        """Close every live connection now (and any still being adopted); return how many."""
+    def abort_connections(self, reset: bool = True) -> int:
+        """Close every live connection now (and any still being adopted); return how many.
+
+        Args:
+            reset: with an RST (the end of a drain: the peer must see its exchange was
+                cut), or a plain close (a test server stopping).
+        """
         self._aborted = True
         live = list(self.connections)
         for conn in live:
-            conn.abort()
+            if reset:
+                conn.cut("aborted", "cut at the end of the drain")
+            else:
+                conn.abort()
         return len(live) + self._adopting
 
     def stats(self) -> dict[str, Any]:
@@ -329,6 +337,8 @@ class Listener:
 
     def close(self) -> None:
         """Release the sockets and whatever the handler holds (idempotent)."""
+        self.refusal_log.flush()  # refusals counted since the last line are logged too
+        self.datagram_log.flush()
         self.close_sockets()
         self.close_handler()
 

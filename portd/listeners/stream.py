@@ -37,7 +37,7 @@ class StreamConnection(asyncio.Protocol):
 
     __slots__ = (
         "_idle_timer", "_send_timer", "_tasks", "bytes_in", "bytes_out", "conn_id", "ending",
-        "failed", "host", "last_active", "peer", "session", "started", "transport",
+        "failed", "host", "last_active", "peer", "reason", "session", "started", "transport",
     )  # fmt: skip
 
     def __init__(self, host: ConnectionHost, peer: Peer) -> None:
@@ -51,6 +51,7 @@ class StreamConnection(asyncio.Protocol):
         self.bytes_out = 0
         self.failed = False
         self.ending: str | None = None  # set by whoever ends it; see ``how_it_ended``
+        self.reason: str | None = None  # why portd ended it, for connection_closed's error
         self.session: StreamSession = StreamSession()
         self.conn_id = 0
         self.started = 0.0
@@ -136,10 +137,33 @@ class StreamConnection(asyncio.Protocol):
         else:
             self._time_out("idle_timeout")
 
+    @property
+    def error(self) -> str | None:
+        """Why it ended, for the log: None for a clean close."""
+        if self.reason is not None:
+            return self.reason
+        return None if self.how_it_ended == "closed" else self.how_it_ended
+
     def _time_out(self, reason: str) -> None:
+        self.cut(reason)
+
+    def cut(self, ending: str, reason: str | None = None) -> None:
+        """End it now with an RST: portd gave up on the exchange (a timeout, the end of
+        the drain), and the peer must be able to tell that from a finished one."""
         if self.ending is None:
-            self.ending = reason
+            self.ending = ending
+        if self.reason is None:
+            self.reason = reason
+        self._send_reset()
         self.transport.abort()
+
+    def _send_reset(self) -> None:
+        """SO_LINGER 0, so the close that follows sends an RST (once the transport has
+        closed there is no socket left: uvloop's then has fd -1 and raises ValueError)."""
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError, ValueError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET_ON_CLOSE)
 
     def shutdown_requested(self) -> None:
         """Tell the session the daemon is draining."""
@@ -229,14 +253,11 @@ class StreamConnection(asyncio.Protocol):
             self.ending = "aborted"
         self.transport.abort()
 
-    def reset(self) -> None:
+    def reset(self, reason: str = "") -> None:
         """Close now with an RST, even when every byte was read, so the peer can tell a
-        failed exchange (an upload that was not stored) from a finished one."""
-        sock = self.transport.get_extra_info("socket")
-        if sock is not None and not self.transport.is_closing():
-            with contextlib.suppress(OSError, ValueError):  # ValueError: closed already
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET_ON_CLOSE)
-        self.abort()
+        failed exchange (an upload that was not stored) from a finished one; ``reason``
+        goes to the ``connection_closed`` line. Harmless once closed."""
+        self.cut("aborted", reason or None)
 
     def pause_reading(self) -> None:
         """Stop reading from the peer."""

@@ -44,6 +44,8 @@ def parse_sets(pairs: Sequence[str], text_keys: Collection[str] = ()) -> dict[st
             values[key] = tomllib.loads(f"value = {text}")["value"]
         except tomllib.TOMLDecodeError:
             values[key] = text
+        except ValueError:  # an integer past Python's 4,300 digits
+            raise UsageError(f"--set {key}=...: a number that long cannot be read") from None
     return values
 
 

@@ -47,6 +47,9 @@ def _open(args: Any, protocol: Protocol, port: int, target: str) -> socket.socke
             infos = socket.getaddrinfo(args.host, port, family, kind)
         except socket.gaierror as exc:
             raise HostNotFoundError(f"cannot resolve {args.host!r}: {exc.strerror}") from None
+        except UnicodeError:  # bytes that are not UTF-8 (surrogates), or a bad IDNA label
+            msg = f"cannot resolve {args.host!r}: not a valid host name"
+            raise HostNotFoundError(msg) from None
         for info_family, info_kind, proto, _name, address in infos:
             sock = socket.socket(info_family, info_kind, proto)
             sock.settimeout(args.wait)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import select
 import socket
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,6 +27,10 @@ from portd.shell.relay import (
 )
 from portd.shell.stats import Transfer
 
+DEFAULT_MAX_CLIENTS = 128  # -k: each client takes a thread; beyond this, refuse
+ACCEPT_RETRY_S = 0.1  # -k: out of descriptors, accept again after this
+RESET_ON_CLOSE = b"\1\0\0\0\0\0\0\0"  # SO_LINGER on, 0 s: close() sends an RST
+
 
 class ListenOptions:
     """The parsed options of ``portd listen`` (a plain class: no dataclass import cost)."""
@@ -35,6 +41,7 @@ class ListenOptions:
         self.protocol: ProtocolName = self.endpoint.protocol
         self.families = address_families(args.ipv4, args.ipv6)
         self.keep: bool = args.keep
+        self.max_clients: int = getattr(args, "max_clients", DEFAULT_MAX_CLIENTS)
         self.verbose: bool = args.verbose
         self.port_file: str | None = args.port_file
         self.policy = EofPolicy(args.close_on_eof, args.quit_after, not args.no_stdin)
@@ -68,10 +75,41 @@ def announce(addresses: Sequence[Any], protocol: str, port_file: str | None) -> 
     where = ", ".join(str(address) for address in addresses)
     print(f"listening on {where} ({protocol})", file=sys.stderr, flush=True)
     if port_file:
-        temporary = f"{port_file}.{os.getpid()}.tmp"
-        with open(temporary, "w", encoding="ascii") as file:  # noqa: PTH123 - start-up time
-            file.write(f"{getattr(addresses[0], 'port', 0)}\n")
-        os.replace(temporary, port_file)  # noqa: PTH105 - readers never see a half-written file
+        write_port_file(port_file, getattr(addresses[0], "port", 0))
+
+
+PORT_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def write_port_file(path: str, port: int) -> None:
+    """Write ``port`` to ``path`` atomically, never through a planted file or symlink.
+
+    The temporary is created exclusively (O_EXCL|O_NOFOLLOW: an entry someone put there
+    first, a symlink included, is never opened) under an unpredictable name in the
+    target's directory, then renamed over ``path`` (a symlink at ``path`` itself is
+    replaced, not followed).
+
+    Raises:
+        UsageError: the file cannot be written (one line naming it).
+    """
+    import secrets
+
+    from portd.errors import UsageError
+
+    directory, _, name = path.rpartition("/")
+    temporary = f"{directory}{'/' if directory else ''}.{name}.{secrets.token_hex(8)}.tmp"
+    try:
+        fd = os.open(temporary, PORT_FILE_FLAGS, 0o644)
+        try:
+            os.write(fd, f"{port}\n".encode("ascii"))
+        finally:
+            os.close(fd)
+        os.replace(temporary, path)  # noqa: PTH105 - readers never see a half-written file
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        with contextlib.suppress(OSError, ValueError):
+            os.unlink(temporary)  # noqa: PTH108
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+        raise UsageError(f"--port-file {path!r}: cannot write it: {reason}") from None
 
 
 def run_listen(options: ListenOptions) -> int:
@@ -160,17 +198,46 @@ class _Clients:
         self.message: str | None = None
 
     def accept_forever(self, sockets: list[socket.socket]) -> None:
-        """Accept and serve until the process ends (the sockets may close under us then)."""
-        with contextlib.suppress(OSError, ValueError):
-            while True:
-                self.add(*_accept_one(sockets, self.options.endpoint))
+        """Accept and serve until the process ends (the sockets may close under us then).
+
+        Out of descriptors, it waits and accepts again (clients wait in the backlog); a
+        client it cannot serve is refused with an RST and a line, never dropped silently.
+        """
+        while True:
+            try:
+                conn, peer = _accept_one(sockets, self.options.endpoint)
+            except (ValueError, OSError) as exc:
+                if isinstance(exc, ValueError) or exc.errno == errno.EBADF:
+                    return  # the sockets were closed: the process is ending
+                self._report(f"portd: accept failed: {exc.strerror}; retrying", always=True)
+                time.sleep(ACCEPT_RETRY_S)  # a back-off, not a readiness wait
+                continue
+            self.add(conn, peer)
 
     def add(self, conn: socket.socket, peer: str) -> None:
         with self.lock:
-            self.clients.add(conn)
+            full = len(self.clients) >= self.options.max_clients
+            if not full:
+                self.clients.add(conn)
+        if full:
+            self._refuse(conn, peer, f"{self.options.max_clients} clients already (--max-clients)")
+            return
+        try:
+            threading.Thread(target=self._pump, args=(conn, peer), daemon=True).start()
+        except RuntimeError:  # can't start new thread: RLIMIT_NPROC, cgroup pids.max
+            with self.lock:
+                self.clients.discard(conn)
+            self._refuse(conn, peer, "no thread could be started for it (a thread limit?)")
+            return
+        with self.lock:  # only now: a refused client must read a reset, not this EOF
             if self.stdin_done:
                 _half_close(conn)
-        threading.Thread(target=self._pump, args=(conn, peer), daemon=True).start()
+
+    def _refuse(self, conn: socket.socket, peer: str, why: str) -> None:
+        with contextlib.suppress(OSError):
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET_ON_CLOSE)
+        conn.close()
+        self._report(f"portd: refused {peer}: {why}", always=True)
 
     def _pump(self, conn: socket.socket, peer: str) -> None:
         self._report(f"connection from {peer}")
@@ -202,9 +269,10 @@ class _Clients:
                 self.status, self.message = status, message
                 self.ended.set()
 
-    def _report(self, line: str) -> None:
-        """-v: one line; print() writes text and newline separately, so threads take turns."""
-        if self.options.verbose:
+    def _report(self, line: str, always: bool = False) -> None:
+        """-v (or ``always``): one line; print() writes text and newline separately, so
+        threads take turns."""
+        if self.options.verbose or always:
             with self.stderr_lock:
                 print(line, file=sys.stderr, flush=True)
 

@@ -169,6 +169,7 @@ class FakeConnection:
         self.reading = True
         self.eof_sent = False
         self.ending: str | None = None
+        self.reason = ""  # what reset() was told
         self.tasks: list[asyncio.Task[Any]] = []
 
     @property
@@ -231,9 +232,10 @@ class FakeConnection:
         """Record an abort."""
         self.ending = self.ending or "abort"
 
-    def reset(self) -> None:
-        """Record a reset."""
+    def reset(self, reason: str = "") -> None:
+        """Record a reset (and its reason, for the connection_closed line)."""
         self.ending = self.ending or "reset"
+        self.reason = self.reason or reason
 
     def pause_reading(self) -> None:
         """Record that reading stopped."""

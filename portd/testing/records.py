@@ -152,9 +152,17 @@ class Records:
             return tuple(items)
 
     async def wait_async(self, kind: str, count: int, timeout_s: float) -> tuple[Any, ...]:
-        """Like :meth:`wait`, without blocking the running asyncio loop."""
+        """Like :meth:`wait`, without blocking the running loop: asyncio's, or any other
+        anyio backend's (trio), which waits in a worker thread."""
         items = self._list(kind)
-        loop = asyncio.get_running_loop()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not asyncio: trio, through anyio
+            import anyio
+
+            return await anyio.to_thread.run_sync(
+                self.wait, kind, count, timeout_s, abandon_on_cancel=True
+            )
         deadline = loop.time() + timeout_s
         while True:
             with self._lock:

@@ -76,8 +76,9 @@ def build_config(spec: ServeSpec) -> ListenerConfig:
 def config_for_class(handler: type[Handler], table: Mapping[str, Any]) -> ListenerConfig:
     """A listener served by a Handler class that need not be registered.
 
-    The listener keys are checked by the config loader (as an echo listener), the
-    handler's options against its declared Options.
+    The listener keys are checked by the config loader (as a blackhole listener, which
+    serves both protocols and sets no limits of its own), the handler's options against
+    its declared Options; the handler's default limits apply where the table sets none.
 
     Raises:
         ConfigError: every problem, one line each.
@@ -90,7 +91,7 @@ def config_for_class(handler: type[Handler], table: Mapping[str, Any]) -> Listen
 
     listener_keys = {option.name for option in LISTENER_OPTIONS}
     base = {key: value for key, value in table.items() if key in listener_keys}
-    config = parse_config({"listener": [{**base, "handler": "echo"}]}, SOURCE).listeners[0]
+    config = parse_config({"listener": [{**base, "handler": "blackhole"}]}, SOURCE).listeners[0]
     known = {option.name: option for option in handler.options}
     settings = defaults(handler.options)
     problems = []
@@ -112,7 +113,10 @@ def config_for_class(handler: type[Handler], table: Mapping[str, Any]) -> Listen
     if problems:
         raise ConfigError([f"{SOURCE}: handler {handler.name!r}: {line}" for line in problems])
     name = table.get("name") or default_name(handler.name, config.endpoint)
-    return replace(config, name=name, handler=handler, settings=settings)
+    limits = config.limits._replace(
+        **{key: value for key, value in handler.default_limits.items() if key not in table}
+    )
+    return replace(config, name=name, handler=handler, settings=settings, limits=limits)
 
 
 class Running:
@@ -157,7 +161,7 @@ class Running:
                     await asyncio.wait_for(listener.wait_idle(), grace_s)
                 held = release_finished(listener)
             self.leaked_connections = [describe_connection(conn) for conn in held]
-            listener.abort_connections()
+            listener.abort_connections(reset=False)
             for _ in range(LOOP_TURNS_AFTER_ABORT):
                 await asyncio.sleep(0)
         finally:
@@ -166,7 +170,7 @@ class Running:
     def close_now(self) -> None:
         """Abort connections and close sockets and handler at once (idempotent)."""
         if self.listener is not None:
-            self.listener.abort_connections()
+            self.listener.abort_connections(reset=False)
             self.listener.close()
         for sock in self.sockets:
             sock.close()

@@ -246,7 +246,7 @@ def test_format_host_port_brackets_ipv6_only(host: str, port: int, text: str) ->
     ["*:80", "127.0.0.1:0", "[::1]:80", "[fe80::1%lo]:80", "localhost:7"],
 )
 def test_str_of_a_spec_parses_back_to_the_same_spec(text: str) -> None:
-    """str(BindSpec) is itself valid bind text for the same spec."""
+    """str(InetEndpoint) is itself valid bind text for the same endpoint."""
     spec = parse_inet(text)
     assert str(spec) == text
     assert parse_inet(str(spec)) == spec

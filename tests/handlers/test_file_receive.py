@@ -27,6 +27,7 @@ StartDaemon = Callable[..., Daemon]
 LOOPS = pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
 DEFAULT_NAME = re.compile(r"\d{8}T\d{6}\.\d{6}Z_127\.0\.0\.1-\d+_\d+")
 CONDITION_TIMEOUT_S = 15.0
+KEEP_EMPTY = "keep_empty = true\nmin_free_bytes = 0\n"
 
 
 def receive_listener(directory: Path, extra: str = "", name: str = "up") -> str:
@@ -111,7 +112,7 @@ def test_large_and_empty_files_arrive_byte_exact_with_their_sha256_logged(
     start_daemon: StartDaemon, tmp_path: Path, loop: str
 ) -> None:
     directory = tmp_path / "in"
-    daemon = start_daemon(f'[daemon]\nloop = "{loop}"\n' + receive_listener(directory))
+    daemon = start_daemon(f'[daemon]\nloop = "{loop}"\n' + receive_listener(directory, KEEP_EMPTY))
     port = daemon.ready()["up"]
     large = os.urandom(64 << 20)
     assert upload(port, large) == b""
@@ -392,7 +393,8 @@ def test_a_drain_lets_a_transfer_finish_and_removes_one_cut_at_the_timeout(
         daemon.wait_for("shutdown_started")
         done.shutdown(socket.SHUT_WR)
         assert done.recv(1) == b""
-        assert slow.recv(1) == b""  # closed by portd once the timeout passed
+        with pytest.raises(ConnectionResetError):  # cut by portd once the timeout passed
+            slow.recv(1)
     assert daemon.wait() == 0
     assert daemon.wait_for("file_failed")["reason"] == "aborted"
     assert list(contents(directory).values()) == [finishing]
@@ -456,3 +458,111 @@ def test_nc_sends_a_file_that_arrives_with_the_same_sha256(
     expected = sha256(source.read_bytes())
     assert received["sha256"] == expected
     assert sha256((directory / received["name"]).read_bytes()) == expected
+
+
+def connection_errors(daemon: Daemon, count: int = 1) -> list[str | None]:
+    """The ``error`` of the first ``count`` connection_closed lines (logged before or after
+    file_failed, as the worker thread and the loop meet)."""
+    wait_until(lambda: len(events(daemon, "connection_closed")) >= count, "connections closed")
+    return [event["error"] for event in events(daemon, "connection_closed")]
+
+
+def ends_with_reset(sock: socket.socket) -> bool:
+    """True when the peer (portd) ended the connection with an RST, not a FIN."""
+    sock.settimeout(30)
+    try:
+        while sock.recv(65536):
+            pass
+    except ConnectionResetError:
+        return True
+    return False
+
+
+@LOOPS
+def test_probes_that_send_no_byte_store_no_file(
+    start_daemon: StartDaemon, tmp_path: Path, loop: str
+) -> None:
+    """nc -z, portd scan and health checks each left a durable 0-byte file."""
+    directory = tmp_path / "in"
+    daemon = start_daemon(f'[daemon]\nloop = "{loop}"\n' + receive_listener(directory))
+    port = daemon.ready()["up"]
+    for _ in range(20):
+        socket.create_connection(("127.0.0.1", port), timeout=10).close()  # FIN, no byte
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")  # RST
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as held:
+        wait_until(lambda: len(events(daemon, "file_empty")) >= 21, "21 probes were logged")
+        assert list(directory.iterdir()) == []  # nothing on disk, not even a temporary
+        held.shutdown(socket.SHUT_WR)
+        assert held.recv(1) == b""  # an empty connection ends normally: nothing failed
+    empty = [daemon.wait_for("file_empty") for _ in range(22)]
+    assert sorted({e["ended_by"] for e in empty}) == ["connection_lost", "eof"]
+    assert events(daemon, "file_received") == events(daemon, "file_failed") == []
+    assert contents(directory) == {}
+
+
+def test_keep_empty_stores_a_connection_without_a_byte_as_an_empty_file(
+    start_daemon: StartDaemon, tmp_path: Path
+) -> None:
+    directory = tmp_path / "in"
+    daemon = start_daemon(receive_listener(directory, KEEP_EMPTY))
+    assert upload(daemon.ready()["up"], b"") == b""
+    received = daemon.wait_for("file_received")
+    assert received["bytes"] == 0
+    assert contents(directory) == {received["name"]: b""}
+
+
+@LOOPS
+def test_a_size_cap_rejection_is_an_rst_named_in_the_log_without_a_traceback(
+    start_daemon: StartDaemon, tmp_path: Path, loop: str
+) -> None:
+    """uvloop: conn.reset() after the transport closed raised ValueError in a callback."""
+    directory = tmp_path / "in"
+    daemon = start_daemon(
+        f'[daemon]\nloop = "{loop}"\n'
+        + receive_listener(directory, "max_bytes = 1000\nmin_free_bytes = 0")
+    )
+    port = daemon.ready()["up"]
+    for count in range(1, 4):
+        upload_refused(port, os.urandom(64 << 10))
+        assert daemon.wait_for("file_failed")["reason"] == "max_bytes"
+        assert connection_errors(daemon, count) == ["file_failed: max_bytes"] * count
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait() == 0
+    assert not [line for line in daemon.lines if "Traceback" in line or "ValueError" in line]
+    assert events(daemon, "loop_error") == []
+
+
+@LOOPS
+def test_an_upload_cut_by_the_idle_timeout_ends_with_an_rst(
+    start_daemon: StartDaemon, tmp_path: Path, loop: str
+) -> None:
+    """It ended with a FIN, so nc and socat exited 0 with nothing stored."""
+    directory = tmp_path / "in"
+    daemon = start_daemon(
+        f'[daemon]\nloop = "{loop}"\n'
+        + receive_listener(directory, "idle_timeout_s = 0.5\nmin_free_bytes = 0")
+    )
+    with open_upload(daemon.ready()["up"], b"half an upload") as sock:
+        assert ends_with_reset(sock)
+    failed = daemon.wait_for("file_failed")
+    assert (failed["reason"], failed["bytes"]) == ("aborted", len(b"half an upload"))
+    assert connection_errors(daemon) == ["idle_timeout"]
+    assert contents(directory) == {}
+
+
+@LOOPS
+def test_an_upload_cut_at_the_end_of_the_drain_ends_with_an_rst(
+    start_daemon: StartDaemon, tmp_path: Path, loop: str
+) -> None:
+    directory = tmp_path / "in"
+    daemon = start_daemon(
+        f'[daemon]\nloop = "{loop}"\nshutdown_timeout_s = 0.2\n' + receive_listener(directory)
+    )
+    with open_upload(daemon.ready()["up"], b"never finished") as sock:
+        wait_until(partial_holds(directory, len(b"never finished")), "the temporary has it")
+        daemon.signal(signal.SIGTERM)
+        assert ends_with_reset(sock)
+    assert daemon.wait() == 0
+    assert daemon.wait_for("file_failed")["reason"] == "aborted"
+    assert connection_errors(daemon) == ["cut at the end of the drain"]

@@ -54,8 +54,8 @@ class FakeConnection(kit.FakeConnection):
         super().abort()
         self.ended.set()
 
-    def reset(self) -> None:
-        super().reset()
+    def reset(self, reason: str = "") -> None:
+        super().reset(reason)
         self.ended.set()
 
     def resume_reading(self) -> None:

@@ -30,7 +30,7 @@ OK_HEAD = (
     b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: 17\r\n"
 )
 OK = OK_HEAD + b"\r\n" + BODY
-ALLOWED_STATUSES = {200, 400, 405, 408, 414, 431, 505}
+ALLOWED_STATUSES = {200, 400, 405, 408, 413, 414, 431, 505}
 
 
 def make_handler(**settings: Any) -> HttpHelloHandler:
@@ -238,8 +238,8 @@ ERRORS = [
     (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
     (b"GET / HTTP/1.0\r\nHost: a\r\nHost: a\r\n\r\n", 400),
     (b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400),
-    (b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nab", 400),
-    (b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nab", 413),
+    (b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 413),
     (b"GET / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
 ]
 

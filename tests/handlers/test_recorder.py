@@ -3,6 +3,7 @@ comes when asked (connect, first data, eof), over TCP and UDP."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from typing import Any
 
@@ -81,7 +82,7 @@ def test_replies_like_a_tiny_http_server(portd_server: ServerFactory) -> None:
 
 def test_records_datagrams_with_their_peer() -> None:
     with (
-        serve("recorder", protocol="udp", reply="got it") as server,
+        serve("recorder", protocol="udp", reply="got it", amplify=True) as server,
         socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client,
     ):
         client.settimeout(5)
@@ -92,3 +93,61 @@ def test_records_datagrams_with_their_peer() -> None:
             assert client.recv(64) == b"got it"
         records = server.wait_datagrams(3)
     assert [(r.peer, r.payload) for r in records] == [(peer, b"one"), (peer, b""), (peer, b"three")]
+
+
+LOOPS = pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+
+
+@LOOPS
+def test_a_udp_reply_larger_than_the_request_is_not_sent(loop: str) -> None:
+    """A 1,000-byte reply answered every 1-byte datagram: a spoofed source's amplifier."""
+    reply = "r" * 1000
+    with (
+        serve("recorder", protocol="udp", reply=reply, loop=loop) as server,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client,
+    ):
+        client.settimeout(5)
+        for _ in range(20):
+            client.sendto(b"?", server.address)
+        client.sendto(b"x" * 1000, server.address)  # as large as the reply: answered
+        assert client.recv(2000) == reply.encode()
+        assert len(server.wait_datagrams(21)) == 21  # recorded all the same
+        client.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            client.recv(2000)  # the 20 small requests got nothing
+
+
+@LOOPS
+def test_amplify_sends_larger_replies_at_most_reply_rate_per_source(loop: str) -> None:
+    with (
+        serve(
+            "recorder", protocol="udp", reply="r" * 1000, amplify=True, reply_rate=5, loop=loop
+        ) as server,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other,
+    ):
+        other.bind(("127.0.0.2", 0))
+        for _ in range(50):
+            client.sendto(b"?", server.address)
+        other.sendto(b"?", server.address)
+        server.wait_datagrams(51)
+        other.settimeout(5)
+        assert other.recv(2000) == b"r" * 1000  # another source has its own budget
+        client.setblocking(False)
+        replies = 0
+        with contextlib.suppress(BlockingIOError):
+            while client.recv(2000):
+                replies += 1
+    assert 5 <= replies <= 7  # the burst, plus what the rate refilled meanwhile
+
+
+def test_dropped_replies_are_logged_with_a_true_count() -> None:
+    endpoint = RecordingEndpoint()
+    handler = RecorderHandler({**defaults(RecorderHandler.options), "reply": "longer"})
+    for _ in range(30):
+        handler.datagram_received(b"?", inet_peer(("127.0.0.1", 9999)), endpoint)
+    handler.close()
+    assert endpoint.sent == []
+    dropped = endpoint.log.named("reply_dropped")
+    assert {e["reason"] for e in dropped} == {"larger_than_request"}
+    assert sum(e["count"] for e in dropped) == 30

@@ -229,3 +229,41 @@ def test_sizes_take_units() -> None:
     table = {"bind": "127.0.0.1:0", "handler": "bandwidth", "bytes_per_s": "10KiB"}
     (listener,) = parse_config({"listener": [table]}, "t.toml").listeners
     assert listener.settings["bytes_per_s"] == 10240
+
+
+def test_slicer_without_a_delay_does_bounded_work_per_turn_and_copies_nothing() -> None:
+    """delay_s = 0 sent every piece in one call, copying the rest of the reply each time:
+    the loop was held ~1.8 s per 256 KiB."""
+    from portd.handlers.shaping import PIECES_PER_TURN
+
+    session, conn, clock = paced("slicer", piece_bytes=1, delay_s=0)
+    data = bytes(range(256)) * 256
+    session.data_received(data)
+    assert len(conn.chunks) == PIECES_PER_TURN  # then it yielded...
+    assert [t.when for t in clock.timers if not t.cancelled] == [clock.now]  # ...due at once
+    clock.run()
+    assert conn.written == data
+    assert all(len(piece) == 1 for piece in conn.chunks)
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_slicer_without_a_delay_leaves_other_clients_served_at_once(
+    portd_server: ServerFactory, loop: str
+) -> None:
+    server = portd_server("slicer", piece_bytes=1, delay_s=0, loop=loop)
+    payload = bytes(256 << 10)
+    with (
+        socket.create_connection(server.address, timeout=10) as bulk,
+        socket.create_connection(server.address, timeout=10) as probe,
+    ):
+        bulk.sendall(payload)
+        bulk.recv(1)  # the slicing is under way
+        worst = 0.0
+        received = 1
+        while received < len(payload):
+            started = time.monotonic()
+            probe.sendall(b"p")
+            assert probe.recv(1) == b"p"
+            worst = max(worst, time.monotonic() - started)
+            received += len(bulk.recv(1 << 20))
+    assert worst < 0.75, f"another client waited {worst:.2f} s for one echoed byte"  # was 2+ s

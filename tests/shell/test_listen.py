@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.processes import Process, Spawner, read_to_eof, tcp_client, write_payload
-from tests.support import require_tool
+from tests.support import PORTD, require_tool
 
 SIZES = pytest.mark.parametrize("size", [0, 1 << 20], ids=["empty", "1MiB"])
 TOTALS = r"received (\d+) bytes sha256 ([0-9a-f]{64}); sent (\d+) bytes sha256 ([0-9a-f]{64}); "
@@ -409,3 +409,117 @@ def test_no_stdin_ends_with_the_peer_even_while_stdin_stays_open(spawn: Spawner)
         assert read_to_eof(client) == b""
     assert listen.wait() == 0
     assert listen.output == b"one way\n"
+
+
+def test_port_file_never_follows_a_symlink_another_user_planted(
+    spawn: Spawner, public_dir: Path
+) -> None:
+    """portd wrote FILE.<pid>.tmp with a plain open: nobody could plant that name as a
+    symlink to a file root owns, and root's portd clobbered it."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to plant the link as another user")
+    setpriv = require_tool("setpriv")
+    shared = public_dir / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # writable by the other user too (not sticky)
+    victim = public_dir / "victim"
+    victim.write_text("root's data\n")
+    port_file = shared / "port"
+    # The shell's pid is the one portd will have after exec: plant the link at that name.
+    script = (
+        f'{setpriv} --reuid=65534 --regid=65534 --clear-groups ln -s {victim} "{port_file}.$$.tmp"'
+        f' && exec "$@"'
+    )
+    listen = spawn(
+        "sh", "-c", script, "sh", *PORTD, "listen", "--port-file", str(port_file), "127.0.0.1:0"
+    )
+    port = listen.port()
+    with tcp_client(port) as client:
+        client.sendall(b"x")
+    assert listen.wait() == 0, listen.stderr
+    assert victim.read_text() == "root's data\n"
+    assert not port_file.is_symlink()
+    assert port_file.read_text(encoding="ascii") == f"{port}\n"
+    assert [p.name for p in shared.iterdir() if not p.is_symlink()] == ["port"]
+
+
+def test_an_unwritable_port_file_is_one_line_and_exit_64(spawn: Spawner, tmp_path: Path) -> None:
+    listen = spawn.portd("listen", "--port-file", str(tmp_path / "missing" / "port"), "127.0.0.1:0")
+    assert listen.wait() == 64
+    assert listen.lines[-1] == (
+        f"portd: --port-file '{tmp_path}/missing/port': cannot write it: No such file or directory"
+    )
+    assert "Traceback" not in listen.stderr
+
+
+def served_client(port: int) -> socket.socket | None:
+    """A connected client that -k serves, or None when portd refused it with an RST.
+
+    stdin is /dev/null, so portd half-closes each client it serves at once: a served
+    client reads EOF, a refused one a reset.
+    """
+    try:
+        client = tcp_client(port)
+    except ConnectionResetError:  # reset before connect() returned
+        return None
+    try:
+        client.sendall(b"x")
+        if client.recv(1) == b"":
+            return client
+    except (ConnectionResetError, BrokenPipeError):
+        pass
+    client.close()
+    return None
+
+
+def test_keep_refuses_clients_past_max_clients_with_a_reset_and_a_line(spawn: Spawner) -> None:
+    """-k started a thread per client without bound; past the limit their data was lost."""
+    listen = spawn.portd("listen", "-k", "-v", "--max-clients", "2", "127.0.0.1:0")
+    port = listen.port()
+    first, second = served_client(port), served_client(port)
+    assert first is not None
+    assert second is not None
+    assert served_client(port) is None
+    listen.expect(r"^portd: refused 127\.0\.0\.1:\d+: 2 clients already \(--max-clients\)$")
+    peer = f"127.0.0.1:{first.getsockname()[1]}"
+    first.close()
+    listen.expect(f"^connection from {peer} closed$")
+    third = served_client(port)  # a place is free again
+    assert third is not None
+    for client in (second, third):
+        client.close()
+    listen.expect_output(3)
+    listen.interrupt()
+    assert listen.wait() == 130
+    assert bytes(listen.output) == b"xxx"
+    assert "Traceback" not in listen.stderr
+
+
+def test_keep_at_the_thread_limit_refuses_instead_of_losing_data(
+    spawn: Spawner, public_dir: Path
+) -> None:
+    """At RLIMIT_NPROC the accept thread died and later clients' data vanished."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run portd as a user of its own with a thread limit")
+    setpriv, prlimit = require_tool("setpriv"), require_tool("prlimit")
+    uid = "61999"  # no other process of this uid runs, so the limit counts portd's alone
+    listen = spawn(
+        prlimit, "--nproc=6", setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+        *PORTD, "listen", "-k", "127.0.0.1:0", cwd=public_dir,
+    )  # fmt: skip
+    port = listen.port()
+    held: list[socket.socket] = []
+    try:
+        while (client := served_client(port)) is not None:  # each one holds a thread
+            held.append(client)
+            assert len(held) < 10, f"the thread limit never bit: {listen.stderr}"
+        listen.expect(r"^portd: refused 127\.0\.0\.1:\d+: no thread could be started")
+        held.pop().close()  # the accept thread lives on: a freed thread serves the next
+        deadline = time.monotonic() + 10
+        while (client := served_client(port)) is None:
+            assert time.monotonic() < deadline, listen.stderr
+        held.append(client)
+        assert "Traceback" not in listen.stderr
+    finally:
+        for client in held:
+            client.close()

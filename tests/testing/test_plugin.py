@@ -134,6 +134,11 @@ import pytest
 pytestmark = pytest.mark.anyio
 
 
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request):
+    return request.param
+
+
 async def test_echo(echo_server):
     async with await anyio.connect_tcp(echo_server.host, echo_server.port) as client:
         await client.send(b"anyio")
@@ -151,8 +156,10 @@ async def test_stall_times_out(stall_server):
 
 
 def test_fixtures_in_anyio_tests(project: pytest.Pytester) -> None:
+    """Under trio, wait_connections_async failed with "no running event loop"."""
+    pytest.importorskip("trio")
     project.makepyfile(test_anyio=ANYIO_TESTS)
-    project.runpytest().assert_outcomes(passed=2)
+    project.runpytest().assert_outcomes(passed=4)  # asyncio and trio
 
 
 LEAKY_TESTS = """
@@ -312,3 +319,30 @@ def test_the_plugin_imports_nothing_heavy() -> None:
         [sys.executable, "-c", check], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.strip() == "[]"
+
+
+SETUP_FAILS = """
+import socket
+
+import pytest
+
+
+@pytest.fixture
+def client(echo_server):
+    sock = socket.create_connection(echo_server.address, timeout=5)
+    raise RuntimeError("setup went wrong")  # the client socket is left open
+
+
+def test_uses_it(client):
+    pass
+"""
+
+
+def test_a_fixture_that_fails_in_setup_gets_no_second_leak_report(
+    project: pytest.Pytester,
+) -> None:
+    project.makepyfile(test_setup=SETUP_FAILS)
+    result = project.runpytest()
+    result.assert_outcomes(errors=1)
+    assert "setup went wrong" in result.stdout.str()
+    assert "leaked" not in result.stdout.str()

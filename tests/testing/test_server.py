@@ -7,7 +7,8 @@ import asyncio
 import logging
 import socket
 import threading
-from typing import Any
+import time
+from typing import Any, ClassVar
 
 import anyio
 import pytest
@@ -257,3 +258,22 @@ def test_asyncio_run_inside_a_test_is_unaffected() -> None:
     """The server's private loop is never set as the thread's current loop."""
     with serve() as server:
         assert asyncio.run(echo_roundtrip_async(server)) == b"ping"
+
+
+def test_a_handler_class_default_idle_timeout_cuts_a_silent_client() -> None:
+    """Handler-declared limits reach the listener through serve() too."""
+    from portd.handlers.echo import EchoHandler
+
+    class QuickEcho(EchoHandler):
+        name = "quick-echo"
+        default_limits: ClassVar[dict[str, Any]] = {"idle_timeout_s": 0.3}
+
+    with serve(QuickEcho) as server, socket.create_connection(server.address, timeout=5) as c:
+        started = time.monotonic()
+        with pytest.raises(ConnectionResetError):
+            c.recv(1)
+        assert 0.3 <= time.monotonic() - started < 2.0
+        (record,) = server.wait_connections(1)
+        assert record.how_it_ended == "idle_timeout"
+    with serve(QuickEcho, idle_timeout_s=0) as server:
+        assert server.running.config.limits.idle_timeout_s == 0

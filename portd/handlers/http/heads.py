@@ -7,6 +7,9 @@ and measures the header section, on bytes only; the session decides when to call
 
 Limits (bytes, CRLF excluded unless said):
 
+- empty lines before a request line: 16 bytes of CR and LF (400 beyond; RFC 9112 §2.2
+  asks to ignore "at least one", and a flood of them must not cost more than junk)
+
 - request line: 8192 (414 above)
 - one field line (``Name: value``): 8192 (431 above)
 - the field section, every field line with its CRLF: 16384 (431 above)
@@ -20,6 +23,7 @@ import re
 from httptools import HttpParserError, HttpParserInvalidMethodError, HttpParserInvalidURLError
 
 MAX_LINE = 8192
+MAX_EMPTY_LINE_BYTES = 16
 MAX_FIELDS_BYTES = 16384
 MAX_FIELDS = 100
 # No field section under this size can hold more than MAX_FIELDS fields ("a:" CRLF each).
@@ -33,6 +37,14 @@ REQUEST_LINE = re.compile(_TOKEN + b" " + _TARGET + rb" HTTP/[0-9]\.[0-9]")
 REQUEST_LINE_PREFIX = re.compile(
     _TOKEN + rb"(?: [\x21-\x7e]*(?: (?:H(?:T(?:T(?:P(?:/(?:[0-9](?:\.[0-9]?)?)?)?)?)?)?)?)?)?"
 )
+# RFC 9112 §3.2: origin-form (absolute-path ["?" query]) or absolute-form; every "%"
+# starts a two-digit escape. A fragment is tolerated (llhttp and nginx accept one).
+_PCHARS = rb"(?:[-A-Za-z0-9._~!$&'()*+,;=:@/?]|%[0-9A-Fa-f]{2})*"
+_AUTHORITY = rb"(?:[-A-Za-z0-9._~!$&'()*+,;=:@\[\]]|%[0-9A-Fa-f]{2})+"
+REQUEST_TARGET = re.compile(
+    rb"(?:/" + _PCHARS + rb"|[A-Za-z][-A-Za-z0-9+.]*://" + _AUTHORITY + rb"(?:[/?]" + _PCHARS
+    + rb")?)(?:#" + _PCHARS + rb")?"
+)  # fmt: skip
 # RFC 3986 host [":" port] characters: unreserved, sub-delims, "%", ":", "[", "]".
 HOST_CHARS = b"-._~!$&'()*+,;=%:[]0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
@@ -57,11 +69,18 @@ def judge_request_line(buf: bytes, start: int, end: int, error: HttpParserError 
     version = _judge_version(buf, start, end, error)
     if version >= 400:
         return version
+    method_end = buf.find(b" ", start, end)
     if buf.startswith(b"GET ", start):
-        return version
+        return version if is_valid_target(buf, method_end + 1, end - 9) else 400
     if buf.startswith(b"HEAD ", start):
-        return version | HEAD
-    return 405
+        return version | HEAD if is_valid_target(buf, method_end + 1, end - 9) else 400
+    return 405  # "*" (OPTIONS) and host:port (CONNECT) forms belong to methods not served
+
+
+def is_valid_target(buf: bytes, start: int, end: int) -> bool:
+    """True when ``buf[start:end]`` is an origin-form or absolute-form request target
+    (``GET *`` and ``GET /%zz`` are not: 400, as RFC 9112 §3.2 asks)."""
+    return REQUEST_TARGET.fullmatch(buf, start, end) is not None
 
 
 def _judge_version(buf: bytes, start: int, end: int, error: HttpParserError | None) -> int:

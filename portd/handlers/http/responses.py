@@ -18,12 +18,15 @@ REASONS = {
     400: "Bad Request",
     405: "Method Not Allowed",
     408: "Request Timeout",
+    413: "Content Too Large",
     414: "URI Too Long",
     431: "Request Header Fields Too Large",
     503: "Service Unavailable",
     505: "HTTP Version Not Supported",
 }
 ALLOW = b"Allow: GET, HEAD\r\n"
+STREAMED_BODY_BYTES = 64 << 10  # larger bodies go out piece by piece, as the peer reads
+BODY_PIECE_BYTES = 64 << 10
 
 # How a response ends the exchange; the index into the prebuilt variants is kind * 2 + head.
 KEEP_ALIVE = 0  # HTTP/1.1 default: no Connection header needed
@@ -51,12 +54,17 @@ def http_date(now: float) -> bytes:
 class Responses:
     """Every response one handler sends, for its body, content type and Server header."""
 
-    __slots__ = ("_body", "_clock", "_expires", "_fixed", "_ok", "_server")
+    __slots__ = ("_body", "_clock", "_expires", "_fixed", "_ok", "_server", "body", "streamed")
 
     def __init__(
         self, body: bytes, content_type: str, server: str, clock: Callable[[], float] = time.time
     ) -> None:
         self._body = body
+        # A large body is not copied into every connection's send queue (asyncio copies
+        # what it queues): ok() then gives the head only, and the session writes
+        # ``body`` in pieces as the peer reads.
+        self.streamed = len(body) > STREAMED_BODY_BYTES
+        self.body = memoryview(body)
         self._server = f"Server: {server}\r\n".encode("ascii") if server else b""
         self._fixed = f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n".encode(
             "ascii"
@@ -78,7 +86,7 @@ class Responses:
         variants = []
         for connection in _CONNECTION:
             head = start + self._fixed + connection + b"\r\n"
-            variants += [head + self._body, head]
+            variants += [head if self.streamed else head + self._body, head]
         self._ok = tuple(variants)
 
     def error(self, status: int, head: int = 0) -> bytes:
