@@ -200,11 +200,21 @@ def _add_shell_commands(commands: Any) -> None:
     scan.set_defaults(run=run_scan)
 
     ports = commands.add_parser(
-        "ports", usage="%(prog)s [options]", help="every listening socket here, like ss -ltnup"
+        "ports",
+        usage="%(prog)s [options]",
+        help="every listening socket here, like ss -ltnup",
+        description="Sockets of this host, like ss -ltnup (-a: ss -tuanp, -x: ss -lxp).",
+        epilog="exit codes: 0 listed, 1 no such --pid, 64 bad arguments, "
+        "69 the kernel's tables are unreadable, 77 --pid of another user's process",
     )
     ports.add_argument("--tcp", action="store_true", help="TCP only")
     ports.add_argument("--udp", action="store_true", help="UDP only")
+    ports.add_argument("-x", "--unix", action="store_true", help="unix-domain sockets instead")
+    ports.add_argument(
+        "-a", "--all", action="store_true", help="every state: connections too (ss -a)"
+    )
     ports.add_argument("--port", type=_port, metavar="N", help="only port N")
+    ports.add_argument("--pid", type=_count, metavar="N", help="only sockets process N holds")
     ports.add_argument("--json", action="store_true", help="machine-readable output")
     ports.set_defaults(run=run_ports)
 
@@ -433,12 +443,15 @@ def run_scan(args: argparse.Namespace) -> int:
 
 def run_ports(args: argparse.Namespace) -> int:
     """``portd ports``."""
+    from portd.inspect.ports import PortsQuery
     from portd.inspect.ports import run_ports as ports
 
+    if args.unix and (args.tcp or args.udp or args.port is not None):
+        raise UsageError("-x lists unix sockets: --tcp, --udp and --port do not apply")
     protocols: tuple[Protocol, ...] = ("tcp", "udp")
     if args.tcp != args.udp:
         protocols = ("tcp",) if args.tcp else ("udp",)
-    return ports(protocols, args.port, args.json)
+    return ports(PortsQuery(protocols, args.port, args.pid, args.all, args.unix, args.json))
 
 
 def run_services(args: argparse.Namespace) -> int:

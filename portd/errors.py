@@ -81,3 +81,33 @@ class HandlerError(PortdError):
     """A handler name that no built-in or installed package provides."""
 
     exit_code = EX_CONFIG
+
+
+class ConnectError(PortdError):
+    """connect: the peer refused, did not answer in time, or was not reachable: exit 1, as nc."""
+
+    exit_code = 1
+
+
+class ServiceNotFoundError(PortdError):
+    """No /etc/services entry for a name or port."""
+
+    exit_code = 1
+
+
+class DiagnosisError(PortdError):
+    """doctor/ports: the kernel's tables or the host's addresses could not be read at all."""
+
+    exit_code = EX_UNAVAILABLE
+
+
+class ProcessNotFoundError(PortdError):
+    """ports --pid: no process has that pid: exit 1, as ps -p does."""
+
+    exit_code = 1
+
+
+class NotPermittedError(PortdError):
+    """An inspection of another user's process without root."""
+
+    exit_code = EX_NOPERM

@@ -7,18 +7,10 @@ import sys
 from typing import Any
 
 from portd.binds import Protocol, format_host_port, parse_port
-from portd.errors import HostNotFoundError, PortdError
+from portd.errors import ConnectError, HostNotFoundError
 from portd.shell.listen import address_families, report_session
 from portd.shell.relay import DatagramRelay, EofPolicy, Session, StreamRelay
 from portd.shell.stats import Transfer
-
-EX_CONNECT_FAILED = 1
-
-
-class ConnectError(PortdError):
-    """The peer refused, did not answer in time, or the host did not resolve."""
-
-    exit_code = EX_CONNECT_FAILED
 
 
 def run_connect(args: Any) -> int:
