@@ -67,7 +67,8 @@ def _open(args: Any, protocol: Protocol, port: int, target: str) -> socket.socke
             except OSError as exc:
                 error = attempt_error(exc)
                 sock.close()
-            attempt = Attempt(SocketAddress(info_family, address), error, time.monotonic() - begun)
+            where = SocketAddress(info_family, address)  # type: ignore[arg-type]
+            attempt = Attempt(where, error, time.monotonic() - begun)
             attempts.append(attempt)
             if args.verbose:
                 print(f"trying {attempt.target}: {attempt.describe(timed=True)}", file=sys.stderr)
