@@ -287,7 +287,13 @@ def build_parser() -> argparse.ArgumentParser:
     units.add_argument("--output-dir", metavar="DIR", help="write the unit files there")
     units.set_defaults(run=run_units)
 
-    check = commands.add_parser("check", help="validate a config file without binding")
+    check = commands.add_parser(
+        "check",
+        help="validate a config file without binding",
+        description="Validate a config without binding; warn (stderr) about kernel settings "
+        "that will hurt a listener: a port in the ephemeral range, a backlog above somaxconn.",
+        epilog="exit codes: 0 valid (warnings or not), 78 config error",
+    )
     check.add_argument("config", metavar="FILE")
     check.set_defaults(run=run_check)
     _add_shell_commands(commands)
@@ -315,6 +321,7 @@ def run_serve(args: argparse.Namespace) -> int:
     }
     daemon = replace(config.daemon, **overrides)
     configure_logging(daemon.log_format, daemon.log_level)
+    _log_listener_warnings(config)
     identity = resolve_identity(daemon.user, daemon.group) if daemon.user else None
     return run_daemon(
         replace(config, daemon=daemon),
@@ -323,6 +330,16 @@ def run_serve(args: argparse.Namespace) -> int:
         identity=identity,
         overrides=overrides,
     )
+
+
+def _log_listener_warnings(config: Any) -> None:
+    """One warning line per kernel setting that will hurt a listener (ephemeral port,
+    backlog above somaxconn); serving goes on."""
+    from portd.inspect.kernel import listener_warnings
+    from portd.logging import get_logger
+
+    for warning in listener_warnings(config):
+        get_logger(listener=warning.listener).warning(warning.event, message=warning.text)
 
 
 def run_status(args: argparse.Namespace) -> int:
@@ -397,6 +414,10 @@ def run_check(args: argparse.Namespace) -> int:
         sockets = ", ".join(str(address) for address in listener.addresses)
         handler = listener.handler.name
         print(f"  {listener.name:<{width}}  {listener.protocol}  {handler:<10}  {sockets}")
+    from portd.inspect.kernel import listener_warnings
+
+    for warning in listener_warnings(config):
+        print(f"portd: warning: {warning}", file=sys.stderr)
     return 0
 
 
