@@ -199,6 +199,15 @@ def _add_shell_commands(commands: Any) -> None:
     _add_family_flags(scan)
     scan.set_defaults(run=run_scan)
 
+    _add_ports_command(commands)
+
+    _add_doctor_command(commands)
+    services = commands.add_parser("services", help="look up /etc/services: http -> 80/tcp")
+    services.add_argument("query", metavar="NAME|PORT")
+    services.set_defaults(run=run_services)
+
+
+def _add_ports_command(commands: Any) -> None:
     ports = commands.add_parser(
         "ports",
         usage="%(prog)s [options]",
@@ -218,9 +227,31 @@ def _add_shell_commands(commands: Any) -> None:
     ports.add_argument("--json", action="store_true", help="machine-readable output")
     ports.set_defaults(run=run_ports)
 
-    services = commands.add_parser("services", help="look up /etc/services: http -> 80/tcp")
-    services.add_argument("query", metavar="NAME|PORT")
-    services.set_defaults(run=run_services)
+
+def _add_doctor_command(commands: Any) -> None:
+    doctor = commands.add_parser(
+        "doctor",
+        usage="%(prog)s [options] [HOST:]PORT",
+        help="why can't I reach my port? listeners, addresses, firewall, kernel",
+        description="Diagnose why a port cannot be reached: who listens, which of this "
+        "host's addresses accept a connection, firewall rules (nft or iptables-save), "
+        "kernel settings, /etc/services. HOST defaults to every local address.",
+        epilog="exit codes: 0 nothing blocks connections, 1 a finding blocks them (or HOST "
+        "does not resolve), 64 bad arguments, 69 the diagnosis could not run. Without root "
+        "the firewall and other users' processes are reported as not checked.",
+    )
+    doctor.add_argument("target", metavar="[HOST:]PORT")
+    doctor.add_argument("-u", "--udp", action="store_true", help="a UDP port")
+    doctor.add_argument(
+        "-w",
+        dest="timeout",
+        type=_positive,
+        default=1.0,
+        metavar="SECS",
+        help="connect-test timeout per address (default 1)",
+    )
+    doctor.add_argument("--json", action="store_true", help="the findings as JSON")
+    doctor.set_defaults(run=run_doctor)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -473,6 +504,13 @@ def run_ports(args: argparse.Namespace) -> int:
     if args.tcp != args.udp:
         protocols = ("tcp",) if args.tcp else ("udp",)
     return ports(PortsQuery(protocols, args.port, args.pid, args.all, args.unix, args.json))
+
+
+def run_doctor(args: argparse.Namespace) -> int:
+    """``portd doctor``."""
+    from portd.inspect.doctor import run_doctor as doctor
+
+    return doctor(args.target, "udp" if args.udp else "tcp", args.json, args.timeout)
 
 
 def run_services(args: argparse.Namespace) -> int:

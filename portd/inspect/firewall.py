@@ -112,7 +112,7 @@ def run_tool(argv: Sequence[str]) -> tuple[str | None, str | None]:
     error = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
     denied = "not permitted" in error.lower() or "permission denied" in error.lower()
     if denied or os.geteuid() != 0:
-        return None, f"{argv[0]} needs root (CAP_NET_ADMIN) to list the rules"
+        return None, f"listing its rules needs root (CAP_NET_ADMIN; {argv[0]} was refused)"
     return None, f"{' '.join(argv)} failed: {error}"
 
 
