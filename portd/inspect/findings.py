@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from portd.inspect.doctor import Facts, PortSocket
 
 SEVERITIES = ("blocks", "warning", "note")
+SOMAXCONN_DEFAULT = 4096
 UDP_OUTCOMES = {
     "ok": "replied",
     "timeout": "no refusal (bound, or dropped: UDP cannot tell)",
@@ -216,6 +217,17 @@ def _queues(facts: Facts) -> list[Finding]:
                     and all(s in full for s in covering(facts, a))]  # fmt: skip
         found.append(Finding(severity(facts, affected), "accept_queue_full", summary,
                              tuple(evidence), remedy))  # fmt: skip
+    somaxconn = facts.settings.somaxconn
+    capped = [s for s in facts.listeners if somaxconn and s.kernel.protocol == "tcp"
+              and s.kernel.send_q == somaxconn < SOMAXCONN_DEFAULT]  # fmt: skip
+    for sock in capped:
+        found.append(Finding(
+            "warning", "backlog_capped",
+            f"the backlog of {sock.where} is cut to net.core.somaxconn ({somaxconn})",
+            ("a burst of more connections than that, before the service accepts them, "
+             "is dropped",),
+            f"sysctl -w net.core.somaxconn={SOMAXCONN_DEFAULT} (the default since Linux 5.4)",
+        ))  # fmt: skip
     if rose > 0 and not full:
         found.append(Finding("warning", "listen_overflows",
                              f"the kernel dropped {rose} connection(s) at a full accept queue "

@@ -45,9 +45,18 @@ def firewall_findings(facts: Facts, severity: Severity) -> list[Finding]:
         if decision.unknown is not None:
             _hit(unknown, decision.unknown, address, from_here)
     found = []
-    for rule, (verdict, where) in blocked.items():
-        found.append(_blocked(facts, severity, verdict, where,
-                              list(dict.fromkeys(exceptions.get(rule, [])))))  # fmt: skip
+    for rule, (verdict, judged) in blocked.items():
+        where, contradicted = _against_the_tests(facts, judged)
+        if not where:
+            continue
+        blocking = _blocked(facts, severity, verdict, where,
+                            list(dict.fromkeys(exceptions.get(rule, []))))  # fmt: skip
+        if contradicted:
+            shown = ", ".join(a.show(facts.target.port) for a in contradicted)
+            blocking = blocking._replace(evidence=(*blocking.evidence,
+                f"yet connect tests to {shown} passed: there the rule does not apply as listed "
+                "(nft can list a rule without all its matches)"))  # fmt: skip
+        found.append(blocking)
     target = facts.target
     what = f"{target.protocol} port {target.port}"
     for verdict, where in maybe.values():
@@ -62,6 +71,16 @@ def firewall_findings(facts: Facts, severity: Severity) -> list[Finding]:
                              f"a firewall rule hands {what} to a program: its verdict is unknown",
                              (str(verdict.rule), _clients(facts, where)), None))  # fmt: skip
     return found
+
+
+def _against_the_tests(
+    facts: Facts, where: list[tuple[Address, bool]]
+) -> tuple[list[tuple[Address, bool]], list[Address]]:
+    """Evidence beats inference: an address this host's connect test reached is not
+    blocked by the rule, whatever the listing says (for either kind of client)."""
+    contradicted = [a for a, here in where if here and (attempt := facts.attempts.get(a))
+                    and attempt.ok]  # fmt: skip
+    return [(a, here) for a, here in where if a not in contradicted], contradicted
 
 
 def _hit(hits: Hits, verdict: Verdict, address: Address, from_here: bool) -> None:

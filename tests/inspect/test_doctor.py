@@ -10,6 +10,7 @@ backs it: the report is what a person reads to act, so its words are the behavio
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import sys
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 
 from tests.netns import ADDRESS_V4, ADDRESS_V6, Netns, netns
+from tests.support import run_portd
 
 __all__ = ["netns"]
 PORT = 8080
@@ -165,6 +167,18 @@ def test_a_full_accept_queue_blocks(netns: Netns) -> None:
     assert report["kernel"]["counters_during_check"]["ListenOverflows"] >= 1
 
 
+def test_a_backlog_cut_to_a_small_somaxconn(netns: Netns) -> None:
+    netns.sysctl("net.core.somaxconn", "64")
+    netns.hold(listen("127.0.0.1", backlog=512))
+    _code, report = doctor(netns, f"127.0.0.1:{PORT}")
+    assert report["listeners"][0]["backlog"] == 64
+    capped = finding(report, "backlog_capped")
+    assert (capped["severity"], capped["summary"], capped["remedy"]) == (
+        "warning", "the backlog of 127.0.0.1:8080 is cut to net.core.somaxconn (64)",
+        "sysctl -w net.core.somaxconn=4096 (the default since Linux 5.4)",
+    )  # fmt: skip
+
+
 def test_two_reuseport_sockets_are_named_with_their_owners(netns: Netns) -> None:
     first = netns.hold(listen("0.0.0.0", reuseport=True))
     second = netns.hold(listen("0.0.0.0", reuseport=True))
@@ -267,3 +281,49 @@ def test_json_shape(netns: Netns) -> None:
     assert [f["severity"] for f in report["findings"]] == sorted(
         (f["severity"] for f in report["findings"]), key=("blocks", "warning", "note").index
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "line"),
+    [
+        (["0"], 64, "portd: doctor needs a port from 1 to 65535, got '0'"),
+        (["70000"], 64, "portd: port 70000 is out of range; expected 0-65535"),
+        (["no-such-service"], 64, "portd: bad port 'no-such-service'; expected 0-65535 or a "
+                                  "service name from /etc/services"),
+        (["no-such-host.invalid:80"], 1, "portd: cannot resolve 'no-such-host.invalid': "),
+    ],
+    ids=["zero", "range", "service", "host"],
+)  # fmt: skip
+def test_bad_targets_exit_with_one_line(args: list[str], code: int, line: str) -> None:
+    done = run_portd("doctor", *args)
+    assert done.returncode == code
+    assert done.stdout == ""
+    (error,) = done.stderr.splitlines()
+    assert error.startswith(line)
+
+
+def test_a_diagnosis_that_cannot_run_exits_69(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The kernel's socket tables unreadable (netlink refused, /proc/net missing)."""
+    from portd import cli
+    from portd.inspect import procnet, sockdiag
+
+    def refused() -> None:
+        raise OSError(errno.EPERM, "sock_diag refused")
+
+    monkeypatch.setattr(sockdiag, "_netlink", refused)
+    monkeypatch.setattr(procnet, "PROC_NET", Path("/nonexistent-proc-net"))
+    assert cli.main(["doctor", "8080"]) == 69
+    assert capsys.readouterr().err == (
+        "portd: cannot read the kernel's socket tables: /nonexistent-proc-net/tcp is "
+        "unreadable (netlink: sock_diag refused)\n"
+    )
+
+
+def test_help_names_the_exit_codes() -> None:
+    done = run_portd("doctor", "--help")
+    assert done.returncode == 0
+    text = " ".join(done.stdout.split())
+    assert "exit codes: 0 nothing blocks connections, 1 a finding blocks them" in text
+    assert "69 the diagnosis could not run" in text

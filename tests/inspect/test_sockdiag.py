@@ -30,8 +30,15 @@ def held() -> Iterator[dict[str, socket.socket]]:
 
 
 def ours(found: list[InetSocket], sockets: dict[str, socket.socket]) -> list[InetSocket]:
-    ports = {sock.getsockname()[1] for sock in sockets.values()}
-    return sorted(entry for entry in found if entry.port in ports or entry.peer_port in ports)
+    """The test's sockets (by inode), and the queued connection (no inode yet: by its
+    exact addresses), among every socket of the host."""
+    inodes = {os.fstat(sock.fileno()).st_ino for sock in sockets.values()}
+    queued = (sockets["listener"].getsockname()[1], sockets["client"].getsockname()[1])
+    return sorted(
+        entry for entry in found
+        if entry.inode in inodes
+        or (entry.protocol == "tcp" and (entry.port, entry.peer_port) == queued)
+    )  # fmt: skip
 
 
 def test_netlink_reports_state_queues_uid_and_inode(held: dict[str, socket.socket]) -> None:
