@@ -137,6 +137,9 @@ def _add_shell_commands(commands: Any) -> None:
         "connect",
         usage="%(prog)s [options] HOST PORT",
         help="nc HOST PORT: connect, relay stdin/stdout",
+        epilog="exit codes: 0 the session ended cleanly, 1 refused, timed out, no route, "
+        "unresolvable or reset (the line names each address tried), 64 bad arguments, "
+        "130 Ctrl-C",
     )
     connect.add_argument("host")
     connect.add_argument("port")
@@ -157,6 +160,8 @@ def _add_shell_commands(commands: Any) -> None:
         "wait",
         usage="%(prog)s [options] HOST:PORT ...",
         help="wait until every HOST:PORT accepts TCP connections",
+        epilog="exit codes: 0 all up, 1 --timeout passed (one line per target still down, "
+        "naming each address and how it failed), 64 bad arguments, 130 Ctrl-C",
     )
     wait.add_argument("targets", nargs="+", metavar="HOST:PORT")
     wait.add_argument(

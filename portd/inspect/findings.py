@@ -81,8 +81,8 @@ def _nothing_listens(facts: Facts) -> list[Finding]:
     evidence: list[str] = []
     remedy = "start the service and check the port in its config (systemctl status, journalctl -u)"
     for sock in facts.bound:
-        evidence.append(f"{sock.where} is bound by {sock.owner_text()} but not listening: "
-                        "connections are refused")  # fmt: skip
+        evidence.append(f"{sock.where} is bound by {sock.owner_text(user=False)} but not "
+                        "listening: connections are refused")  # fmt: skip
         remedy = "the process that holds the port must call listen() on it"
     for sock in facts.other_protocol:
         flag = "with -u" if target.protocol == "tcp" else "without -u"
@@ -99,9 +99,9 @@ def _nothing_listens(facts: Facts) -> list[Finding]:
                         f"({settings.unprivileged_start}): binding it needs root or "
                         "CAP_NET_BIND_SERVICE")  # fmt: skip
         if not facts.bound:
-            remedy = ("give the service CAP_NET_BIND_SERVICE (systemd: "
-                      "AmbientCapabilities=CAP_NET_BIND_SERVICE), or use a port >= "
-                      f"{settings.unprivileged_start}")  # fmt: skip
+            remedy = ("start the service; if it cannot bind the port, give it "
+                      "CAP_NET_BIND_SERVICE (systemd: AmbientCapabilities=CAP_NET_BIND_SERVICE) "
+                      f"or use a port >= {settings.unprivileged_start}")  # fmt: skip
     evidence.append("sockets in other network namespaces (containers) are not seen from here")
     summary = f"nothing {verb} {target.protocol} port {target.port}"
     return [Finding("blocks", "nothing_listens", summary, tuple(evidence), remedy)]
@@ -308,7 +308,8 @@ def _services(facts: Facts) -> list[Finding]:
 def _remote(facts: Facts) -> list[Finding]:
     failing = [a for a in facts.addresses if not facts.attempts[a].ok]
     summary = f"{facts.target.host} is not an address of this host: only the connect test ran"
-    remedy = f"run {retry_command(facts)} on that host for the rest"
+    flag = " -u" if facts.target.protocol == "udp" else ""
+    remedy = f"run portd doctor {facts.target.port}{flag} on that host for the rest"
     found = [Finding("note", "not_this_host", summary, (), remedy)]
     if failing and facts.target.protocol == "tcp":
         blocks = len(failing) == len(facts.addresses)

@@ -40,7 +40,7 @@ def print_text(facts: Facts, found: list[Finding], not_checked: list[tuple[str, 
             print(f"{INDENT}{line}")
         if finding.remedy:
             print(f"{INDENT}fix: {finding.remedy}")
-    for part, why in not_checked:
+    for part, why in [] if facts.remote else not_checked:  # remote: its finding says it
         print(f"{'NOTE':<8} not checked: {part}: {why}")
     blocking = sum(1 for finding in found if finding.severity == "blocks")
     if code:

@@ -221,7 +221,10 @@ def test_the_other_protocol_and_a_privileged_port_are_named(netns: Netns) -> Non
         "port 80 is below net.ipv4.ip_unprivileged_port_start (1024): binding it needs root "
         "or CAP_NET_BIND_SERVICE"
     )
-    assert nothing["remedy"].startswith("give the service CAP_NET_BIND_SERVICE")
+    assert nothing["remedy"] == (
+        "start the service; if it cannot bind the port, give it CAP_NET_BIND_SERVICE "
+        "(systemd: AmbientCapabilities=CAP_NET_BIND_SERVICE) or use a port >= 1024"
+    )
 
 
 def test_udp_bound_to_loopback_only(netns: Netns) -> None:
@@ -257,6 +260,9 @@ def test_a_host_that_is_not_this_one(netns: Netns) -> None:
     assert report["not_checked"] == [
         {"part": "listeners, firewall, kernel", "reason": "203.0.113.7 is not this host"}
     ]
+    assert finding(report, "not_this_host")["remedy"] == (
+        "run portd doctor 80 on that host for the rest"
+    )
 
 
 def test_json_shape(netns: Netns) -> None:
