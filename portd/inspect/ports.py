@@ -43,8 +43,8 @@ class PortsQuery(NamedTuple):
     as_json: bool = False
 
 
-class ListeningSocket(NamedTuple):
-    """One TCP or UDP socket, with what is known of its owner."""
+class SocketRow(NamedTuple):
+    """One TCP or UDP socket, with what is known of its owner (``--json``'s row)."""
 
     protocol: Protocol
     address: str
@@ -66,14 +66,7 @@ class ListeningSocket(NamedTuple):
     holders: tuple[tuple[int, int, str], ...]
 
 
-def listening_sockets(
-    protocols: tuple[Protocol, ...], port: int | None = None
-) -> list[ListeningSocket]:
-    """Listening TCP sockets and bound, unconnected UDP sockets, sorted by port."""
-    return socket_rows(PortsQuery(protocols, port))
-
-
-def socket_rows(query: PortsQuery) -> list[ListeningSocket]:
+def socket_rows(query: PortsQuery) -> list[SocketRow]:
     """The TCP/UDP rows ``query`` selects, sorted by port, protocol, family, address, peer.
 
     Raises:
@@ -98,15 +91,15 @@ def _holders(inodes: set[int], pid: int | None) -> Holders:
     return Holders(inodes) if pid is None else Holders(pids=[pid])
 
 
-def _order(row: ListeningSocket) -> tuple[Any, ...]:
+def _order(row: SocketRow) -> tuple[Any, ...]:
     return (row.port, row.protocol, row.family, row.address, row.state,
             row.peer_address or "", row.peer_port or 0, row.pid or 0)  # fmt: skip
 
 
-def _inet_row(entry: InetSocket, holders: Holders) -> ListeningSocket:
+def _inet_row(entry: InetSocket, holders: Holders) -> SocketRow:
     held = holders.of(entry.inode) if entry.inode else []
     connected = entry.state not in ("LISTEN", "UNCONN")
-    return ListeningSocket(
+    return SocketRow(
         entry.protocol, entry.address, entry.port, service_name(entry.port, entry.protocol),
         port_range(entry.port), held[0].pid if held else None, held[0].program if held else None,
         "ipv6" if entry.family == socket.AF_INET6 else "ipv4", entry.state,
@@ -169,7 +162,7 @@ def run_ports(query: PortsQuery) -> int:
     return 0
 
 
-def _hidden(row: ListeningSocket | dict[str, Any]) -> bool:
+def _hidden(row: SocketRow | dict[str, Any]) -> bool:
     """An owner exists (the socket has a file) but no visible process holds it."""
     if isinstance(row, dict):
         return row["pid"] is None
@@ -186,7 +179,7 @@ def _check_pid(pid: int) -> None:
         )
 
 
-def _json(row: ListeningSocket) -> dict[str, Any]:
+def _json(row: SocketRow) -> dict[str, Any]:
     data = row._asdict()
     data["holders"] = [list(holder) for holder in row.holders]
     return data
@@ -199,7 +192,7 @@ def show_address(address: str, v6only: bool | None) -> str:
     return f"[{address}]" if ":" in address else address
 
 
-def _inet_table(rows: Sequence[ListeningSocket], all_states: bool) -> list[tuple[Any, ...]]:
+def _inet_table(rows: Sequence[SocketRow], all_states: bool) -> list[tuple[Any, ...]]:
     head: tuple[str, ...] = ("PROTO", "ADDRESS", "PORT", "SERVICE", "RANGE", "PID", "PROGRAM",
                              "USER")  # fmt: skip
     if all_states:
