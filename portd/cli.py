@@ -149,6 +149,9 @@ def _add_shell_commands(commands: Any) -> None:
         "connect",
         usage="%(prog)s [options] HOST PORT",
         help="nc HOST PORT: connect, relay stdin/stdout",
+        epilog="exit codes: 0 the session ended cleanly, 1 refused, timed out, no route, "
+        "unresolvable or reset (the line names each address tried), 64 bad arguments, "
+        "130 Ctrl-C",
     )
     connect.add_argument("host")
     connect.add_argument("port")
@@ -169,6 +172,8 @@ def _add_shell_commands(commands: Any) -> None:
         "wait",
         usage="%(prog)s [options] HOST:PORT ...",
         help="wait until every HOST:PORT accepts TCP connections",
+        epilog="exit codes: 0 all up, 1 --timeout passed (one line per target still down, "
+        "naming each address and how it failed), 64 bad arguments, 130 Ctrl-C",
     )
     wait.add_argument("targets", nargs="+", metavar="HOST:PORT")
     wait.add_argument(
@@ -211,18 +216,59 @@ def _add_shell_commands(commands: Any) -> None:
     _add_family_flags(scan)
     scan.set_defaults(run=run_scan)
 
-    ports = commands.add_parser(
-        "ports", usage="%(prog)s [options]", help="every listening socket here, like ss -ltnup"
-    )
-    ports.add_argument("--tcp", action="store_true", help="TCP only")
-    ports.add_argument("--udp", action="store_true", help="UDP only")
-    ports.add_argument("--port", type=_port, metavar="N", help="only port N")
-    ports.add_argument("--json", action="store_true", help="machine-readable output")
-    ports.set_defaults(run=run_ports)
+    _add_ports_command(commands)
 
+    _add_doctor_command(commands)
     services = commands.add_parser("services", help="look up /etc/services: http -> 80/tcp")
     services.add_argument("query", metavar="NAME|PORT")
     services.set_defaults(run=run_services)
+
+
+def _add_ports_command(commands: Any) -> None:
+    ports = commands.add_parser(
+        "ports",
+        usage="%(prog)s [options]",
+        help="every listening socket here, like ss -ltnup",
+        description="Sockets of this host, like ss -ltnup (-a: ss -tuanp, -x: ss -lxp).",
+        epilog="exit codes: 0 listed, 1 no such --pid, 64 bad arguments, "
+        "69 the kernel's tables are unreadable, 77 --pid of another user's process",
+    )
+    ports.add_argument("--tcp", action="store_true", help="TCP only")
+    ports.add_argument("--udp", action="store_true", help="UDP only")
+    ports.add_argument("-x", "--unix", action="store_true", help="unix-domain sockets instead")
+    ports.add_argument(
+        "-a", "--all", action="store_true", help="every state: connections too (ss -a)"
+    )
+    ports.add_argument("--port", type=_port, metavar="N", help="only port N")
+    ports.add_argument("--pid", type=_count, metavar="N", help="only sockets process N holds")
+    ports.add_argument("--json", action="store_true", help="machine-readable output")
+    ports.set_defaults(run=run_ports)
+
+
+def _add_doctor_command(commands: Any) -> None:
+    doctor = commands.add_parser(
+        "doctor",
+        usage="%(prog)s [options] [HOST:]PORT",
+        help="why can't I reach my port? listeners, addresses, firewall, kernel",
+        description="Diagnose why a port cannot be reached: who listens, which of this "
+        "host's addresses accept a connection, firewall rules (nft or iptables-save), "
+        "kernel settings, /etc/services. HOST defaults to every local address.",
+        epilog="exit codes: 0 nothing blocks connections, 1 a finding blocks them (or HOST "
+        "does not resolve), 64 bad arguments, 69 the diagnosis could not run. Without root "
+        "the firewall and other users' processes are reported as not checked.",
+    )
+    doctor.add_argument("target", metavar="[HOST:]PORT")
+    doctor.add_argument("-u", "--udp", action="store_true", help="a UDP port")
+    doctor.add_argument(
+        "-w",
+        dest="timeout",
+        type=_positive,
+        default=1.0,
+        metavar="SECS",
+        help="connect-test timeout per address (default 1)",
+    )
+    doctor.add_argument("--json", action="store_true", help="the findings as JSON")
+    doctor.set_defaults(run=run_doctor)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -289,7 +335,13 @@ def build_parser() -> argparse.ArgumentParser:
     units.add_argument("--output-dir", metavar="DIR", help="write the unit files there")
     units.set_defaults(run=run_units)
 
-    check = commands.add_parser("check", help="validate a config file without binding")
+    check = commands.add_parser(
+        "check",
+        help="validate a config file without binding",
+        description="Validate a config without binding; warn (stderr) about kernel settings "
+        "that will hurt a listener: a port in the ephemeral range, a backlog above somaxconn.",
+        epilog="exit codes: 0 valid (warnings or not), 78 config error",
+    )
     check.add_argument("config", metavar="FILE")
     check.set_defaults(run=run_check)
     _add_shell_commands(commands)
@@ -317,6 +369,7 @@ def run_serve(args: argparse.Namespace) -> int:
     }
     daemon = replace(config.daemon, **overrides)
     configure_logging(daemon.log_format, daemon.log_level)
+    _log_listener_warnings(config)
     identity = resolve_identity(daemon.user, daemon.group) if daemon.user else None
     return run_daemon(
         replace(config, daemon=daemon),
@@ -325,6 +378,16 @@ def run_serve(args: argparse.Namespace) -> int:
         identity=identity,
         overrides=overrides,
     )
+
+
+def _log_listener_warnings(config: Any) -> None:
+    """One warning line per kernel setting that will hurt a listener (ephemeral port,
+    backlog above somaxconn); serving goes on."""
+    from portd.inspect.kernel import listener_warnings
+    from portd.logging import get_logger
+
+    for warning in listener_warnings(config):
+        get_logger(listener=warning.listener).warning(warning.event, message=warning.text)
 
 
 def run_status(args: argparse.Namespace) -> int:
@@ -401,6 +464,10 @@ def run_check(args: argparse.Namespace) -> int:
         sockets = ", ".join(str(address) for address in listener.addresses)
         handler = listener.handler.name
         print(f"  {listener.name:<{width}}  {listener.protocol}  {handler:<10}  {sockets}")
+    from portd.inspect.kernel import listener_warnings
+
+    for warning in listener_warnings(config):
+        print(f"portd: warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -447,12 +514,22 @@ def run_scan(args: argparse.Namespace) -> int:
 
 def run_ports(args: argparse.Namespace) -> int:
     """``portd ports``."""
+    from portd.inspect.ports import PortsQuery
     from portd.inspect.ports import run_ports as ports
 
+    if args.unix and (args.tcp or args.udp or args.port is not None):
+        raise UsageError("-x lists unix sockets: --tcp, --udp and --port do not apply")
     protocols: tuple[ProtocolName, ...] = ("tcp", "udp")
     if args.tcp != args.udp:
         protocols = ("tcp",) if args.tcp else ("udp",)
-    return ports(protocols, args.port, args.json)
+    return ports(PortsQuery(protocols, args.port, args.pid, args.all, args.unix, args.json))
+
+
+def run_doctor(args: argparse.Namespace) -> int:
+    """``portd doctor``."""
+    from portd.inspect.doctor import run_doctor as doctor
+
+    return doctor(args.target, "udp" if args.udp else "tcp", args.json, args.timeout)
 
 
 def run_services(args: argparse.Namespace) -> int:

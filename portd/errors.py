@@ -173,3 +173,21 @@ class HandlerError(PortdError):
     """A handler name that no built-in or installed package provides."""
 
     exit_code = EX_CONFIG
+
+
+class DiagnosisError(PortdError):
+    """doctor/ports: the kernel's tables or the host's addresses could not be read at all."""
+
+    exit_code = EX_UNAVAILABLE
+
+
+class ProcessNotFoundError(PortdError):
+    """ports --pid: no process has that pid: exit 1, as ps -p does."""
+
+    exit_code = 1
+
+
+class NotPermittedError(PortdError):
+    """An inspection of another user's process without root."""
+
+    exit_code = EX_NOPERM

@@ -87,7 +87,10 @@ def test_check_does_not_bind(tmp_path: Path) -> None:
         port = held.getsockname()[1]
         path = write(tmp_path, f'[[listener]]\nbind = "127.0.0.1:{port}"\nhandler = "echo"\n')
         result = run_portd("check", str(path))
-    assert (result.returncode, result.stderr) == (0, "")
+    assert result.returncode == 0
+    # A port the kernel chose lies in the ephemeral range: check may warn about that.
+    assert [line for line in result.stderr.splitlines()
+            if not line.startswith("portd: warning: listener ")] == []  # fmt: skip
     assert rows(result.stdout) == [
         [f"echo-tcp-127.0.0.1-{port}", "tcp", "echo", f"127.0.0.1:{port}"]
     ]

@@ -31,8 +31,10 @@ connection may idle for ``keepalive_timeout_s``. A peer that lets portd's send q
 fill stops being read (its pipelined requests stay in the kernel) and must drain the
 queue within ``header_timeout_s``, or it is aborted.
 
-Draining (``shutdown_requested``): an idle connection closes at once; a head in
-progress is answered with ``Connection: close``, then the connection closes.
+Draining (``shutdown_requested``, on SIGTERM and for a listener a reload replaced): a
+connection idle between requests is half-closed and lingers (a request racing in sees
+EOF, never an RST); one that has not sent its first request yet, or has a head in
+progress, gets that request answered with ``Connection: close``, then closes.
 """
 
 from __future__ import annotations
@@ -183,8 +185,14 @@ class HttpHelloSession(StreamSession):
 
     def shutdown_requested(self) -> None:
         self.stopping = True
-        if self.state == LINGER or (self.state == OPEN and not self._in_head and not self._buf):
+        if self.state == LINGER:
             self._close()
+        elif self.state == OPEN and not self._in_head and not self._buf and self.requests:
+            # Idle between requests: say goodbye with a FIN and read what still comes for
+            # a while, so a request already on the wire sees an EOF (which clients retry
+            # on a kept-alive connection), never an RST. A connection that has not sent
+            # its first request yet is kept: that request is answered, Connection: close.
+            self._linger()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = CLOSED
@@ -368,6 +376,11 @@ class HttpHelloSession(StreamSession):
         if self.eof or self.stopping:
             self._close()
             return
+        self._linger()
+
+    def _linger(self) -> None:
+        """Half-close, then read and drop input until the peer closes, LINGER_S passes or
+        LINGER_MAX_BYTES arrive."""
         self.state = LINGER
         self.conn.write_eof()
         self.deadline.move(self.clock.time() + LINGER_S)

@@ -1,2 +1,4 @@
-"""Looking at ports: who listens where (ports), who holds one (owner), service names
-(services), and probing remote ones (probe, scan, wait)."""
+"""Looking at ports: the kernel's socket tables (sockdiag, procnet) and who holds each
+socket (holders, owner); listings (ports) and service names (services); connect probes
+(probe, scan, wait); and ``portd doctor`` (doctor, reachability, kernel, firewall with
+nftables and iptables, findings, findings_firewall, report)."""

@@ -76,9 +76,7 @@ def run_scan(
         InetAddress(address.family, (address.host, port, *address.sockaddr[2:])) for port in ports
     ]
     open_ports = sorted(
-        target.port
-        for target, reason in probe_tcp(targets, timeout_s, concurrency)
-        if reason is None
+        attempt.target.port for attempt in probe_tcp(targets, timeout_s, concurrency) if attempt.ok
     )
     rows = [{"port": port, "protocol": "tcp", "state": "open",
              "service": service_name(port, "tcp")} for port in open_ports]  # fmt: skip

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from portd.endpoints.inet import InetAddress, InetEndpoint, parse_inet
 from portd.errors import UsageError
-from portd.inspect.probe import probe_tcp
+from portd.inspect.probe import Attempt, probe_tcp
 
 PROBE_TIMEOUT_S = 1.0
 EX_STILL_DOWN = 1
@@ -29,12 +29,17 @@ def parse_targets(texts: Sequence[str]) -> list[InetEndpoint]:
 
 
 def run_wait(texts: Sequence[str], timeout_s: float, interval_s: float, verbose: bool) -> int:
-    """Return 0 as soon as all are up, or 1 after printing one line per address still down."""
+    """Return 0 as soon as all are up, or 1 after printing one line per address still down.
+
+    With ``verbose``, a line for each target when it comes up, and whenever what its
+    addresses answer changes while it is down (every address tried, v4 and v6).
+    """
     pending = parse_targets(texts)
     reasons: dict[InetEndpoint, str] = {}
     started = time.monotonic()
     deadline = started + timeout_s
     while True:
+        before = dict(reasons)
         up = _probe_round(
             pending, reasons, min(PROBE_TIMEOUT_S, max(deadline - time.monotonic(), 0.05))
         )
@@ -42,6 +47,10 @@ def run_wait(texts: Sequence[str], timeout_s: float, interval_s: float, verbose:
             pending.remove(spec)
             if verbose:
                 print(f"{spec} is up after {time.monotonic() - started:.1f} s", file=sys.stderr)
+        if verbose:
+            for spec in pending:
+                if reasons.get(spec) != before.get(spec):
+                    print(f"{spec} is down: {reasons[spec]}", file=sys.stderr, flush=True)
         if not pending:
             return 0
         remaining = deadline - time.monotonic()
@@ -70,12 +79,20 @@ def _probe_round(
             continue
         for family, _type, _proto, _name, sockaddr in infos:
             targets[InetAddress(family, sockaddr)] = spec  # type: ignore[arg-type]
-    up: list[InetEndpoint] = []
-    for target, reason in probe_tcp(targets, timeout_s):
-        spec = targets[target]
-        if reason is None:
-            if spec not in up:
-                up.append(spec)
-        else:
-            reasons[spec] = reason
+    attempts: dict[InetEndpoint, list[Attempt]] = {}
+    for attempt in probe_tcp(targets, timeout_s):
+        attempts.setdefault(targets[attempt.target], []).append(attempt)
+    up = [spec for spec in specs if any(a.ok for a in attempts.get(spec, []))]
+    for spec, tried in attempts.items():
+        if spec not in up:
+            reasons[spec] = describe_failures(spec, tried, list(targets))
     return up
+
+
+def describe_failures(spec: InetEndpoint, tried: list[Attempt], order: list[InetAddress]) -> str:
+    """``connection refused`` for one address; ``[::1]:80 connection refused,
+    127.0.0.1:80 timed out`` when the name gave several (in resolver order)."""
+    tried = sorted(tried, key=lambda attempt: order.index(attempt.target))
+    if len(tried) == 1 and tried[0].target.host == spec.host:
+        return tried[0].describe()
+    return ", ".join(f"{attempt.target} {attempt.describe()}" for attempt in tried)

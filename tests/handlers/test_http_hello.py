@@ -504,10 +504,27 @@ def test_a_closed_session_cancels_its_timer_and_ignores_late_calls() -> None:
 # Draining.
 
 
-def test_shutdown_closes_an_idle_connection_at_once() -> None:
-    session, conn, _ = open_session()
+def test_shutdown_half_closes_an_idle_connection_and_drops_a_request_racing_in() -> None:
+    """A FIN and a linger, never a close with unread input: the client sees EOF, not RST."""
+    session, conn, clock = open_session()
     session.data_received(GET)
+    answered = bytes(conn.written)
     session.shutdown_requested()
+    assert (conn.eof_sent, conn.closed) == (True, False)
+    session.data_received(GET)  # sent before the client saw the FIN
+    assert bytes(conn.written) == answered  # dropped, not answered
+    clock.advance(LINGER_S)
+    assert conn.closed
+
+
+def test_shutdown_answers_the_first_request_of_a_connection_that_sent_none_yet() -> None:
+    """Accepted just before the stop (or the reload): it is served, then closed."""
+    session, conn, _ = open_session()
+    session.shutdown_requested()
+    assert not conn.done
+    session.data_received(GET)
+    (response,) = read_responses(bytes(conn.written))
+    assert (response.status, response.headers["connection"]) == (200, "close")
     assert conn.closed
 
 

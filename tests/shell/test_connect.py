@@ -138,7 +138,7 @@ def test_quit_after_eof_zero(spawn: Spawner, server: socket.socket) -> None:
         assert connect.wait(timeout=3) == 0
 
 
-def test_verbose_names_the_target_and_reports_totals(
+def test_verbose_names_each_address_tried_the_target_and_totals(
     spawn: Spawner, server: socket.socket, tmp_path: Path
 ) -> None:
     sent = write_payload(tmp_path / "payload", 5000)
@@ -150,13 +150,14 @@ def test_verbose_names_the_target_and_reports_totals(
         conn.sendall(b"thanks")
     assert connect.wait() == 0
     assert connect.output == b"thanks"
-    assert connect.lines[0] == f"connected to 127.0.0.1:{port} (tcp)"
+    assert re.fullmatch(rf"trying 127\.0\.0\.1:{port}: connected in [\d.]+ ms", connect.lines[0])
+    assert connect.lines[1] == f"connected to 127.0.0.1:{port} (tcp)"
     assert re.fullmatch(
         f"received 6 bytes sha256 {hashlib.sha256(b'thanks').hexdigest()}; "
         f"sent 5000 bytes sha256 {hashlib.sha256(sent).hexdigest()}; " + r"\d+\.\d\d s",
-        connect.lines[1],
+        connect.lines[2],
     ), connect.lines
-    assert connect.lines[2:] == [f"connection to 127.0.0.1:{port} closed"]
+    assert connect.lines[3:] == [f"connection to 127.0.0.1:{port} closed"]
 
 
 def test_refused_exits_1_with_one_line(spawn: Spawner) -> None:
@@ -167,7 +168,10 @@ def test_refused_exits_1_with_one_line(spawn: Spawner) -> None:
         port = port_of(holder)
         connect = spawn.portd("connect", "127.0.0.1", port)
         assert connect.wait() == 1
-    assert connect.lines == [f"portd: connect to 127.0.0.1:{port} (tcp) failed: connection refused"]
+    assert connect.lines == [
+        f"portd: connect to 127.0.0.1:{port} (tcp) failed: connection refused: "
+        "nothing listens there, or a firewall rejects it"
+    ]
 
 
 def test_connect_timeout_exits_1_with_one_line(spawn: Spawner) -> None:
@@ -182,7 +186,10 @@ def test_connect_timeout_exits_1_with_one_line(spawn: Spawner) -> None:
             connect = spawn.portd("connect", "-w", "0.5", "127.0.0.1", port)
             assert connect.wait() == 1
             elapsed = time.monotonic() - started
-    assert connect.lines == [f"portd: connect to 127.0.0.1:{port} (tcp) failed: timed out"]
+    assert connect.lines == [
+        f"portd: connect to 127.0.0.1:{port} (tcp) failed: timed out after 0.5 s: "
+        "a firewall drops it, the host is down, or its accept queue is full"
+    ]
     assert 0.5 <= elapsed < 5
 
 

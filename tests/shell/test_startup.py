@@ -63,12 +63,11 @@ def test_connect_stays_light(spawn: Spawner, server: socket.socket) -> None:
     assert imported(connect) & HEAVY == set()
 
 
-@pytest.mark.parametrize("command", ["wait", "scan", "services"])
-def test_inspect_commands_other_than_ports_stay_light(
-    spawn: Spawner, server: socket.socket, command: str
-) -> None:
+@pytest.mark.parametrize("command", ["wait", "scan", "services", "ports"])
+def test_inspect_commands_stay_light(spawn: Spawner, server: socket.socket, command: str) -> None:
     port = str(server.getsockname()[1])
-    args = {"wait": [f"127.0.0.1:{port}"], "scan": ["127.0.0.1", port], "services": ["80"]}
+    args = {"wait": [f"127.0.0.1:{port}"], "scan": ["127.0.0.1", port], "services": ["80"],
+            "ports": ["-a", "--port", port]}  # fmt: skip
     process = spawn(sys.executable, "-X", "importtime", "-m", "portd", command, *args[command])
     assert process.wait() == 0, process.stderr
     assert imported(process) & HEAVY == set()
