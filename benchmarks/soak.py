@@ -16,6 +16,10 @@
    on a new connection each time; its median and p99 latency are reported, next to
    nginx's (`return 200`, one worker) under the same flood when nginx is installed.
 
+4. Reloads under load (benchmarks/soak_reload.py): 20 SIGHUPs changing listeners'
+   options while keep-alive and new-connection clients send GETs; nothing may be refused
+   or reset, and connections admitted before the reloads still count against a cap.
+
 Prints a table and exits 1 when a limit is exceeded. Loopback only; every server binds
 port 0 but nginx, which is given a port the kernel just handed out.
 """
@@ -33,6 +37,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from soak_reload import reload_under_load
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "tests" / "handlers" / "http_corpus"
@@ -292,6 +298,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--flood-seconds", type=float, default=5.0)
+    parser.add_argument("--reloads", type=int, default=20)
     args = parser.parse_args()
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -308,6 +315,7 @@ def main() -> int:
         finally:
             code = daemon.stop()
         nginx = nginx_crlf_flood(Path(directory), args.flood_seconds)
+        reloads = reload_under_load(Path(directory), args.reloads)
     failures = daemon.events.get("handler_failed", 0) + daemon.events.get("loop_error", 0)
     print(f"idle connections: {args.connections} x {args.cycles} cycles")
     for row in cycles:
@@ -316,6 +324,7 @@ def main() -> int:
     print(f"mangled HTTP: {sum(http.values())} requests in {elapsed:.1f} s: {outcomes}")
     print(f"CRLF flood ({FLOOD_CONNECTIONS} connections, {args.flood_seconds:g} s), a normal "
           f"client's GET: portd {flood}; nginx {nginx or 'not installed'}")  # fmt: skip
+    print(f"reloads under load: {reloads}")
     print(f"daemon: handler_failed + loop_error = {failures}, exit code {code}")
     after = [row["rss_after_close_mib"] for row in cycles]
     new_high = after[-1] - max(after[:-1], default=after[-1])
@@ -328,6 +337,7 @@ def main() -> int:
         and failures == 0
         and http.get("other", 0) == 0
         and flood["median_ms"] <= CRLF_MEDIAN_LIMIT_MS
+        and reloads["refused"] == reloads["reset"] == reloads["extra_admitted_past_cap"] == 0
         and code == 0
     )
     print("PASS" if ok else "FAIL")
