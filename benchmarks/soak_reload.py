@@ -127,18 +127,22 @@ def new_connection_client(port: int, stop: threading.Event, counts: Counts) -> N
             counts.add("other")
 
 
-def _closed(sock: socket.socket | None) -> None:
+def _closed(sock: socket.socket | None) -> socket.socket | None:
+    """Close ``sock`` if there is one; the client has no connection afterwards (None)."""
     if sock is not None:
         sock.close()
+    return None
 
 
 def reload_under_load(directory: Path, reloads: int) -> dict[str, Any]:
     """Run the round; returns the counts, reload timings and the cap check."""
     config = directory / "reload.toml"
     ports = _free_ports(2)  # numbers the kernel just handed out; portd binds them itself
-    write = lambda n: config.write_text(  # noqa: E731
-        CONFIG.format(web=ports[0], capped=ports[1], round=n, cap=CAP, idle=60 + n)
-    )
+
+    def write(number: int) -> None:
+        text = CONFIG.format(web=ports[0], capped=ports[1], round=number, cap=CAP, idle=60 + number)
+        config.write_text(text)
+
     write(0)
     proc = subprocess.Popen(
         [sys.executable, "-m", "portd", "serve", "-c", str(config), "--log-format", "json"],
