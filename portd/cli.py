@@ -1,223 +1,86 @@
 """The ``portd`` command: argument parsing, one small function per subcommand, exit codes.
 
 This is the only place that turns errors into messages and exit codes. Subcommand
-modules are imported inside their functions so each command loads only what it uses.
+modules are imported inside their functions so each command loads only what it uses;
+the shell commands' arguments live in ``portd.shell.arguments``.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from portd import __version__
-from portd.errors import EX_SOFTWARE, EX_USAGE, ConfigError, PortdError, UsageError
+from portd.errors import (
+    EX_SOFTWARE,
+    EX_USAGE,
+    ConfigError,
+    PortdError,
+    ReloadFailedError,
+    UsageError,
+)
+from portd.shell.arguments import add_shell_commands
 
 if TYPE_CHECKING:
-    from portd.binds import Protocol
+    from portd.config import Config
+    from portd.privileges import Identity
 
 DEFAULT_CONFIG = "/etc/portd/portd.toml"
+DAEMON_EXIT_CODES = """\
+exit status:
+  0    clean stop after a drain (check: no problem; reload: the new config serves)
+  64   bad arguments           67  [daemon] user or group names nobody
+  69   address in use or not available, no daemon on the control socket
+  77   privileged port without CAP_NET_BIND_SERVICE, or [daemon] user without root
+  78   config error (reload: the daemon keeps serving the old config)
+  128+N  a second signal N cut the drain short"""
+RAW = argparse.RawDescriptionHelpFormatter
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with sysexits: bad arguments exit 64 with the usage line and one error line."""
+    """argparse with sysexits: bad arguments exit 64 with the usage line and one error line.
+
+    A subcommand's parser also reads netcat-style bundles (``-lvnp 5555``) and names an
+    unknown option by itself (portd.shell.ncargs).
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.set_defaults(usage_parser=self)  # the innermost parser wins: a subcommand's
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        command = self.prog.partition(" ")[2]
+        if command and args is not None:
+            from portd.shell.ncargs import expand_short_flags
+
+            takes_value = {
+                option: action.nargs != 0
+                for action in self._actions
+                for option in action.option_strings
+            }
+            try:
+                args = expand_short_flags(args, takes_value, command)
+            except UsageError as exc:
+                self.error(str(exc))
+        return super().parse_known_args(args, namespace)
 
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
         self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    """-q SECS: a number; negative means wait for the peer (Debian nc)."""
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-
-
-def _port(text: str) -> int:
-    if not (text.isascii() and text.isdigit()) or not 0 < int(text) <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port from 1 to 65535, got {text!r}")
-    return int(text)
-
-
-def _count(text: str) -> int:
-    if not (text.isascii() and text.isdigit()) or int(text) == 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return int(text)
-
-
-def _add_family_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-4", dest="ipv4", action="store_true", help="IPv4 only")
-    parser.add_argument("-6", dest="ipv6", action="store_true", help="IPv6 only")
-
-
-def _add_eof_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--close-on-eof",
-        action="store_true",
-        help="close the connection when stdin ends (default: half-close, keep reading)",
-    )
-    parser.add_argument(
-        "-d",
-        "--no-stdin",
-        action="store_true",
-        help="do not read stdin (nc -d): the peer's end ends the session",
-    )
-    parser.add_argument(
-        "-q",
-        dest="quit_after",
-        type=_seconds,
-        metavar="SECS",
-        help="after stdin ends, quit SECS later (negative: wait for the peer)",
-    )
-    parser.add_argument(
-        "-v",
-        "--verbose",
-        action="store_true",
-        help="report peers, and byte counts with sha256 at the end, on stderr",
-    )
-
-
-def _add_shell_commands(commands: Any) -> None:
-    listen = commands.add_parser(
-        "listen",
-        usage="%(prog)s [options] [HOST:]PORT",
-        help="nc -l: accept a connection, relay stdin/stdout",
-        description="Listen like nc -l; stdout carries only data.",
-    )
-    listen.add_argument("bind", metavar="[HOST:]PORT")
-    listen.add_argument(
-        "-u", "--udp", action="store_true", help="UDP (replies go to the last peer)"
-    )
-    listen.add_argument(
-        "-k", "--keep", action="store_true", help="keep listening and serve clients concurrently"
-    )
-    _add_family_flags(listen)
-    _add_eof_flags(listen)
-    listen.add_argument("--port-file", metavar="FILE", help="write the bound port to FILE")
-    handler = listen.add_mutually_exclusive_group()
-    handler.add_argument("--handler", metavar="NAME", help="serve with a handler instead of stdio")
-    handler.add_argument(
-        "--echo", dest="handler", action="store_const", const="echo", help="same as --handler echo"
-    )
-    handler.add_argument(
-        "--http",
-        dest="handler",
-        action="store_const",
-        const="http-hello",
-        help="same as --handler http-hello",
-    )
-    listen.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a handler option (repeatable)",
-    )
-    listen.set_defaults(run=run_listen)
-
-    connect = commands.add_parser(
-        "connect",
-        usage="%(prog)s [options] HOST PORT",
-        help="nc HOST PORT: connect, relay stdin/stdout",
-    )
-    connect.add_argument("host")
-    connect.add_argument("port")
-    connect.add_argument("-u", "--udp", action="store_true", help="UDP")
-    connect.add_argument(
-        "-w",
-        dest="wait",
-        type=_positive,
-        metavar="SECS",
-        default=10.0,
-        help="connect timeout (default 10)",
-    )
-    _add_family_flags(connect)
-    _add_eof_flags(connect)
-    connect.set_defaults(run=run_connect)
-
-    wait = commands.add_parser(
-        "wait",
-        usage="%(prog)s [options] HOST:PORT ...",
-        help="wait until every HOST:PORT accepts TCP connections",
-    )
-    wait.add_argument("targets", nargs="+", metavar="HOST:PORT")
-    wait.add_argument(
-        "--timeout",
-        type=_positive,
-        default=30.0,
-        metavar="SECS",
-        help="give up after SECS (default 30); exit 1",
-    )
-    wait.add_argument(
-        "--interval",
-        type=_positive,
-        default=0.25,
-        metavar="SECS",
-        help="pause between attempts (default 0.25)",
-    )
-    wait.add_argument("-v", "--verbose", action="store_true", help="say when each comes up")
-    wait.set_defaults(run=run_wait)
-
-    scan = commands.add_parser(
-        "scan", usage="%(prog)s [options] HOST PORTS", help="TCP connect scan of a host's ports"
-    )
-    scan.add_argument("host")
-    scan.add_argument("ports", metavar="PORTS", help="e.g. 22,80,8000-8100,http")
-    scan.add_argument(
-        "--timeout",
-        type=_positive,
-        default=1.0,
-        metavar="SECS",
-        help="per-port connect timeout (default 1)",
-    )
-    scan.add_argument(
-        "--concurrency",
-        type=_count,
-        default=256,
-        metavar="N",
-        help="connects in flight at once (default 256)",
-    )
-    scan.add_argument("--json", action="store_true", help="machine-readable output")
-    _add_family_flags(scan)
-    scan.set_defaults(run=run_scan)
-
-    ports = commands.add_parser(
-        "ports", usage="%(prog)s [options]", help="every listening socket here, like ss -ltnup"
-    )
-    ports.add_argument("--tcp", action="store_true", help="TCP only")
-    ports.add_argument("--udp", action="store_true", help="UDP only")
-    ports.add_argument("--port", type=_port, metavar="N", help="only port N")
-    ports.add_argument("--json", action="store_true", help="machine-readable output")
-    ports.set_defaults(run=run_ports)
-
-    services = commands.add_parser("services", help="look up /etc/services: http -> 80/tcp")
-    services.add_argument("query", metavar="NAME|PORT")
-    services.set_defaults(run=run_services)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser (also used to render --help)."""
+    """The full argument parser (also renders --help and the man page)."""
     parser = _Parser(
         prog="portd",
         description="Listen on ports: daemon, netcat, test servers.",
+        epilog="examples:\n  portd serve -c portd.toml\n  portd listen 5555 > file.out\n"
+        "  portd COMMAND --help\n\n" + DAEMON_EXIT_CODES,
+        formatter_class=RAW,
         allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"portd {__version__}")
@@ -225,63 +88,113 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", parser_class=_Parser
     )
+    _add_serve(commands)
+    _add_control_commands(commands)
+    _add_config_commands(commands)
+    add_shell_commands(commands)
+    return parser
 
+
+def _add_serve(commands: Any) -> None:
     serve = commands.add_parser(
-        "serve", usage="%(prog)s [options]", help="run the daemon from a config file"
-    )
-    serve.add_argument(
-        "-c",
-        "--config",
-        default=DEFAULT_CONFIG,
-        metavar="FILE",
-        help=f"TOML config (default: {DEFAULT_CONFIG})",
-    )
-    serve.add_argument(
-        "--log-level",
-        choices=("debug", "info", "warning", "error"),
-        help="override [daemon] log_level",
-    )
-    serve.add_argument(
-        "--log-format", choices=("auto", "console", "json"), help="override [daemon] log_format"
-    )
-    serve.add_argument(
-        "--activation-only",
-        action="store_true",
-        help="serve only sockets passed by systemd; exit 78 naming listeners without",
-    )
+        "serve", usage="%(prog)s [options]", help="run the daemon from a config file",
+        description="Bind every listener of the config (all or nothing), serve until "
+        "SIGTERM/SIGINT, then drain. SIGHUP or portd reload reloads the file.",
+        epilog="examples:\n  portd serve -c config.example.toml\n"
+        "  portd serve -c portd.toml --log-format json 2>&1 | jq .\n\n" + DAEMON_EXIT_CODES,
+        formatter_class=RAW,
+    )  # fmt: skip
+    serve.add_argument("-c", "--config", default=DEFAULT_CONFIG, metavar="FILE",
+                       help=f"TOML config (default: {DEFAULT_CONFIG})")  # fmt: skip
+    serve.add_argument("--log-level", choices=("debug", "info", "warning", "error", "critical"),
+                       help="override [daemon] log_level")  # fmt: skip
+    serve.add_argument("--log-format", choices=("auto", "console", "json"),
+                       help="override [daemon] log_format")  # fmt: skip
+    serve.add_argument("--activation-only", action="store_true",
+                       help="serve only sockets passed by systemd; exit 78 naming listeners "
+                       "without")  # fmt: skip
     serve.set_defaults(run=run_serve)
 
+
+def _add_where(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--socket", metavar="PATH", help="the control socket (or @name)")
+    where.add_argument("-c", "--config", metavar="FILE",
+                       help="the daemon serving FILE (its control socket)")  # fmt: skip
+
+
+def _add_control_commands(commands: Any) -> None:
     status = commands.add_parser(
-        "status",
-        usage="%(prog)s [options]",
-        help="ask the running daemon for its listeners' numbers",
-    )
-    where = status.add_mutually_exclusive_group()
-    where.add_argument("--socket", metavar="PATH", help="the control socket")
-    where.add_argument("-c", "--config", metavar="FILE", help="take the socket path from FILE")
+        "status", usage="%(prog)s [-c FILE | --socket PATH] [--json]",
+        help="ask the running daemon for its listeners' numbers", formatter_class=RAW,
+        epilog="examples:\n  portd status -c portd.toml\n  portd status --json | jq .\n\n"
+        "exit status: 0 answered, 69 no daemon answers, 64 bad arguments",
+    )  # fmt: skip
+    _add_where(status)
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(run=run_status)
+    reload = commands.add_parser(
+        "reload", usage="%(prog)s [-c FILE | --socket PATH] [--timeout SECS]",
+        help="reload the running daemon's config and wait for the outcome",
+        description="Ask the running daemon to reload its config file (what SIGHUP does) "
+        "and wait: exit 0 once the new config serves, or with the reason, one line per "
+        "problem, while the old config keeps serving.",
+        epilog="examples:\n  portd reload -c portd.toml\n"
+        "  ExecReload=/usr/local/bin/portd reload -c /etc/portd/portd.toml\n\n"
+        "exit status: 0 reloaded, 78 config error, 69 a listener could not bind or no "
+        "daemon answers,\n  77 privileged port, 64 bad arguments",
+        formatter_class=RAW,
+    )  # fmt: skip
+    _add_where(reload)
+    reload.add_argument("--timeout", type=float, default=90.0, metavar="SECS",
+                        help="give up waiting after SECS (default 90)")  # fmt: skip
+    reload.set_defaults(run=run_reload)
 
+
+def _add_config_commands(commands: Any) -> None:
+    check = commands.add_parser(
+        "check", usage="%(prog)s FILE", help="validate a config file without binding",
+        description="Validate FILE (- for stdin) as serve would, user, group and event loop "
+        "included, and print the sockets each listener would open; nothing is bound.",
+        epilog="examples:\n  portd check /etc/portd/portd.toml\n"
+        "  portd example-config | portd check -\n\n"
+        "exit status: 0 no problem, 78 config error, 67 unknown user or group, 64 bad arguments",
+        formatter_class=RAW,
+    )  # fmt: skip
+    check.add_argument("config", metavar="FILE")
+    check.set_defaults(run=run_check)
+    example = commands.add_parser(
+        "example-config", usage="%(prog)s", help="print the example config (every option)",
+        epilog="example:\n  portd example-config > portd.toml && portd check portd.toml",
+        formatter_class=RAW,
+    )  # fmt: skip
+    example.set_defaults(run=run_example_config)
     units = commands.add_parser(
-        "units",
-        usage="%(prog)s [options] FILE",
-        help="print systemd socket and service units for a config",
-    )
+        "units", usage="%(prog)s [options] FILE",
+        help="print systemd socket and service units for a config", formatter_class=RAW,
+        epilog="example:\n  portd units /etc/portd/portd.toml --output-dir /etc/systemd/system",
+    )  # fmt: skip
     units.add_argument("config", metavar="FILE")
-    units.add_argument(
-        "--portd",
-        default="/usr/local/bin/portd",
-        metavar="PATH",
-        help="the portd executable the service runs (default: /usr/local/bin/portd)",
-    )
+    units.add_argument("--portd", default="/usr/local/bin/portd", metavar="PATH",
+                       help="the portd executable the service runs (default: "
+                       "/usr/local/bin/portd)")  # fmt: skip
     units.add_argument("--output-dir", metavar="DIR", help="write the unit files there")
     units.set_defaults(run=run_units)
 
-    check = commands.add_parser("check", help="validate a config file without binding")
-    check.add_argument("config", metavar="FILE")
-    check.set_defaults(run=run_check)
-    _add_shell_commands(commands)
-    return parser
+
+def resolve_daemon(config: Config) -> Identity | None:
+    """What serve settles before binding, shared with check: [daemon] user/group and loop.
+
+    Raises:
+        UnknownUserError: a user or group that names nobody (67).
+        LoopUnavailableError: ``loop = "uvloop"`` without uvloop (78).
+    """
+    from portd.privileges import resolve_identity
+    from portd.supervisor import loop_options
+
+    loop_options(config.daemon.loop)
+    daemon = config.daemon
+    return resolve_identity(daemon.user, daemon.group) if daemon.user else None
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -293,7 +206,6 @@ def run_serve(args: argparse.Namespace) -> int:
 
     from portd.config import load_config
     from portd.logging import configure_logging
-    from portd.privileges import resolve_identity
     from portd.supervisor import run_daemon
     from portd.systemd import take_inherited_sockets
 
@@ -305,7 +217,7 @@ def run_serve(args: argparse.Namespace) -> int:
     }
     daemon = replace(config.daemon, **overrides)
     configure_logging(daemon.log_format, daemon.log_level)
-    identity = resolve_identity(daemon.user, daemon.group) if daemon.user else None
+    identity = resolve_daemon(config)
     return run_daemon(
         replace(config, daemon=daemon),
         inherited=take_inherited_sockets(),
@@ -319,17 +231,9 @@ def run_status(args: argparse.Namespace) -> int:
     """``portd status``: the daemon's listeners through its control socket."""
     import json
 
-    from portd.control import DEFAULT_SOCKET, query, resolve_socket_path
+    from portd.control import client_socket_paths, query
 
-    path = args.socket or DEFAULT_SOCKET
-    if args.config:
-        from portd.config import load_config
-
-        setting = load_config(args.config).daemon.control_socket
-        path = resolve_socket_path(setting) or (DEFAULT_SOCKET if setting == "auto" else "")
-        if not path:
-            raise UsageError(f'{args.config} turns the control socket off (control_socket = "")')
-    reply = query(path)
+    reply = query(client_socket_paths(args.socket, args.config))
     if args.json:
         print(json.dumps(reply))
         return 0
@@ -351,6 +255,14 @@ def run_status(args: argparse.Namespace) -> int:
         print(
             "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         )
+    return 0
+
+
+def run_reload(args: argparse.Namespace) -> int:
+    """``portd reload``: the daemon reloads; exit 0, or its reasons and exit code."""
+    from portd.control import client_socket_paths, query
+
+    query(client_socket_paths(args.socket, args.config), "reload", timeout_s=args.timeout)
     return 0
 
 
@@ -376,10 +288,14 @@ def run_units(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    """``portd check``: validate and print the sockets each listener would open."""
-    from portd.config import load_config
+    """``portd check``: validate as serve would and print the sockets each listener opens."""
+    from portd.config import load_config, parse_config_text, read_stdin_config
 
-    config = load_config(args.config)
+    if args.config == "-":
+        config = parse_config_text(read_stdin_config(), "<stdin>")
+    else:
+        config = load_config(args.config)
+    resolve_daemon(config)
     count = len(config.listeners)
     print(f"{config.source}: OK, {count} listener{'s' if count != 1 else ''}")
     width = max(len(listener.name) for listener in config.listeners)
@@ -390,92 +306,23 @@ def run_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_listen(args: argparse.Namespace) -> int:
-    """``portd listen``: stdio relay, or a handler with --handler/--echo/--http."""
-    from portd.shell.listen import ListenOptions
-    from portd.shell.listen import run_listen as listen
+def run_example_config(args: argparse.Namespace) -> int:
+    """``portd example-config``: the example config shipped in the package, on stdout."""
+    from portd.examples import example_config
 
-    options = ListenOptions(args)
-    if args.handler:
-        from portd.shell.adhoc import run_handler
-
-        return run_handler(options, args.bind, args.handler, args.set)
-    if args.set:
-        raise UsageError("--set needs --handler (or --echo/--http)")
-    return listen(options)
-
-
-def run_connect(args: argparse.Namespace) -> int:
-    """``portd connect``."""
-    from portd.shell.connect import run_connect as connect
-
-    return connect(args)
-
-
-def run_wait(args: argparse.Namespace) -> int:
-    """``portd wait``."""
-    from portd.inspect.wait import run_wait as wait
-
-    return wait(args.targets, args.timeout, args.interval, args.verbose)
-
-
-def run_scan(args: argparse.Namespace) -> int:
-    """``portd scan``."""
-    from portd.inspect.scan import run_scan as scan
-    from portd.shell.listen import address_families
-
-    families = address_families(args.ipv4, args.ipv6)
-    return scan(
-        args.host, args.ports, timeout_s=args.timeout, concurrency=args.concurrency,
-        as_json=args.json, families=families,
-    )  # fmt: skip
-
-
-def run_ports(args: argparse.Namespace) -> int:
-    """``portd ports``."""
-    from portd.inspect.ports import run_ports as ports
-
-    protocols: tuple[Protocol, ...] = ("tcp", "udp")
-    if args.tcp != args.udp:
-        protocols = ("tcp",) if args.tcp else ("udp",)
-    return ports(protocols, args.port, args.json)
-
-
-def run_services(args: argparse.Namespace) -> int:
-    """``portd services``."""
-    from portd.inspect.services import lookup
-
-    for name, port, protocol in lookup(args.query):
-        print(f"{name} {port}/{protocol}")
+    sys.stdout.write(example_config())
     return 0
-
-
-NEGATIVE_NUMBER = re.compile(r"-\d+(\.\d*)?")
-
-
-def attach_negative_values(argv: Sequence[str]) -> list[str]:
-    """``-q -1`` -> ``-q-1``: with -4/-6 defined, argparse reads ``-1`` as an option, yet
-    ``-q -1`` is how Debian nc users write "wait for the peer"."""
-    out: list[str] = []
-    for arg in argv:
-        if out and out[-1] == "-q" and NEGATIVE_NUMBER.fullmatch(arg):
-            out[-1] = "-q" + arg
-        else:
-            out.append(arg)
-    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse, run, and map expected failures to one line and an exit code."""
     parser = build_parser()
-    args, extras = parser.parse_known_args(
-        attach_negative_values(sys.argv[1:] if argv is None else argv)
-    )
-    if extras:  # report with the subcommand's own usage line
+    args, extras = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    if extras:  # more words than the command takes; options were checked while parsing
         args.usage_parser.error(f"unrecognized arguments: {' '.join(extras)}")
     try:
         code: int = args.run(args)
-    except ConfigError as exc:
+    except (ConfigError, ReloadFailedError) as exc:
         for line in exc.lines:
             print(f"portd: {line}", file=sys.stderr)
         return exc.exit_code

@@ -50,7 +50,7 @@ DAEMON_OPTIONS = (
         str,
         "info",
         "lowest level logged",
-        choices=("debug", "info", "warning", "error"),
+        choices=("debug", "info", "warning", "error", "critical"),
     ),
     Option(
         "shutdown_timeout_s",
@@ -89,6 +89,7 @@ LISTENER_OPTIONS = (
     Option("protocol", str, "tcp", "transport", choices=PROTOCOLS),
     Option("handler", str, None, "handler name"),
     Option("backlog", int, 1024, "pending-connection queue length (tcp)", minimum=1, maximum=65535),
+    Option("log_connections", bool, True, "log one connection_closed line per connection"),
 )
 
 
@@ -119,6 +120,7 @@ class ListenerConfig:
     settings: Settings
     addresses: tuple[SocketAddress, ...]
     limits: Limits = field(default_factory=Limits)
+    log_connections: bool = True
 
     @property
     def label(self) -> str:
@@ -175,7 +177,15 @@ def load_config(path: str | Path) -> Config:
             TOML, or has problems (all listed).
     """
     source = str(path)
-    text = read_config_text(source)
+    return parse_config_text(read_config_text(source), source)
+
+
+def parse_config_text(text: str, source: str) -> Config:
+    """Parse and validate config text (``source`` names it in messages).
+
+    Raises:
+        ConfigError: not TOML, or problems (all listed).
+    """
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -185,6 +195,18 @@ def load_config(path: str | Path) -> Config:
     except ValueError as exc:  # tomllib lets Python's 4,300-digit integer limit through
         raise ConfigError([f"{source}: TOML value cannot be read (an integer that long?)"]) from exc
     return parse_config(data, source)
+
+
+def read_stdin_config() -> str:
+    """A config piped in (``portd check -``), with the limits of a config file.
+
+    Raises:
+        ConfigError: more than MAX_CONFIG_BYTES, or not UTF-8.
+    """
+    import sys
+
+    raw = sys.stdin.buffer.read(MAX_CONFIG_BYTES + 1)
+    return _decode_config(raw, "<stdin>")
 
 
 def read_config_text(source: str) -> str:
@@ -211,6 +233,10 @@ def read_config_text(source: str) -> str:
             raw = file.read(MAX_CONFIG_BYTES + 1)
         except OSError as exc:
             raise ConfigError([f"{source}: cannot read config: {exc.strerror}"]) from exc
+    return _decode_config(raw, source)
+
+
+def _decode_config(raw: bytes, source: str) -> str:
     if len(raw) > MAX_CONFIG_BYTES:
         raise ConfigError([f"{source}: config is larger than {MAX_CONFIG_BYTES >> 20} MiB"])
     try:
@@ -333,8 +359,9 @@ def build_listener(index: int, table: Any, problems: _Problems) -> ListenerConfi
     settings = {option.name: values[option.name] for option in handler.options}
     limits = Limits(**{option.name: values[option.name] for option in LIMIT_OPTIONS})
     return ListenerConfig(
-        index, name, bind, protocol, handler, values["backlog"], settings, addresses, limits
-    )
+        index, name, bind, protocol, handler, values["backlog"], settings, addresses, limits,
+        values["log_connections"],
+    )  # fmt: skip
 
 
 def _check_name(name: str, where: str, problems: _Problems) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 EX_USAGE = 64
+EX_NOUSER = 67
 EX_UNAVAILABLE = 69
 EX_SOFTWARE = 70
 EX_NOPERM = 77
@@ -81,3 +82,43 @@ class HandlerError(PortdError):
     """A handler name that no built-in or installed package provides."""
 
     exit_code = EX_CONFIG
+
+
+class ReloadFailedError(PortdError):
+    """The daemon refused a reload (``portd reload``); it keeps serving the old config."""
+
+    def __init__(self, lines: Sequence[str], exit_code: int = EX_CONFIG) -> None:
+        self.lines = tuple(lines)
+        self.exit_code = exit_code
+        super().__init__("\n".join(self.lines))
+
+
+class ConnectError(PortdError):
+    """``portd connect``: the peer refused, did not answer in time, or a source address
+    could not be bound (exit 1, as nc)."""
+
+    exit_code = 1
+
+
+class LoopUnavailableError(PortdError):
+    """``[daemon] loop = "uvloop"`` on a host without uvloop: a config the host cannot serve."""
+
+    exit_code = EX_CONFIG
+
+
+class UnknownUserError(PortdError):
+    """[daemon] user or group names nobody on this host."""
+
+    exit_code = EX_NOUSER
+
+
+class PrivilegeError(PortdError):
+    """Switching user failed, or would leave a way back to root."""
+
+    exit_code = EX_NOPERM
+
+
+class ServiceNotFoundError(PortdError):
+    """``portd services``: no /etc/services entry by that name or number (exit 1)."""
+
+    exit_code = 1

@@ -8,22 +8,7 @@ import os
 from functools import cache
 from typing import NamedTuple
 
-from portd.errors import EX_NOPERM, PortdError, PrivilegedPortError
-
-EX_NOUSER = 67
-
-
-class UnknownUserError(PortdError):
-    """[daemon] user or group names nobody on this host."""
-
-    exit_code = EX_NOUSER
-
-
-class PrivilegeError(PortdError):
-    """Switching user failed, or would leave a way back to root."""
-
-    exit_code = EX_NOPERM
-
+from portd.errors import PrivilegedPortError, PrivilegeError, UnknownUserError
 
 UNPRIVILEGED_PORT_START = "/proc/sys/net/ipv4/ip_unprivileged_port_start"
 CAP_NET_BIND_SERVICE = 10

@@ -21,9 +21,9 @@ import anyio
 from anyio.abc import TaskGroup
 
 from portd.config import Config, DaemonConfig, ListenerConfig, load_config
-from portd.control import resolve_socket_path, serve_control
+from portd.control import ReloadFailure, open_control
 from portd.daemon import take_held_reloads
-from portd.errors import ConfigError, PortdError
+from portd.errors import ConfigError, LoopUnavailableError, PortdError
 from portd.listeners import Listener
 from portd.logging import get_logger
 from portd.privileges import Identity
@@ -62,6 +62,7 @@ class Supervisor:
         self._activation_only = activation_only
         self._conn_ids = itertools.count(1)
         self._group: TaskGroup | None = None
+        self._reload_lock = asyncio.Lock()
         self.started_at = time.monotonic()
 
     def bind_all(self) -> None:
@@ -149,11 +150,13 @@ class Supervisor:
         Returns:
             The exit code: 0 after a drain, 128+signal when a second signal cut it short.
         """
-        control_path = resolve_socket_path(self.config.daemon.control_socket)
-        control = await serve_control(control_path, self.snapshot) if control_path else None
+        daemon = self.config.daemon
+        control = await open_control(
+            daemon.control_socket, self.config.source, self.snapshot, self.reload, self.log
+        )
         try:
             self.drop_privileges()
-            return await self._serve(control_path)
+            return await self._serve(control.path if control is not None else "")
         finally:
             if control is not None:
                 control.close()
@@ -264,12 +267,18 @@ class Supervisor:
             await asyncio.sleep(0)
         return aborted
 
-    async def reload(self) -> bool:
+    async def reload(self) -> ReloadFailure | None:
         """Apply the config file again; on any problem keep serving the old config.
 
+        Reloads asked for at once (SIGHUP, the control socket) run one after the other.
+
         Returns:
-            True when the new config is in force.
+            None when the new config is in force, else why not (for ``portd reload``).
         """
+        async with self._reload_lock:
+            return await self._reload()
+
+    async def _reload(self) -> ReloadFailure | None:
         self.notifier.reloading()
         self.log.info("reload_started", config=self.config.source)
         try:
@@ -279,21 +288,21 @@ class Supervisor:
             plan = plan_reload(self.listeners, config.listeners)
             started = self._open_started(plan.started)
         except Exception as exc:  # noqa: BLE001 - whatever fails, the old config keeps serving
-            self._reload_failed(exc)
-            return False
+            return self._reload_failed(exc)
         await self._commit(config, plan, started)
-        return True
+        return None
 
-    def _reload_failed(self, exc: Exception) -> None:
+    def _reload_failed(self, exc: Exception) -> ReloadFailure:
         if isinstance(exc, PortdError):
-            reason = "; ".join(exc.lines) if isinstance(exc, ConfigError) else str(exc)
-            self.log.error("reload_failed", error=reason, kept=len(self.listeners))
+            lines = exc.lines if isinstance(exc, ConfigError) else (str(exc),)
+            self.log.error("reload_failed", error="; ".join(lines), kept=len(self.listeners))
+            failure = ReloadFailure(exc.exit_code, tuple(lines))
         else:  # a portd bug: say so with its traceback, and go on serving
-            self.log.error(
-                "reload_failed", error=f"{type(exc).__name__}: {exc}", kept=len(self.listeners),
-                exc_info=exc,
-            )  # fmt: skip
+            reason = f"{type(exc).__name__}: {exc}"
+            self.log.error("reload_failed", error=reason, kept=len(self.listeners), exc_info=exc)
+            failure = ReloadFailure(70, (f"reload failed: {reason}",))
         self.notifier.ready(self.status())
+        return failure
 
     def _open_started(self, starts: list[Start]) -> list[Listener]:
         """Bind what is new and build the listeners; all or nothing, reused sockets untouched."""
@@ -442,7 +451,7 @@ def loop_options(choice: str) -> dict[str, Any]:
     """anyio backend options for ``auto``, ``uvloop`` or ``asyncio``.
 
     Raises:
-        PortdError: ``uvloop`` was asked for and is not installed.
+        LoopUnavailableError: ``uvloop`` was asked for and is not installed (exit 78).
     """
     if choice == "asyncio":
         return {}
@@ -450,6 +459,9 @@ def loop_options(choice: str) -> dict[str, Any]:
         import uvloop
     except ImportError:
         if choice == "uvloop":
-            raise PortdError('loop = "uvloop" but uvloop is not installed') from None
+            raise LoopUnavailableError(
+                '[daemon] loop = "uvloop" but uvloop is not installed; pip install uvloop, '
+                'or loop = "auto"'
+            ) from None
         return {}
     return {"loop_factory": uvloop.new_event_loop}

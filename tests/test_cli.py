@@ -197,7 +197,7 @@ def test_check_toml_syntax_error_exits_78(tmp_path: Path) -> None:
         pytest.param(
             ("check", "--bogus", "x.toml"),
             "usage: portd check ",
-            "portd check: error: unrecognized arguments: --bogus",
+            "portd check: error: unknown option --bogus",
             id="unknown-option",
         ),
         pytest.param(

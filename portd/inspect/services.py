@@ -5,16 +5,10 @@ from __future__ import annotations
 import socket
 
 from portd.binds import PROTOCOLS, Protocol
-from portd.errors import PortdError
+from portd.errors import ServiceNotFoundError
 
 WELL_KNOWN_END = 1024
 REGISTERED_END = 49152
-
-
-class ServiceNotFoundError(PortdError):
-    """No /etc/services entry for a name or port."""
-
-    exit_code = 1
 
 
 def service_name(port: int, protocol: Protocol) -> str | None:

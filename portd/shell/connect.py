@@ -1,4 +1,5 @@
-"""``portd connect HOST PORT``: the client side of ``listen`` (``nc HOST PORT``)."""
+"""``portd connect HOST PORT``: the client side of ``listen`` (``nc HOST PORT``), with nc's
+``HOST:PORT``, ``-s ADDR``/``-p PORT`` (source), ``-n``, ``-w`` and ``-z``."""
 
 from __future__ import annotations
 
@@ -7,33 +8,37 @@ import sys
 from typing import Any
 
 from portd.binds import Protocol, format_host_port, parse_port
-from portd.errors import HostNotFoundError, PortdError
-from portd.shell.listen import address_families, report_session
-from portd.shell.relay import DatagramRelay, EofPolicy, Session, StreamRelay
+from portd.errors import ConnectError, HostNotFoundError, UsageError
+from portd.shell.listen import address_families, check_eof_flags, report_session
+from portd.shell.ncargs import connect_target, require_numeric
+from portd.shell.relay import DatagramRelay, EofPolicy, RelayOptions, Session, StreamRelay
 from portd.shell.stats import Transfer
 
-EX_CONNECT_FAILED = 1
-
-
-class ConnectError(PortdError):
-    """The peer refused, did not answer in time, or the host did not resolve."""
-
-    exit_code = EX_CONNECT_FAILED
+CONNECT_TIMEOUT_S = 10.0  # without -w; nc has none but the kernel's (minutes)
+__all__ = ["ConnectError", "run_connect"]
 
 
 def run_connect(args: Any) -> int:
-    """Connect, relay stdin/stdout, and return the exit status.
+    """Connect, relay stdin/stdout (or with -z only connect), and return the exit status.
 
     Raises:
-        ConnectError: refused, timed out or unresolvable (exit 1, one line).
-        BindSyntaxError: a bad port or unknown service name (exit 64).
+        ConnectError: refused, timed out, or the source address could not be bound (exit 1).
+        HostNotFoundError: the host does not resolve, or -n and it is a name (exit 1).
+        UsageError, BindSyntaxError: words that are not HOST PORT, a bad port (exit 64).
     """
     protocol: Protocol = "udp" if args.udp else "tcp"
-    port = parse_port(args.port, protocol)
-    target = format_host_port(args.host, port)
-    sock = _open(args, protocol, port, target)
+    host, port_text = connect_target(args.target)
+    if args.numeric:
+        require_numeric(host, for_connect=True)
+    check_eof_flags(args)
+    if args.zero_io:
+        return _check_ports(args, host, port_text, protocol)
+    port = parse_port(port_text, protocol)
+    target = format_host_port(host, port)
+    sock = open_connection(args, host, port, protocol)
     transfer = Transfer(args.verbose)
-    session = Session(transfer, EofPolicy(args.close_on_eof, args.quit_after, not args.no_stdin))
+    policy = EofPolicy(args.close_on_eof, args.quit_after, not args.no_stdin)
+    session = Session(transfer, policy, RelayOptions(args.crlf, args.interval, args.wait))
     with sock:
         if args.verbose:
             print(f"connected to {target} ({protocol})", file=sys.stderr, flush=True)
@@ -45,22 +50,57 @@ def run_connect(args: Any) -> int:
     return report_session(session, target, args.verbose, side="to")
 
 
-def _open(args: Any, protocol: Protocol, port: int, target: str) -> socket.socket:
+def _check_ports(args: Any, host: str, ports: str, protocol: Protocol) -> int:
+    """-z: connect to each port and close at once; 0 when one accepted, as nc."""
+    if protocol == "udp":
+        raise UsageError(
+            "-z with -u: UDP has no handshake, so portd cannot tell an open port from a "
+            "filtered one (nc guesses); send a datagram with portd connect -u and read the answer"
+        )
+    from portd.inspect.scan import parse_ports
+
+    status = 1
+    for port in parse_ports(ports):
+        target = format_host_port(host, port)
+        try:
+            open_connection(args, host, port, protocol).close()
+        except ConnectError as exc:
+            if args.verbose:
+                print(f"portd: {exc}", file=sys.stderr, flush=True)
+            continue
+        status = 0
+        if args.verbose:
+            print(f"connection to {target} ({protocol}) succeeded", file=sys.stderr, flush=True)
+    return status
+
+
+def open_connection(args: Any, host: str, port: int, protocol: Protocol) -> socket.socket:
+    """A socket connected to ``host``:``port``, bound first to -s/-p when given.
+
+    Raises:
+        HostNotFoundError: ``host`` does not resolve.
+        ConnectError: every address refused or timed out, or the source could not be bound.
+    """
     families = address_families(args.ipv4, args.ipv6) or (socket.AF_UNSPEC,)
     kind = socket.SOCK_STREAM if protocol == "tcp" else socket.SOCK_DGRAM
+    target = format_host_port(host, port)
     errors: list[str] = []
     for family in families:
         try:
-            infos = socket.getaddrinfo(args.host, port, family, kind)
+            infos = socket.getaddrinfo(host, port, family, kind)
         except socket.gaierror as exc:
-            raise HostNotFoundError(f"cannot resolve {args.host!r}: {exc.strerror}") from None
+            raise HostNotFoundError(f"cannot resolve {host!r}: {exc.strerror}") from None
         for info_family, info_kind, proto, _name, address in infos:
             sock = socket.socket(info_family, info_kind, proto)
-            sock.settimeout(args.wait)
             try:
+                _bind_source(sock, args, info_family, kind)
+                sock.settimeout(args.wait or CONNECT_TIMEOUT_S)
                 sock.connect(address)
             except TimeoutError:
                 errors.append("timed out")
+            except ConnectError:
+                sock.close()
+                raise
             except OSError as exc:
                 errors.append(exc.strerror or str(exc))
             else:
@@ -69,3 +109,25 @@ def _open(args: Any, protocol: Protocol, port: int, target: str) -> socket.socke
             sock.close()
     reason = errors[-1] if errors else "no address"
     raise ConnectError(f"connect to {target} ({protocol}) failed: {reason.lower()}")
+
+
+def _bind_source(sock: socket.socket, args: Any, family: int, kind: int) -> None:
+    """-s ADDR / -p PORT: the connection's own address, as nc binds it (no SO_REUSEADDR).
+
+    Raises:
+        ConnectError: the source does not resolve in this family or cannot be bound.
+    """
+    if args.source is None and args.source_port is None:
+        return
+    if args.numeric and args.source is not None:
+        require_numeric(args.source, for_connect=True)
+    where = format_host_port(args.source or "*", args.source_port or 0)
+    try:
+        infos = socket.getaddrinfo(
+            args.source, args.source_port or 0, family, kind, 0, socket.AI_PASSIVE
+        )
+        sock.bind(infos[0][4])
+    except socket.gaierror as exc:
+        raise ConnectError(f"source {where}: {exc.strerror}") from None
+    except OSError as exc:
+        raise ConnectError(f"cannot bind source {where}: {exc.strerror or exc}") from None

@@ -12,12 +12,16 @@ from collections.abc import Sequence
 from typing import Any
 
 from portd.binds import BindSpec, Protocol, SocketAddress, format_peer, parse_bind, resolve_bind
+from portd.errors import UsageError
+from portd.shell.ncargs import bind_host, listen_bind, require_numeric
 from portd.shell.relay import (
     BUFFER_SIZE,
     STDIN,
     STDOUT,
     DatagramRelay,
     EofPolicy,
+    LineShaper,
+    RelayOptions,
     Session,
     StreamRelay,
     write_all,
@@ -27,16 +31,44 @@ from portd.sockets import bound_addresses, open_listener_sockets
 
 
 class ListenOptions:
-    """The parsed options of ``portd listen`` (a plain class: no dataclass import cost)."""
+    """The parsed options of ``portd listen`` (a plain class: no dataclass import cost).
+
+    Raises:
+        UsageError: nc-style words that do not make one bind, or options that disagree.
+        BindSyntaxError: the bind does not parse (-n: a host name).
+    """
 
     def __init__(self, args: Any) -> None:
         self.protocol: Protocol = "udp" if args.udp else "tcp"
-        self.spec: BindSpec = parse_bind(args.bind, self.protocol)
+        self.bind_text = listen_bind(args.where, args.port, args.source)
+        if args.numeric:
+            require_numeric(bind_host(self.bind_text), for_connect=False)
+        self.spec: BindSpec = parse_bind(self.bind_text, self.protocol)
         self.families = address_families(args.ipv4, args.ipv6)
         self.keep: bool = args.keep
         self.verbose: bool = args.verbose
         self.port_file: str | None = args.port_file
+        check_eof_flags(args)
         self.policy = EofPolicy(args.close_on_eof, args.quit_after, not args.no_stdin)
+        self.relay = RelayOptions(args.crlf, args.interval, args.wait)
+        if args.handler and (args.crlf or args.interval or args.wait):
+            raise UsageError("-C, -i and -w shape the stdio relay; a handler takes --set "
+                             "options instead (idle_timeout_s=SECS for -w)")  # fmt: skip
+        self.gate: Any = None
+        if args.set and args.keep and not args.handler:
+            from portd.shell.admission import stdio_gate
+
+            self.gate = stdio_gate(args.set)
+
+
+def check_eof_flags(args: Any) -> None:
+    """-N (half-close, the default) and --close-on-eof ask for opposite ends.
+
+    Raises:
+        UsageError: both were given.
+    """
+    if args.half_close and args.close_on_eof:
+        raise UsageError("-N half-closes when stdin ends, --close-on-eof closes: give one")
 
 
 def address_families(ipv4: bool, ipv6: bool) -> tuple[socket.AddressFamily, ...]:
@@ -81,16 +113,16 @@ def run_listen(options: ListenOptions) -> int:
             return _relay_datagrams(sockets, options)
         if options.keep:
             return _serve_many(sockets, options)
-        conn, peer = _accept_one(sockets)
+        conn, address = _accept_one(sockets)
     finally:
         for sock in sockets:
             sock.close()  # like nc -l: one connection, no further listening
     with conn:
-        return _relay_stream(conn, peer, options)
+        return _relay_stream(conn, format_peer(address), options)
 
 
-def _accept_one(sockets: list[socket.socket]) -> tuple[socket.socket, str]:
-    """The next connection and its peer as ``host:port``.
+def _accept_one(sockets: list[socket.socket]) -> tuple[socket.socket, Any]:
+    """The next connection and its peer's address.
 
     The peer comes from accept(): getpeername() fails (ENOTCONN) on a connection the
     client reset while it waited in the backlog, and such a connection is still returned.
@@ -103,14 +135,14 @@ def _accept_one(sockets: list[socket.socket]) -> tuple[socket.socket, str]:
             except (BlockingIOError, ConnectionAbortedError):
                 continue
             conn.setblocking(True)
-            return conn, format_peer(address)
+            return conn, address
 
 
 def _relay_stream(conn: socket.socket, peer: str, options: ListenOptions) -> int:
     if options.verbose:
         print(f"connection from {peer}", file=sys.stderr, flush=True)
     transfer = Transfer(options.verbose)
-    session = Session(transfer, options.policy)
+    session = Session(transfer, options.policy, options.relay)
     StreamRelay(conn, session).run()
     transfer.finish()
     return report_session(session, peer, options.verbose)
@@ -129,7 +161,7 @@ def _relay_datagrams(sockets: list[socket.socket], options: ListenOptions) -> in
     for sock in sockets:
         sock.setblocking(True)
     transfer = Transfer(options.verbose)
-    session = Session(transfer, options.policy)
+    session = Session(transfer, options.policy, options.relay)
     DatagramRelay(sockets, session, connected=False).run()
     transfer.finish()
     if session.message:
@@ -161,21 +193,34 @@ class _Clients:
             while True:
                 self.add(*_accept_one(sockets))
 
-    def add(self, conn: socket.socket, peer: str) -> None:
+    def add(self, conn: socket.socket, address: Any) -> None:
+        """Serve a new client, or close it at once when a --set limit refuses it."""
+        peer, host = format_peer(address), str(address[0])
+        gate = self.options.gate
         with self.lock:
-            self.clients.add(conn)
-            if self.stdin_done:
-                _half_close(conn)
-        threading.Thread(target=self._pump, args=(conn, peer), daemon=True).start()
+            reason = gate.admit(host) if gate is not None else None
+            if reason is None:
+                self.clients.add(conn)
+                if self.stdin_done:
+                    _half_close(conn)
+        if reason is not None:
+            conn.close()  # as the daemon: closed right after accept, before any byte
+            self._report(f"connection from {peer} refused: {reason}")
+            return
+        threading.Thread(target=self._pump, args=(conn, peer, host), daemon=True).start()
 
-    def _pump(self, conn: socket.socket, peer: str) -> None:
+    def _pump(self, conn: socket.socket, peer: str, host: str) -> None:
         self._report(f"connection from {peer}")
+        if self.options.relay.idle_timeout_s:
+            conn.settimeout(self.options.relay.idle_timeout_s)  # -w: nothing from it that long
         with contextlib.suppress(OSError):
             while data := conn.recv(BUFFER_SIZE):
                 if not self._write_stdout(data, peer):
                     break
         with self.lock:
             self.clients.discard(conn)
+            if self.options.gate is not None:
+                self.options.gate.release(host)
         conn.close()
         self._report(f"connection from {peer} closed")
 
@@ -205,12 +250,14 @@ class _Clients:
                 print(line, file=sys.stderr, flush=True)
 
     def broadcast_stdin(self) -> None:
+        shaper = LineShaper(self.options.relay, self.ended)
         while data := os.read(STDIN, BUFFER_SIZE):
-            with self.lock:
-                targets = list(self.clients)
-            for conn in targets:
-                with contextlib.suppress(OSError):
-                    conn.sendall(data)
+            for piece in shaper.pieces(data):
+                with self.lock:
+                    targets = list(self.clients)
+                for conn in targets:
+                    with contextlib.suppress(OSError):
+                        conn.sendall(piece)
         with self.lock:
             self.stdin_done = True
             for conn in self.clients:
