@@ -165,14 +165,16 @@ def _add_config_commands(commands: Any) -> None:
     check.set_defaults(run=run_check)
     example = commands.add_parser(
         "example-config", usage="%(prog)s", help="print the example config (every option)",
-        epilog="example:\n  portd example-config > portd.toml && portd check portd.toml",
+        epilog="example:\n  portd example-config > portd.toml && portd check portd.toml\n\n"
+        "exit status: 0 printed",
         formatter_class=RAW,
     )  # fmt: skip
     example.set_defaults(run=run_example_config)
     units = commands.add_parser(
         "units", usage="%(prog)s [options] FILE",
         help="print systemd socket and service units for a config", formatter_class=RAW,
-        epilog="example:\n  portd units /etc/portd/portd.toml --output-dir /etc/systemd/system",
+        epilog="example:\n  portd units /etc/portd/portd.toml --output-dir /etc/systemd/system\n\n"
+        "exit status: 0 written, 78 config error, 64 bad arguments",
     )  # fmt: skip
     units.add_argument("config", metavar="FILE")
     units.add_argument("--portd", default="/usr/local/bin/portd", metavar="PATH",

@@ -73,6 +73,7 @@ def _service_unit(
     flag = " --activation-only" if activation_only else ""
     replaced = {
         "ExecStart": f"{portd} serve -c {config_path}{flag}",
+        "ExecReload": f"{portd} reload -c {config_path}",
         "Requires": " ".join(sockets),
         "After": " ".join(["network.target", *sockets]),
     }
