@@ -71,11 +71,20 @@ def user_socket_path(config_path: str, environ: dict[str, str] | os._Environ[str
     runtime = environ.get("XDG_RUNTIME_DIR", "")
     directory = (
         os.path.join(runtime, "portd")  # noqa: PTH118
-        if runtime.startswith("/")
+        if runtime.startswith("/") and _owned_by_me(runtime)
         else f"/tmp/portd-{os.geteuid()}"  # noqa: S108 - made 0700 and checked before use
     )
     real = os.path.realpath(config_path).encode("utf-8", "surrogateescape")
     return os.path.join(directory, f"control-{hashlib.sha256(real).hexdigest()[:16]}.sock")  # noqa: PTH118
+
+
+def _owned_by_me(directory: str) -> bool:
+    """XDG_RUNTIME_DIR must belong to its user; one inherited from another (sudo, setpriv)
+    is not this user's."""
+    try:
+        return os.stat(directory).st_uid == os.geteuid()  # noqa: PTH116
+    except OSError:
+        return False
 
 
 def client_socket_paths(
