@@ -372,7 +372,9 @@ def test_resolve_with_no_address_left_names_the_family(
         ),
         pytest.param(
             "a" * 64 + ".invalid",
-            f"cannot resolve host '{'a' * 64}.invalid': encoding with 'idna' codec failed",
+            # Python 3.11 says "encoding with 'idna' codec failed (UnicodeError: label
+            # empty or too long)", 3.12 and later just "label empty or too long".
+            f"cannot resolve host '{'a' * 64}.invalid': ",
             id="label-too-long",
         ),
     ],
@@ -383,6 +385,8 @@ def test_resolve_unresolvable_host_names_the_host(host: str, prefix: str) -> Non
         resolve_bind(BindSpec(host, 80), "tcp")
     assert str(excinfo.value).startswith(prefix)
     assert len(str(excinfo.value)) > len(prefix)
+    if "a" * 64 in host:
+        assert "label empty or too long" in str(excinfo.value)
 
 
 @pytest.mark.parametrize(
