@@ -372,8 +372,9 @@ def test_resolve_with_no_address_left_names_the_family(
         ),
         pytest.param(
             "a" * 64 + ".invalid",
-            # Python 3.11 says "encoding with 'idna' codec failed (UnicodeError: label
-            # empty or too long)", 3.12 and later just "label empty or too long".
+            # The reason is Python's idna codec, worded differently by 3.11 ("encoding with
+            # 'idna' codec failed (...label empty or too long)"), 3.12 and 3.13 ("...: label
+            # too long"); each says "too long".
             f"cannot resolve host '{'a' * 64}.invalid': ",
             id="label-too-long",
         ),
@@ -386,7 +387,7 @@ def test_resolve_unresolvable_host_names_the_host(host: str, prefix: str) -> Non
     assert str(excinfo.value).startswith(prefix)
     assert len(str(excinfo.value)) > len(prefix)
     if "a" * 64 in host:
-        assert "label empty or too long" in str(excinfo.value)
+        assert "too long" in str(excinfo.value)
 
 
 @pytest.mark.parametrize(
