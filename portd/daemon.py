@@ -22,6 +22,7 @@ from portd.errors import PortdError
 
 if TYPE_CHECKING:
     from portd.config import Config
+    from portd.control import ReloadFailure
     from portd.privileges import Identity
     from portd.supervisor import Supervisor
     from portd.systemd import InheritedSocket, Notifier
@@ -103,14 +104,16 @@ class Daemon:
         Returns:
             The exit code: 0 after a drain, 128+signal when a second signal cut it short.
         """
-        from portd.control import resolve_socket_path, serve_control
+        from portd.control import open_control
 
         supervisor = self.supervisor
-        control_path = resolve_socket_path(supervisor.config.daemon.control_socket)
-        control = await serve_control(control_path, supervisor.snapshot) if control_path else None
+        control = await open_control(
+            supervisor.config.daemon.control_socket, supervisor.config.source,
+            supervisor.snapshot, self.reload, self.log,
+        )  # fmt: skip
         try:
             self.drop_privileges()
-            return await self._serve(control_path)
+            return await self._serve(control.path if control is not None else "")
         finally:
             if control is not None:
                 control.close()
@@ -153,8 +156,8 @@ class Daemon:
                 group.cancel_scope.cancel()
             return exit_code
 
-    async def reload(self) -> str | None:
-        """Reload the config, telling the service manager; None or the failure reason."""
+    async def reload(self) -> ReloadFailure | None:
+        """Reload the config, telling the service manager; None or why it failed."""
         self.notifier.reloading()
         reason = await self.supervisor.reload()
         self.notifier.ready(self.supervisor.status())
@@ -219,7 +222,7 @@ def loop_options(choice: str) -> dict[str, Any]:
     """anyio backend options for ``auto``, ``uvloop`` or ``asyncio``.
 
     Raises:
-        PortdError: ``uvloop`` was asked for and is not installed.
+        LoopUnavailableError: ``uvloop`` was asked for and is not installed (exit 78).
     """
     if choice == "asyncio":
         return {}
@@ -227,6 +230,11 @@ def loop_options(choice: str) -> dict[str, Any]:
         import uvloop
     except ImportError:
         if choice == "uvloop":
-            raise PortdError('loop = "uvloop" but uvloop is not installed') from None
+            from portd.errors import LoopUnavailableError
+
+            raise LoopUnavailableError(
+                '[daemon] loop = "uvloop" but uvloop is not installed; pip install uvloop, '
+                'or loop = "auto"'
+            ) from None
         return {}
     return {"loop_factory": uvloop.new_event_loop}

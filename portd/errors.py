@@ -175,6 +175,19 @@ class HandlerError(PortdError):
     exit_code = EX_CONFIG
 
 
+class ReloadFailedError(PortdError):
+    """The daemon refused a reload (``portd reload``); it keeps serving the old config."""
+
+    def __init__(self, lines: Sequence[str], exit_code: int = EX_CONFIG) -> None:
+        self.lines = tuple(lines)
+        self.exit_code = exit_code
+        super().__init__("\n".join(self.lines))
+
+    def messages(self) -> list[str]:
+        """The daemon's lines, as ``portd check`` prints them."""
+        return list(self.lines)
+
+
 class DiagnosisError(PortdError):
     """doctor/ports: the kernel's tables or the host's addresses could not be read at all."""
 
@@ -191,3 +204,9 @@ class NotPermittedError(PortdError):
     """An inspection of another user's process without root."""
 
     exit_code = EX_NOPERM
+
+
+class LoopUnavailableError(PortdError):
+    """``[daemon] loop = "uvloop"`` on a host without uvloop: a config the host cannot serve."""
+
+    exit_code = EX_CONFIG

@@ -21,7 +21,8 @@ import anyio
 
 from portd.assembly import assemble, plan_taken
 from portd.config import Config, DaemonConfig, load_config
-from portd.errors import ConfigError, PortdError
+from portd.control import ReloadFailure
+from portd.errors import EX_SOFTWARE, ConfigError, PortdError
 from portd.listeners import Listener
 from portd.logging import get_logger
 from portd.reload import ReloadPlan, plan_reload
@@ -53,6 +54,7 @@ class Supervisor:
         self._activation_only = activation_only
         self._conn_ids = itertools.count(1)
         self.spawn: Spawn | None = None  # runs background work (retiring listeners)
+        self._reload_lock = asyncio.Lock()
         self.started_at = time.monotonic()
 
     def bind_all(self) -> None:
@@ -174,12 +176,19 @@ class Supervisor:
             await asyncio.sleep(0)
         return aborted
 
-    async def reload(self) -> str | None:
+    async def reload(self) -> ReloadFailure | None:
         """Apply the config file again; on any problem keep serving the old config.
 
+        Reloads asked for at once (SIGHUP, the control socket) run one after the other.
+
         Returns:
-            None when the new config is in force, else the reason it is not (one line).
+            None when the new config is in force, else why not (for ``portd reload``: its
+            exit code and ``portd check``'s lines).
         """
+        async with self._reload_lock:
+            return await self._reload()
+
+    async def _reload(self) -> ReloadFailure | None:
         self.log.info("reload_started", config=self.config.source)
         try:
             # Off the loop: reading the file, resolving names and importing handlers block.
@@ -197,14 +206,14 @@ class Supervisor:
         await self._commit(config, plan, started)
         return None
 
-    def _reload_failed(self, exc: Exception) -> str:
+    def _reload_failed(self, exc: Exception) -> ReloadFailure:
         if isinstance(exc, PortdError):
-            reason = "; ".join(exc.messages())
-            self.log.error("reload_failed", error=reason, kept=len(self.listeners))
-        else:  # a portd bug: say so with its traceback, and go on serving
-            reason = f"{type(exc).__name__}: {exc}"
-            self.log.error("reload_failed", error=reason, kept=len(self.listeners), exc_info=exc)
-        return reason
+            lines = tuple(exc.messages())
+            self.log.error("reload_failed", error="; ".join(lines), kept=len(self.listeners))
+            return ReloadFailure(exc.exit_code, lines)
+        reason = f"{type(exc).__name__}: {exc}"  # a portd bug: with its traceback; serve on
+        self.log.error("reload_failed", error=reason, kept=len(self.listeners), exc_info=exc)
+        return ReloadFailure(EX_SOFTWARE, (f"reload failed: {reason}",))
 
     async def _commit(self, config: Config, plan: ReloadPlan, started: list[Listener]) -> None:
         handed_over = plan.handed_over

@@ -111,6 +111,7 @@ def _service_unit(
     config_argument = quote_argument(config_path, "config path")
     replaced = {
         "ExecStart": f"{executable} serve -c {config_argument}{flag}",
+        "ExecReload": f"{executable} reload -c {config_argument}",
         "Requires": " ".join(sockets),
         "After": " ".join(["network.target", *sockets]),
     }

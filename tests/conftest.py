@@ -21,6 +21,18 @@ def _has_ipv6_loopback() -> bool:
     return True
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_runtime_directory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A daemon started by hand keeps its control socket under $XDG_RUNTIME_DIR/portd: here
+    a directory of this test run, so tests neither litter the host's nor meet another run's."""
+    path = tmp_path_factory.mktemp("runtime")
+    path.chmod(0o700)
+    patch = pytest.MonkeyPatch()
+    patch.setenv("XDG_RUNTIME_DIR", str(path))
+    yield
+    patch.undo()
+
+
 HAS_IPV6 = _has_ipv6_loopback()
 needs_ipv6 = pytest.mark.skipif(not HAS_IPV6, reason="this host has no IPv6 loopback")
 

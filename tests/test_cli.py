@@ -200,7 +200,7 @@ def test_check_toml_syntax_error_exits_78(tmp_path: Path) -> None:
         pytest.param(
             ("check", "--bogus", "x.toml"),
             "usage: portd check ",
-            "portd check: error: unrecognized arguments: --bogus",
+            "portd check: error: unknown option --bogus",
             id="unknown-option",
         ),
         pytest.param(
@@ -263,3 +263,53 @@ def test_serve_bad_config_binds_none_of_its_listeners(tmp_path: Path) -> None:
     (line,) = result.stderr.splitlines()
     assert line.startswith(f'portd: {path}: [[listener]] #2 "bad": handler = "ecoh": ')
     assert "listener_started" not in result.stderr
+
+
+def test_check_resolves_the_user_as_serve_does(tmp_path: Path) -> None:
+    """An unknown [daemon] user fails check with serve's line and exit code (67)."""
+    path = write(
+        tmp_path,
+        """
+        [daemon]
+        user = "no-such-user-portd"
+
+        [[listener]]
+        bind = "127.0.0.1:0"
+        handler = "echo"
+        """,
+    )
+    checked = run_portd("check", str(path))
+    served = run_portd("serve", "-c", str(path), timeout=QUICK_S)
+    line = "portd: unknown user 'no-such-user-portd' (use a name from passwd or a uid)\n"
+    assert (checked.returncode, checked.stdout, checked.stderr) == (67, "", line)
+    assert (served.returncode, served.stderr) == (67, line)
+
+
+def test_check_resolves_the_loop_as_serve_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """loop = "uvloop" on a host without uvloop: a config error (78), for check and serve."""
+    import sys
+
+    from portd.cli.daemon import resolve_daemon
+    from portd.config import parse_config_text
+    from portd.errors import LoopUnavailableError
+
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop now fails
+    config = parse_config_text(
+        '[daemon]\nloop = "uvloop"\n[[listener]]\nbind = "127.0.0.1:0"\nhandler = "echo"\n', "x"
+    )
+    with pytest.raises(LoopUnavailableError) as raised:
+        resolve_daemon(config)
+    assert raised.value.exit_code == EX_CONFIG
+    assert str(raised.value).startswith('[daemon] loop = "uvloop" but uvloop is not installed')
+
+
+def test_check_reads_a_config_from_stdin() -> None:
+    shown = run_portd("check", "-", input=EXAMPLE.read_text())
+    assert (shown.returncode, shown.stderr) == (0, "")
+    assert shown.stdout.splitlines()[0] == "<stdin>: OK, 3 listeners"
+    bad = run_portd("check", "-", input="[[listener]]\n")
+    assert bad.returncode == EX_CONFIG
+    assert bad.stderr.splitlines() == [
+        "portd: <stdin>: [[listener]] #1: missing required key 'bind'",
+        "portd: <stdin>: [[listener]] #1: missing required key 'handler'",
+    ]

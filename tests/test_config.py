@@ -379,7 +379,8 @@ def test_config_error_carries_exit_code_78_and_joins_lines() -> None:
         ),
         pytest.param(
             "[daemon]\nlog_level = 3\n" + ECHO,
-            "[daemon]: log_level = 3: expected one of 'debug', 'info', 'warning', 'error'",
+            "[daemon]: log_level = 3: expected one of "
+            "'debug', 'info', 'warning', 'error', 'critical'",
             id="daemon-wrong-type",
         ),
         pytest.param(
@@ -915,7 +916,8 @@ def test_every_problem_in_a_file_is_reported_at_once(tmp_path: Path) -> None:
     handlers = ", ".join(available_handlers())
     expected = [
         "top level: unknown table [deamon]; expected [daemon] and [[listener]]",
-        "[daemon]: log_level = \"loud\": expected one of 'debug', 'info', 'warning', 'error'",
+        '[daemon]: log_level = "loud": expected one of '
+        "'debug', 'info', 'warning', 'error', 'critical'",
         "[daemon]: shutdown_timeout_s = -5: expected a number from 0 to 86400",
         '[[listener]] #1 "one": backlog = 0: expected an integer from 1 to 65535',
         f'[[listener]] #1 "one": colour = "red": unknown key; allowed keys: {LISTENER_KEYS}',

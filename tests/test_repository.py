@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from portd.endpoints.inet import InetAddress
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,3 +42,32 @@ def test_example_config_serves_only_loopback_high_ports() -> None:
             assert isinstance(address, InetAddress)
             assert address.host in ("127.0.0.1", "::1")
             assert address.port >= 1024
+
+
+def test_the_readme_test_command_installs_the_lint_tools() -> None:
+    """ruff and mypy are a dependency group, not an extra: the command must ask for it."""
+    test_command = readme_commands()[1]
+    assert "--group lint" in test_command
+    assert "'pip>=25.1'" in test_command  # the first pip that reads [dependency-groups]
+
+
+def test_no_absolute_machine_paths_in_repository_files() -> None:
+    """Files travel between machines: no developer's home or work tree in them."""
+    import subprocess
+
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+        text=True, check=False,
+    )  # fmt: skip
+    if listed.returncode != 0:
+        pytest.skip("not a git checkout (an unpacked sdist)")
+    files = listed.stdout.split()
+    for name in files:
+        path = ROOT / name
+        if (
+            path.suffix in {".py", ".md", ".toml", ".service", ".socket", ".1", ""}
+            and path.is_file()
+        ):
+            text = path.read_text(encoding="utf-8", errors="replace")
+            for forbidden in ("/" + "work/", "/" + "root/"):  # split: this file is checked too
+                assert forbidden not in text, f"{name} names {forbidden}"

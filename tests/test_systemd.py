@@ -169,6 +169,9 @@ class Activator:
         tool = require_tool("systemd-socket-activate")
         fds = [str(sock.fileno()) for sock in self.sockets]
         flags = ["--datagram"] if self.datagram else []
+        # systemd-socket-activate passes on only what -E names: the test run's runtime
+        # directory keeps the daemon's control socket out of the host's /tmp.
+        flags += ["-E", "XDG_RUNTIME_DIR"] if "XDG_RUNTIME_DIR" in os.environ else []
         shim = [sys.executable, "-c", SHIM, str(len(fds)), *fds]
         return [*shim, tool, *flags, f"--fdname={':'.join(self.names)}", "--"]
 

@@ -37,7 +37,9 @@ __all__ = [
     "default_name",
     "load_config",
     "parse_config",
+    "parse_config_text",
     "read_config_text",
+    "read_stdin_config",
 ]
 
 MAX_CONFIG_BYTES = 16 << 20  # a config is text; anything bigger is a mistake or an attack
@@ -70,7 +72,15 @@ def load_config(path: str | Path) -> Config:
             TOML, or has problems (all listed).
     """
     source = str(path)
-    text = read_config_text(source)
+    return parse_config_text(read_config_text(source), source)
+
+
+def parse_config_text(text: str, source: str) -> Config:
+    """Parse and validate config text (``source`` names it in messages).
+
+    Raises:
+        ConfigError: not TOML, or problems (all listed).
+    """
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -80,6 +90,18 @@ def load_config(path: str | Path) -> Config:
     except ValueError as exc:  # tomllib lets Python's 4,300-digit integer limit through
         raise ConfigError([f"{source}: TOML value cannot be read (an integer that long?)"]) from exc
     return parse_config(data, source)
+
+
+def read_stdin_config() -> str:
+    """A config piped in (``portd check -``), with the limits of a config file.
+
+    Raises:
+        ConfigError: more than MAX_CONFIG_BYTES, or not UTF-8.
+    """
+    import sys
+
+    raw = sys.stdin.buffer.read(MAX_CONFIG_BYTES + 1)
+    return _decode_config(raw, "<stdin>")
 
 
 def read_config_text(source: str) -> str:
@@ -106,6 +128,10 @@ def read_config_text(source: str) -> str:
             raw = file.read(MAX_CONFIG_BYTES + 1)
         except OSError as exc:
             raise ConfigError([f"{source}: cannot read config: {exc.strerror}"]) from exc
+    return _decode_config(raw, source)
+
+
+def _decode_config(raw: bytes, source: str) -> str:
     if len(raw) > MAX_CONFIG_BYTES:
         raise ConfigError([f"{source}: config is larger than {MAX_CONFIG_BYTES >> 20} MiB"])
     try:

@@ -13,7 +13,7 @@ DAEMON_OPTIONS = (
     Option("log_format", str, "auto", "console on a terminal, JSON lines otherwise",
            choices=("auto", "console", "json")),
     Option("log_level", str, "info", "lowest level logged",
-           choices=("debug", "info", "warning", "error")),
+           choices=("debug", "info", "warning", "error", "critical")),
     Option("shutdown_timeout_s", float, 10.0, "how long live connections may finish on stop",
            minimum=0, maximum=86400),
     Option("loop", str, "auto", "event loop: uvloop when installed (auto), or asyncio",

@@ -31,6 +31,7 @@ LISTENER_KEYS = (
     Option("protocol", str, "tcp", "transport (udp: datagrams, also on unix sockets)",
            choices=PROTOCOLS),
     Option("handler", str, None, "handler name"),
+    Option("log_connections", bool, True, "log one connection_closed line per connection"),
 )  # fmt: skip
 LISTENER_OPTIONS = (*LISTENER_KEYS, *SOCKET_KEYS, *LIMIT_OPTIONS)
 KIND_ONLY = {**KIND_ONLY_KEYS, **LIMIT_KIND_ONLY}
@@ -48,6 +49,7 @@ class ListenerConfig:
     addresses: tuple[Address, ...]
     limits: Limits = field(default_factory=Limits)
     socket_options: SocketOptions = field(default_factory=SocketOptions)
+    log_connections: bool = True
 
     @property
     def protocol(self) -> ProtocolName:
@@ -123,7 +125,10 @@ def _complete(
     if refused or not _check_name(name, where, problems):
         return None
     limits = build_limits(values, table, handler)
-    return ListenerConfig(index, name, endpoint, handler, settings, addresses, limits, sockets)
+    return ListenerConfig(
+        index, name, endpoint, handler, settings, addresses, limits, sockets,
+        values["log_connections"],
+    )  # fmt: skip
 
 
 def build_limits(

@@ -238,15 +238,16 @@ class Listener:
         self.bytes_in += conn.bytes_in
         self.bytes_out += conn.bytes_out
         self.endings[conn.how_it_ended] += 1
-        self.log.info(
-            "connection_closed",
-            conn_id=conn.conn_id,
-            peer=str(conn.peer),
-            bytes_in=conn.bytes_in,
-            bytes_out=conn.bytes_out,
-            duration_ms=round((time.monotonic() - conn.started) * 1000, 1),
-            error=str(exc) if exc and conn.reason is None else conn.error,
-        )
+        if self.config.log_connections:  # off for busy listeners; the counts stay
+            self.log.info(
+                "connection_closed",
+                conn_id=conn.conn_id,
+                peer=str(conn.peer),
+                bytes_in=conn.bytes_in,
+                bytes_out=conn.bytes_out,
+                duration_ms=round((time.monotonic() - conn.started) * 1000, 1),
+                error=str(exc) if exc and conn.reason is None else conn.error,
+            )
         for observer in self.observers:
             observer.connection_closed(conn)
         self._check_idle()

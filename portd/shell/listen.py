@@ -15,12 +15,16 @@ from typing import Any
 
 from portd.endpoints.base import ProtocolName, SocketOptions
 from portd.endpoints.parse import parse_endpoint
+from portd.errors import UsageError
+from portd.shell.ncargs import bind_host, listen_bind, require_numeric
 from portd.shell.relay import (
     BUFFER_SIZE,
     STDIN,
     STDOUT,
     DatagramRelay,
     EofPolicy,
+    LineShaper,
+    RelayOptions,
     Session,
     StreamRelay,
     write_all,
@@ -33,18 +37,46 @@ RESET_ON_CLOSE = b"\1\0\0\0\0\0\0\0"  # SO_LINGER on, 0 s: close() sends an RST
 
 
 class ListenOptions:
-    """The parsed options of ``portd listen`` (a plain class: no dataclass import cost)."""
+    """The parsed options of ``portd listen`` (a plain class: no dataclass import cost).
+
+    Raises:
+        UsageError: nc-style words that do not make one bind, or options that disagree.
+        BindSyntaxError: the bind does not parse (-n: a host name).
+    """
 
     def __init__(self, args: Any) -> None:
+        self.bind_text = listen_bind(args.where, args.port, args.source)
+        if args.numeric:
+            require_numeric(bind_host(self.bind_text), for_connect=False)
         # -u, or else a tcp:/udp: prefix, says the protocol
-        self.endpoint: Any = parse_endpoint(args.bind, "udp" if args.udp else None)
+        self.endpoint: Any = parse_endpoint(self.bind_text, "udp" if args.udp else None)
         self.protocol: ProtocolName = self.endpoint.protocol
         self.families = address_families(args.ipv4, args.ipv6)
         self.keep: bool = args.keep
         self.max_clients: int = getattr(args, "max_clients", DEFAULT_MAX_CLIENTS)
         self.verbose: bool = args.verbose
         self.port_file: str | None = args.port_file
+        check_eof_flags(args)
         self.policy = EofPolicy(args.close_on_eof, args.quit_after, not args.no_stdin)
+        self.relay = RelayOptions(args.crlf, args.interval, args.wait)
+        if args.handler and (args.crlf or args.interval or args.wait):
+            raise UsageError("-C, -i and -w shape the stdio relay; a handler takes --set "
+                             "options instead (idle_timeout_s=SECS for -w)")  # fmt: skip
+        self.gate: Any = None
+        if args.set and args.keep and not args.handler:
+            from portd.shell.admission import stdio_gate
+
+            self.gate = stdio_gate(args.set)
+
+
+def check_eof_flags(args: Any) -> None:
+    """-N (half-close, the default) and --close-on-eof ask for opposite ends.
+
+    Raises:
+        UsageError: both were given.
+    """
+    if args.half_close and args.close_on_eof:
+        raise UsageError("-N half-closes when stdin ends, --close-on-eof closes: give one")
 
 
 def address_families(ipv4: bool, ipv6: bool) -> tuple[socket.AddressFamily, ...]:
@@ -125,11 +157,11 @@ def run_listen(options: ListenOptions) -> int:
         for sock in sockets:
             sock.close()  # like nc -l: one connection, no further listening
     with conn:
-        return _relay_stream(conn, peer, options)
+        return _relay_stream(conn, str(peer), options)
 
 
-def _accept_one(sockets: list[socket.socket], endpoint: Any) -> tuple[socket.socket, str]:
-    """The next connection and its peer as logs name it (``host:port``).
+def _accept_one(sockets: list[socket.socket], endpoint: Any) -> tuple[socket.socket, Any]:
+    """The next connection and its typed peer (``str()`` names it as logs do).
 
     The peer comes from accept(): getpeername() fails (ENOTCONN) on a connection the
     client reset while it waited in the backlog, and such a connection is still returned.
@@ -143,7 +175,7 @@ def _accept_one(sockets: list[socket.socket], endpoint: Any) -> tuple[socket.soc
                 continue
             conn.setblocking(True)
             try:
-                return conn, str(endpoint.peer(conn, address))
+                return conn, endpoint.peer(conn, address)
             except OSError:  # reset before we asked who it was (unix credentials)
                 conn.close()
 
@@ -152,7 +184,7 @@ def _relay_stream(conn: socket.socket, peer: str, options: ListenOptions) -> int
     if options.verbose:
         print(f"connection from {peer}", file=sys.stderr, flush=True)
     transfer = Transfer(options.verbose)
-    session = Session(transfer, options.policy)
+    session = Session(transfer, options.policy, options.relay)
     StreamRelay(conn, session).run()
     transfer.finish()
     return report_session(session, peer, options.verbose)
@@ -171,7 +203,7 @@ def _relay_datagrams(sockets: list[socket.socket], options: ListenOptions) -> in
     for sock in sockets:
         sock.setblocking(True)
     transfer = Transfer(options.verbose)
-    session = Session(transfer, options.policy)
+    session = Session(transfer, options.policy, options.relay)
     DatagramRelay(sockets, session, connected=False).run()
     transfer.finish()
     if session.message:
@@ -214,19 +246,27 @@ class _Clients:
                 continue
             self.add(conn, peer)
 
-    def add(self, conn: socket.socket, peer: str) -> None:
+    def add(self, conn: socket.socket, client: Any) -> None:
+        """Serve a new client, or refuse it (RST and a line): at --max-clients, when a
+        --set limit says no, or when no thread can be started for it."""
+        peer, gate = str(client), self.options.gate
         with self.lock:
-            full = len(self.clients) >= self.options.max_clients
-            if not full:
+            if len(self.clients) >= self.options.max_clients:
+                reason: str | None = f"{self.options.max_clients} clients already (--max-clients)"
+            else:
+                reason = gate.admit(client) if gate is not None else None
+            if reason is None:
                 self.clients.add(conn)
-        if full:
-            self._refuse(conn, peer, f"{self.options.max_clients} clients already (--max-clients)")
+        if reason is not None:
+            self._refuse(conn, peer, reason)
             return
         try:
-            threading.Thread(target=self._pump, args=(conn, peer), daemon=True).start()
+            threading.Thread(target=self._pump, args=(conn, client), daemon=True).start()
         except RuntimeError:  # can't start new thread: RLIMIT_NPROC, cgroup pids.max
             with self.lock:
                 self.clients.discard(conn)
+            if gate is not None:
+                gate.release(client)
             self._refuse(conn, peer, "no thread could be started for it (a thread limit?)")
             return
         with self.lock:  # only now: a refused client must read a reset, not this EOF
@@ -239,14 +279,19 @@ class _Clients:
         conn.close()
         self._report(f"portd: refused {peer}: {why}", always=True)
 
-    def _pump(self, conn: socket.socket, peer: str) -> None:
+    def _pump(self, conn: socket.socket, client: Any) -> None:
+        peer = str(client)
         self._report(f"connection from {peer}")
+        if self.options.relay.idle_timeout_s:
+            conn.settimeout(self.options.relay.idle_timeout_s)  # -w: nothing from it that long
         with contextlib.suppress(OSError):
             while data := conn.recv(BUFFER_SIZE):
                 if not self._write_stdout(data, peer):
                     break
         with self.lock:
             self.clients.discard(conn)
+            if self.options.gate is not None:
+                self.options.gate.release(client)
         conn.close()
         self._report(f"connection from {peer} closed")
 
@@ -277,12 +322,14 @@ class _Clients:
                 print(line, file=sys.stderr, flush=True)
 
     def broadcast_stdin(self) -> None:
+        shaper = LineShaper(self.options.relay, self.ended)
         while data := os.read(STDIN, BUFFER_SIZE):
-            with self.lock:
-                targets = list(self.clients)
-            for conn in targets:
-                with contextlib.suppress(OSError):
-                    conn.sendall(data)
+            for piece in shaper.pieces(data):
+                with self.lock:
+                    targets = list(self.clients)
+                for conn in targets:
+                    with contextlib.suppress(OSError):
+                        conn.sendall(piece)
         with self.lock:
             self.stdin_done = True
             for conn in self.clients:

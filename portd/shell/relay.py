@@ -10,6 +10,9 @@ End-of-stream rules, the same for listen and connect (README, "EOF handling"):
   (``--close-on-eof``); or half-close and quit SECS later (``-q SECS``).
 - the peer ends: stop reading. The session is over once portd has nothing left to send:
   stdin reached its end, or stdin is a terminal (nobody is piping a file in).
+
+As nc: ``-C`` sends a LF not after a CR as CRLF, ``-i SECS`` sends stdin a line at a
+time SECS apart, ``-w SECS`` ends a session idle (no byte either way) for SECS, exit 0.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import contextlib
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -36,6 +40,48 @@ class EofPolicy(NamedTuple):
     read_stdin: bool = True  # -d: never read stdin (the connection is never half-closed)
 
 
+class RelayOptions(NamedTuple):
+    """nc's shaping of what is sent (-C, -i) and its idle timeout (-w)."""
+
+    crlf: bool = False
+    line_delay_s: float = 0.0
+    idle_timeout_s: float | None = None
+
+
+class LineShaper:
+    """Turns stdin chunks into what is sent: CRLF line ends (-C), a line at a time (-i)."""
+
+    def __init__(self, options: RelayOptions, stop: threading.Event) -> None:
+        self.options = options
+        self.stop = stop
+        self._ended_with_cr = False
+
+    def pieces(self, data: bytes) -> Iterator[bytes]:
+        """What to send for ``data``, waiting -i SECS after each line (stops early at the
+        session's end)."""
+        delay = self.options.line_delay_s
+        if not delay:
+            yield self._crlf(data) if self.options.crlf else data
+            return
+        start = 0
+        while (end := data.find(b"\n", start)) >= 0:
+            line = data[start : end + 1]
+            yield self._crlf(line) if self.options.crlf else line
+            start = end + 1
+            if self.stop.wait(delay):
+                return
+        if start < len(data):
+            rest = data[start:]
+            yield self._crlf(rest) if self.options.crlf else rest
+
+    def _crlf(self, data: bytes) -> bytes:
+        out = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        if self._ended_with_cr and data.startswith(b"\n"):
+            out = out[1:]  # its CR went out with the previous chunk
+        self._ended_with_cr = data.endswith(b"\r")
+        return out
+
+
 def write_all(fd: int, data: memoryview | bytes) -> None:
     """os.write until every byte is out (pipes and terminals take partial writes)."""
     view = memoryview(data)
@@ -46,10 +92,15 @@ def write_all(fd: int, data: memoryview | bytes) -> None:
 class Session:
     """Shared end-of-session state for the relay threads: the first finish wins."""
 
-    def __init__(self, transfer: Transfer, policy: EofPolicy) -> None:
+    def __init__(
+        self, transfer: Transfer, policy: EofPolicy, options: RelayOptions | None = None
+    ) -> None:
         self.transfer = transfer
         self.policy = policy
+        self.options = options or RelayOptions()
         self.done = threading.Event()
+        self.shaper = LineShaper(self.options, self.done)
+        self.last_active = time.monotonic()
         self.status = 0
         self.message: str | None = None
         self._lock = threading.Lock()
@@ -63,7 +114,8 @@ class Session:
             self.done.set()
 
     def stdin_chunks(self) -> Iterator[bytes]:
-        """What stdin gives, chunk by chunk, until its end; a read error ends the session."""
+        """What to send from stdin, piece by piece (shaped by -C, -i), until its end; a
+        read error ends the session."""
         while True:
             try:
                 data = os.read(STDIN, BUFFER_SIZE)
@@ -72,7 +124,24 @@ class Session:
                 return
             if not data:
                 return
-            yield data
+            yield from self.shaper.pieces(data)
+
+    def touch(self) -> None:
+        """A byte moved: the idle timeout (-w) starts again."""
+        self.last_active = time.monotonic()
+
+    def watch_idle(self) -> None:
+        """With -w SECS: end the session (status 0, as nc) once idle that long."""
+        timeout_s = self.options.idle_timeout_s
+        if timeout_s:
+            self.touch()
+            threading.Thread(target=self._end_when_idle, args=(timeout_s,), daemon=True).start()
+
+    def _end_when_idle(self, timeout_s: float) -> None:
+        while not self.done.wait(max(0.0, self.last_active + timeout_s - time.monotonic())):
+            if time.monotonic() - self.last_active >= timeout_s:
+                self.finish(0)
+                return
 
     def quit_later(self) -> None:
         """Apply -q after stdin's end: finish once the delay has passed."""
@@ -100,6 +169,7 @@ class StreamRelay:
         reader.start()
         if self.session.policy.read_stdin:
             writer.start()
+        self.session.watch_idle()
         self.session.done.wait()
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)  # unblocks the reader's recv
@@ -117,6 +187,7 @@ class StreamRelay:
                 return
             if count == 0:
                 break
+            self.session.touch()
             received.add(view[:count])
             try:
                 write_all(STDOUT, view[:count])
@@ -142,6 +213,7 @@ class StreamRelay:
                     reason = exc.strerror or str(exc)
                     self.session.finish(1, f"peer stopped reading before stdin ended: {reason}")
                 return
+            self.session.touch()
             sent.add(data)
         self._stdin_ended()
 
@@ -184,6 +256,8 @@ class DatagramRelay:
             threading.Thread(target=self._socket_to_stdout, args=(sock,), daemon=True).start()
         if self.session.policy.read_stdin:
             threading.Thread(target=self._stdin_to_socket, daemon=True).start()
+        if self.connected:
+            self.session.watch_idle()
         self.session.done.wait()
 
     def _socket_to_stdout(self, sock: socket.socket) -> None:
@@ -199,7 +273,10 @@ class DatagramRelay:
                 return
             if not self.connected:
                 self.reply = (sock, peer)
-                self._have_peer.set()
+                if not self._have_peer.is_set():
+                    self._have_peer.set()
+                    self.session.watch_idle()  # as nc -lu: from the first datagram on
+            self.session.touch()
             received.add(data)
             try:
                 write_all(STDOUT, data)
@@ -218,6 +295,7 @@ class DatagramRelay:
                 chunk = data[start : start + MAX_DATAGRAM]
                 if not self._send(chunk):
                     return
+                self.session.touch()
                 sent.add(chunk)
         if self.session.policy.close_on_eof:
             self.session.finish(0)

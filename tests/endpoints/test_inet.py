@@ -373,7 +373,10 @@ def test_resolve_with_no_address_left_names_the_family(
         ),
         pytest.param(
             "a" * 64 + ".invalid",
-            f"cannot resolve host '{'a' * 64}.invalid': encoding with 'idna' codec failed",
+            # The reason is Python's idna codec, worded differently by 3.11 ("encoding with
+            # 'idna' codec failed (...label empty or too long)"), 3.12 and 3.13 ("...: label
+            # too long"); each says "too long".
+            f"cannot resolve host '{'a' * 64}.invalid': ",
             id="label-too-long",
         ),
     ],
@@ -384,6 +387,8 @@ def test_resolve_unresolvable_host_names_the_host(host: str, prefix: str) -> Non
         list(InetEndpoint(host, 80).resolve())
     assert str(excinfo.value).startswith(prefix)
     assert len(str(excinfo.value)) > len(prefix)
+    if "a" * 64 in host:
+        assert "too long" in str(excinfo.value)
 
 
 @pytest.mark.parametrize(

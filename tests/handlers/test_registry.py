@@ -3,6 +3,7 @@ entry-point group (using README's example handler, so the docs cannot rot)."""
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import sys
@@ -96,7 +97,9 @@ def test_readme_handler_serves_through_the_daemon(
         handler = "upper"
         limit = 8
     """)
-    daemon = start_daemon(config, env={"PYTHONPATH": str(plugin_path), "PATH": "/usr/bin:/bin"})
+    env = {"PYTHONPATH": str(plugin_path), "PATH": "/usr/bin:/bin"}
+    env["XDG_RUNTIME_DIR"] = os.environ["XDG_RUNTIME_DIR"]  # the control socket: this run's
+    daemon = start_daemon(config, env=env)
     port = daemon.ready()["upper"]
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(b"hello, portd")

@@ -331,5 +331,5 @@ def test_help_names_the_exit_codes() -> None:
     done = run_portd("doctor", "--help")
     assert done.returncode == 0
     text = " ".join(done.stdout.split())
-    assert "exit codes: 0 nothing blocks connections, 1 a finding blocks them" in text
+    assert "exit status: 0 nothing blocks connections, 1 a finding blocks them" in text
     assert "69 the diagnosis could not run" in text

@@ -80,7 +80,7 @@ def test_http_shortcut_with_a_handler_option(spawn: Spawner) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("--set", "a=1"), "portd: --set needs --handler (or --echo/--http)"),
+        (("--set", "a=1"), "portd: --set needs --handler (or --echo/--http), or -k for a limit"),
         (("--echo", "--set", "novalue"), "portd: --set expects KEY=VALUE, got 'novalue'"),
         (("--echo", "--set", "backlog=0"),
          "portd: backlog = 0: expected an integer from 1 to 65535"),
