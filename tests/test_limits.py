@@ -71,9 +71,10 @@ def test_bad_rules_say_what_is_allowed(value: object, message: str) -> None:
 
 
 def test_a_bucket_spends_its_burst_then_refills_at_the_rate() -> None:
-    bucket = TokenBucket(rate=1000, burst=3)
+    now = [100.0]
+    bucket = TokenBucket(rate=1024, burst=3, clock=lambda: now[0])  # binary: exact sums
     assert [bucket.take() for _ in range(4)] == [True, True, True, False]
-    bucket.stamp -= 0.002  # as if 2 ms passed: two tokens
+    now[0] += 2 / 1024  # two tokens' worth later
     assert [bucket.take() for _ in range(3)] == [True, True, False]
 
 

@@ -57,13 +57,13 @@ def upload(port: int, data: bytes) -> bytes:
 def upload_refused(port: int, data: bytes) -> None:
     """Send ``data`` to a server that gives up on it: it resets the connection, even when
     it read every byte, so a failed upload never looks like a stored one (a clean close)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        try:
+    try:  # the RST may come before connect() returns: then connect() reports it
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
             sock.sendall(data)
             sock.shutdown(socket.SHUT_WR)
             ended_cleanly = sock.recv(1) == b""
-        except (ConnectionResetError, BrokenPipeError):
-            ended_cleanly = False
+    except (ConnectionResetError, BrokenPipeError):
+        ended_cleanly = False
     assert not ended_cleanly, "a failed upload ended like a stored one"
 
 

@@ -250,20 +250,20 @@ def test_slicer_without_a_delay_does_bounded_work_per_turn_and_copies_nothing() 
 def test_a_slicer_without_a_delay_leaves_other_clients_served_at_once(
     portd_server: ServerFactory, loop: str
 ) -> None:
+    """Ordering, not timing: while one client's 256 KiB goes out a byte at a time, another
+    client's echoes keep coming back (the loop held for ~1.8 s and then sent it all)."""
     server = portd_server("slicer", piece_bytes=1, delay_s=0, loop=loop)
     payload = bytes(256 << 10)
     with (
-        socket.create_connection(server.address, timeout=10) as bulk,
-        socket.create_connection(server.address, timeout=10) as probe,
+        socket.create_connection(server.address, timeout=30) as bulk,
+        socket.create_connection(server.address, timeout=30) as probe,
     ):
         bulk.sendall(payload)
         bulk.recv(1)  # the slicing is under way
-        worst = 0.0
-        received = 1
+        received, answered_meanwhile = 1, 0
         while received < len(payload):
-            started = time.monotonic()
             probe.sendall(b"p")
             assert probe.recv(1) == b"p"
-            worst = max(worst, time.monotonic() - started)
+            answered_meanwhile += 1
             received += len(bulk.recv(1 << 20))
-    assert worst < 0.75, f"another client waited {worst:.2f} s for one echoed byte"  # was 2+ s
+    assert answered_meanwhile >= 10, f"only {answered_meanwhile} echoes during the slicing"
