@@ -27,8 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from portd.endpoints.inet import InetAddress
-from portd.endpoints.unix import UnixAddress, unix_address
+from portd.endpoints.parse import address_of
 
 if TYPE_CHECKING:
     from portd.listeners import Listener
@@ -203,17 +202,10 @@ def _socket_ends(fd: int, kind: socket.SocketKind) -> tuple[Any, Any] | None:
 
 
 def _address(family: int, name: Any) -> Any:
-    if family in (socket.AF_INET, socket.AF_INET6):
-        return InetAddress(socket.AddressFamily(family), name)
-    if family == socket.AF_UNIX:
-        return unix_address(name) if name else None
-    return None
+    found = address_of(family, name)
+    return found[1] if found is not None else None
 
 
 def _same(address: Any, ours: Any) -> bool:
-    if isinstance(address, UnixAddress) or isinstance(ours, UnixAddress):
-        return bool(address == ours)
-    if address.family != ours.family or address.port != ours.port:
-        return False
-    same: bool = ours.is_wildcard or address.host == ours.host
-    return same
+    """The address is the server's, or one of a wildcard server's: they overlap."""
+    return address == ours or bool(ours.overlaps(address))

@@ -214,7 +214,9 @@ def test_a_leak_errors_the_test_at_teardown_with_a_clear_report(
 
 def test_leak_checks_can_be_turned_off(project: pytest.Pytester) -> None:
     project.makepyfile(test_leaky=LEAKY_TESTS)
-    project.runpytest_subprocess("-o", "portd_check_leaks=false").assert_outcomes(passed=2, failed=1)
+    project.runpytest_subprocess("-o", "portd_check_leaks=false").assert_outcomes(
+        passed=2, failed=1
+    )
 
 
 CYCLES_TESTS = """
