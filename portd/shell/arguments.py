@@ -15,7 +15,7 @@ exit status:
   0    done (listen: the peer closed and stdin is sent; connect -z: a port accepted)
   1    connect refused or timed out, a host that does not resolve, a reset, stdout full
   64   bad arguments     69  address busy or not available     77  privileged port
-  130  interrupted (Ctrl-C)"""
+  130  interrupted (Ctrl-C)     143  terminated (SIGTERM; listen cleans up first)"""
 
 
 MAX_SECONDS = 31_536_000.0  # a year: longer waits overflow the kernel's timeouts (time_t)
