@@ -210,3 +210,17 @@ class LoopUnavailableError(PortdError):
     """``[daemon] loop = "uvloop"`` on a host without uvloop: a config the host cannot serve."""
 
     exit_code = EX_CONFIG
+
+
+class TLSConfigError(PortdError):
+    """A certificate, key or CA file that cannot be loaded (missing, unreadable, not PEM,
+    a key that does not match its certificate), outside a config file (78, as there)."""
+
+    exit_code = EX_CONFIG
+
+
+class TLSHandshakeError(PortdError):
+    """``portd connect --tls``: the handshake failed (the server's certificate did not
+    verify, no shared protocol); exit 1, as any other failed connect."""
+
+    exit_code = EX_FAILED
