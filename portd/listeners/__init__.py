@@ -160,6 +160,8 @@ class Listener:
         fields: dict[str, Any] = {"port": self.port} if self.port else {}
         if self.tls is not None:
             fields.update(tls=True, tls_min_version=self.tls.min_version)
+            for warning in self.tls.warnings:  # expired: said, and served (the operator decides)
+                self.log.warning("tls_certificate_not_valid", message=warning)
         self.log.info(
             "listener_started",
             bind=self.config.endpoint.describe_bound(self.addresses),

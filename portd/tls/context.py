@@ -46,9 +46,10 @@ def read_pem(where: str, path: str) -> bytes:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except (OSError, ValueError) as exc:
         raise OptionError(f"{where}: cannot read: {_why(exc)}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OptionError(f"{where}: cannot read: not a regular file")
     with os.fdopen(fd, "rb") as file:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OptionError(f"{where}: cannot read: not a regular file")
         try:
             data = file.read(MAX_PEM_BYTES + 1)
         except OSError as exc:
