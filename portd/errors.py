@@ -14,6 +14,7 @@ EX_USAGE = 64
 EX_NOUSER = 67
 EX_UNAVAILABLE = 69
 EX_SOFTWARE = 70
+EX_CANTCREAT = 73
 EX_NOPERM = 77
 EX_CONFIG = 78
 
@@ -224,3 +225,9 @@ class TLSHandshakeError(PortdError):
     verify, no shared protocol); exit 1, as any other failed connect."""
 
     exit_code = EX_FAILED
+
+
+class CannotCreateError(PortdError):
+    """``portd cert``: a file could not be written where asked (73, sysexits' CANTCREAT)."""
+
+    exit_code = EX_CANTCREAT

@@ -90,9 +90,18 @@ CORPUS: dict[str, Callable[[Path], str]] = {
     "abstract-control-socket": lambda tmp: '[daemon]\ncontrol_socket = "@portd"\n' + ECHO,
     "relative-control-socket": lambda tmp: '[daemon]\ncontrol_socket = "ctl.sock"\n' + ECHO,
     "no-listeners": lambda tmp: "[daemon]\n",
-    **{f"tls-{kind}": _tls(kind) for kind in (
-        "ok", "expired", "missing-cert", "key-mismatch", "bad-version", "udp", "half-pair",
-    )},  # fmt: skip
+    **{
+        f"tls-{kind}": _tls(kind)
+        for kind in (
+            "ok",
+            "expired",
+            "missing-cert",
+            "key-mismatch",
+            "bad-version",
+            "udp",
+            "half-pair",
+        )
+    },
 }
 
 

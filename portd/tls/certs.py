@@ -62,6 +62,29 @@ class Authority:
             .sign(self.key, hashes.SHA256())
         )  # fmt: skip
 
+    @classmethod
+    def load(cls, cert_pem: bytes, key_pem: bytes) -> Authority:
+        """An existing CA (``portd cert`` run again in the same directory).
+
+        Raises:
+            ValueError: not a PEM certificate and EC key that belong together.
+        """
+        authority = cls.__new__(cls)
+        key = serialization.load_pem_private_key(key_pem, password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ValueError("the CA key is not an EC key")
+        authority.key = key
+        authority.cert = x509.load_pem_x509_certificate(cert_pem)
+        authority.name = authority.cert.subject
+        spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        if authority.cert.public_key().public_bytes(*spki) != key.public_key().public_bytes(*spki):
+            raise ValueError("the CA key does not match the CA certificate")
+        return authority
+
+    def key_pem(self) -> bytes:
+        """The CA's private key, PEM (keep it private: it signs anything)."""
+        return key_pem(self.key)
+
     @property
     def cert_pem(self) -> bytes:
         """The CA certificate, PEM (what clients trust)."""
@@ -146,17 +169,12 @@ def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def fingerprint(der: bytes) -> str:
-    """``AB:CD:...``: the SHA-256 of a DER certificate, as ``openssl x509 -fingerprint``."""
-    import hashlib
-
-    return ":".join(f"{byte:02X}" for byte in hashlib.sha256(der).digest())
-
-
 def pem_fingerprint(pem: bytes) -> str:
-    """:func:`fingerprint` of the first certificate of a PEM text."""
+    """The SHA-256 fingerprint (``AB:CD:...``) of the first certificate of a PEM text."""
+    from portd.tls.info import sha256_fingerprint
+
     cert = x509.load_pem_x509_certificate(pem)
-    return fingerprint(cert.public_bytes(serialization.Encoding.DER))
+    return sha256_fingerprint(cert.public_bytes(serialization.Encoding.DER))
 
 
 def _now() -> datetime.datetime:

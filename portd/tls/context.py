@@ -17,10 +17,12 @@ import os
 import ssl
 import stat
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from portd.errors import OptionError, TLSConfigError
-from portd.tls.settings import TLSConfig
+
+if TYPE_CHECKING:  # settings' dataclass costs start-up time portd listen --tls need not pay
+    from portd.tls.settings import TLSConfig
 
 MAX_PEM_BYTES = 1 << 20  # a chain of a dozen certificates is ~20 KiB
 VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
@@ -150,6 +152,8 @@ def load_server_context(
         OptionError: a file that cannot be read or loaded; the message names its key,
             its path and the reason.
     """
+    from portd.tls.settings import TLSConfig
+
     cert_where, key_where = config_label("tls_cert", cert), config_label("tls_key", key)
     cert_pem, key_pem = read_pem(cert_where, cert), read_pem(key_where, key)
     leaf = check_pair(cert_where, cert_pem, key_where, key_pem)

@@ -90,10 +90,20 @@ def test_each_fault_gives_curl_its_exit_status(
     curl = require_tool("curl")
     server: Server = request.getfixturevalue(fixture)
     done = subprocess.run(
-        [curl, "-sS", "--max-time", "0.5", "--cacert", server.ca_path,
-         f"https://localhost:{server.port}/"],
-        capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
+        [
+            curl,
+            "-sS",
+            "--max-time",
+            "0.5",
+            "--cacert",
+            server.ca_path,
+            f"https://localhost:{server.port}/",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     code, words = CURL_ERRORS[fixture]
     assert done.returncode == code, done.stderr
     assert words in done.stderr
@@ -103,10 +113,20 @@ def test_each_fault_gives_curl_its_exit_status(
 def test_curl_with_cacert_gets_the_page(tls_http_server: Server) -> None:
     curl = require_tool("curl")
     done = subprocess.run(
-        [curl, "-sS", "--cacert", tls_http_server.ca_path, "-w", " %{http_version}",
-         f"https://localhost:{tls_http_server.port}/"],
-        capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
+        [
+            curl,
+            "-sS",
+            "--cacert",
+            tls_http_server.ca_path,
+            "-w",
+            " %{http_version}",
+            f"https://localhost:{tls_http_server.port}/",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert (done.returncode, done.stdout) == (0, "Hello from portd\n 1.1"), done.stderr
 
 
@@ -130,10 +150,23 @@ def test_a_client_that_lowers_its_level_speaks_tls10(tls10_only_server: Server) 
 def s_client(server: Server, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
     openssl = require_tool("openssl")
     return subprocess.run(
-        [openssl, "s_client", "-connect", f"127.0.0.1:{server.port}", "-servername", "localhost",
-         "-CAfile", server.ca_path, "-verify_return_error", *args],
-        input=stdin, capture_output=True, timeout=30, check=False,
-    )  # fmt: skip
+        [
+            openssl,
+            "s_client",
+            "-connect",
+            f"127.0.0.1:{server.port}",
+            "-servername",
+            "localhost",
+            "-CAfile",
+            server.ca_path,
+            "-verify_return_error",
+            *args,
+        ],
+        input=stdin,
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
 
 
 @pytest.mark.needs_tool("openssl")
@@ -144,12 +177,16 @@ def test_openssl_s_client_sees_version_alpn_and_fingerprint(tls_http_server: Ser
     assert b"Verification: OK" in done.stderr
     shown = s_client(tls_http_server, "-alpn", "http/1.1").stdout
     assert b"ALPN protocol: http/1.1" in shown
-    pem = shown[shown.index(b"-----BEGIN CERTIFICATE-----") : shown.index(
-        b"-----END CERTIFICATE-----") + 25]  # fmt: skip
+    pem = shown[
+        shown.index(b"-----BEGIN CERTIFICATE-----") : shown.index(b"-----END CERTIFICATE-----") + 25
+    ]
     served = subprocess.run(
         [require_tool("openssl"), "x509", "-noout", "-fingerprint", "-sha256"],
-        input=pem, capture_output=True, timeout=30, check=True,
-    ).stdout.decode()  # fmt: skip
+        input=pem,
+        capture_output=True,
+        timeout=30,
+        check=True,
+    ).stdout.decode()
     from portd.tls.certs import pem_fingerprint
 
     assert served.strip() == f"sha256 Fingerprint={pem_fingerprint(pem)}"
@@ -160,8 +197,7 @@ def test_openssl_s_client_with_a_client_certificate(portd_server: ServerFactory)
     server = portd_server("http-hello", tls=True, tls_client_auth=True)
     card = server.issue_client_cert("bob")
     request = b"GET / HTTP/1.0\r\n\r\n"
-    done = s_client(server, "-cert", card.cert_path, "-key", card.key_path, "-quiet",
-                    stdin=request)  # fmt: skip
+    done = s_client(server, "-cert", card.cert_path, "-key", card.key_path, "-quiet", stdin=request)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(b"HTTP/1.1 200 OK\r\n")
     refused = s_client(server, "-quiet", stdin=request)  # no certificate: no answer

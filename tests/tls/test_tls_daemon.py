@@ -6,7 +6,6 @@ ones go on, and a renewed file that fails to load keeps the old one."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import ssl
@@ -103,7 +102,7 @@ def renew(pair: Pair, authority: Authority) -> str:
     for path, data in ((pair.cert, issued.cert_pem), (pair.key, issued.key_pem)):
         fresh = path.with_suffix(".new")
         fresh.write_bytes(data)
-        os.replace(fresh, path)
+        fresh.replace(path)
     from portd.tls.certs import pem_fingerprint
 
     return pem_fingerprint(issued.cert_pem)
