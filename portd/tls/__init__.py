@@ -8,8 +8,8 @@
 * ``accept``: the handshake of an accepted connection (timeout, failure reasons, the
   optional 400 for plaintext HTTP), on the listener's adoption path;
 * ``info``: what a connection knows of its TLS session (``conn.tls``);
-* ``certs``: certificates made with ``cryptography`` (``portd cert``, ephemeral ones,
-  the testing API's CA).
+* ``certs``: certificates made with ``cryptography`` (ephemeral ones, the testing
+  API's CA); ``files``: ``portd cert``'s files.
 
 Nothing here is imported unless a listener or command uses TLS.
 """

@@ -1,10 +1,11 @@
 """``portd cert [--out DIR] NAME...``: a local CA and a certificate for NAMEs, as files.
 
-Like mkcert: ``ca.pem`` (and ``ca-key.pem``, mode 0600) are made once per directory
-and reused when found there, so every leaf made in one directory is trusted by one
-``ca.pem``; ``cert.pem`` and ``key.pem`` (mode 0600) are the leaf for the names and IP
-addresses given. Files are written through an exclusive temporary in DIR and renamed
-into place, never through a symlink. Imports ``cryptography`` only when run.
+Like mkcert: DIR is made when missing (not its parents); ``ca.pem`` (and
+``ca-key.pem``, mode 0600) are made once per directory and reused when found there,
+so every leaf made in one directory is trusted by one ``ca.pem``; ``cert.pem`` and
+``key.pem`` (mode 0600) are the leaf for the names and IP addresses given. Files are
+written through an exclusive temporary in DIR and renamed into place, never through a
+symlink. Imports ``cryptography`` only when run.
 """
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ def write_certificates(out: str, given: list[str]) -> int:
     from portd.tls.certs import Authority
 
     directory = Path(out)
+    try:
+        directory.mkdir(mode=0o755, exist_ok=True)  # its parent must exist
+    except OSError as exc:
+        raise CannotCreateError(f"cannot create {directory}: {exc.strerror}") from None
     authority = _authority(directory)
     if authority is None:
         authority = Authority("portd local CA")

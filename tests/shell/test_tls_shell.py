@@ -270,9 +270,9 @@ def test_portd_cert_writes_a_ca_and_a_leaf_curl_trusts(
         64,
         "portd: 'not a name' is neither a host name nor an IP address\n",
     )
-    unwritable = run_portd("cert", "--out", str(tmp_path / "missing"), "x.test")
+    unwritable = run_portd("cert", "--out", str(tmp_path / "missing" / "deeper"), "x.test")
     assert unwritable.returncode == 73
-    assert re.fullmatch(r"portd: cannot write .*: No such file or directory\n", unwritable.stderr)
+    assert re.fullmatch(r"portd: cannot create .*: No such file or directory\n", unwritable.stderr)
 
 
 @pytest.mark.needs_tool("curl")
