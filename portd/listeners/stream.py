@@ -242,7 +242,10 @@ class StreamConnection(asyncio.Protocol):
     def write_eof(self) -> None:
         """Half-close after queued data."""
         if self.transport.can_write_eof() and not self.transport.is_closing():
-            self.transport.write_eof()
+            # asyncio's shutdown() raises ENOTCONN once the peer's RST has arrived: the
+            # peer is gone, which the transport reports itself; not the handler's failure.
+            with contextlib.suppress(OSError):
+                self.transport.write_eof()
 
     def close(self) -> None:
         """Close after queued data."""

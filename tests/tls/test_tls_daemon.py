@@ -41,7 +41,11 @@ def context() -> ssl.SSLContext:
 
 def tls_connect(port: int, ctx: ssl.SSLContext | None = None) -> ssl.SSLSocket:
     raw = socket.create_connection(("127.0.0.1", port), timeout=10)
-    return (ctx or context()).wrap_socket(raw, server_hostname="localhost")
+    try:
+        return (ctx or context()).wrap_socket(raw, server_hostname="localhost")
+    except BaseException:
+        raw.close()
+        raise
 
 
 def plaintext_http(port: int) -> bytes:

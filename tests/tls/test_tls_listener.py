@@ -25,7 +25,11 @@ LOOPS = ["asyncio", "uvloop"]
 def tls_client(server: Server, **context: ssl.SSLContext) -> ssl.SSLSocket:
     ctx = context.get("ctx") or server.ssl_context()
     raw = socket.create_connection(server.address, timeout=10)
-    return ctx.wrap_socket(raw, server_hostname="localhost")
+    try:
+        return ctx.wrap_socket(raw, server_hostname="localhost")
+    except BaseException:
+        raw.close()  # a failed handshake must not leave the socket to the garbage collector
+        raise
 
 
 def read_all(sock: socket.socket) -> bytes:

@@ -87,6 +87,8 @@ def test_the_tls_servers_pytest_block_passes(pytester: pytest.Pytester) -> None:
         "asyncio_default_fixture_loop_scope = function\nfilterwarnings = error\n"
     )
     pytester.makepyfile(test_tls_readme=code)
-    result = pytester.runpytest()
+    # In a subprocess: an in-process run would drop the modules it imported (httpcore)
+    # from sys.modules, and httpx would then re-import them under this test's feet.
+    result = pytester.runpytest_subprocess()
     assert result.ret == 0, result.stdout.str()
     assert result.parseoutcomes()["passed"] == 3
