@@ -130,11 +130,13 @@ async def _serve(supervisor: Any, options: ListenOptions) -> int:
     import anyio
 
     listener = supervisor.listeners[0]
-    if not (options.keep or options.protocol == "udp"):
+    if not (options.keep or options.protocol == "udp" or options.tls):
         listener.accept_limit = 1  # like nc -l: one connection, then no more listening
     await supervisor.start()
     if options.keep or options.protocol == "udp":
         await anyio.sleep_forever()
     await listener.wait_for_connection()
+    if options.tls:  # the first connection whose handshake succeeded: a failed one
+        listener.stop_accepting()  # does not end listen (as in stdio mode)
     await listener.wait_idle()
     return 0

@@ -304,3 +304,20 @@ def test_listen_tls_http_serves_https(spawn: Spawner, tmp_path: Path) -> None:
     )
     assert (done.returncode, done.stdout) == (0, "Hello from portd\n"), done.stderr
     assert listen.wait() == 0
+
+
+def test_a_failed_handshake_keeps_listen_tls_handler_listening(spawn: Spawner) -> None:
+    listen = spawn.portd("listen", "--tls", "--echo", "127.0.0.1:0")
+    port = listen.port()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as plain:
+        plain.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        assert read_to_eof(plain) == b""
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as client,
+    ):
+        client.sendall(b"echo")
+        assert client.recv(4) == b"echo"
+    assert listen.wait() == 0
