@@ -7,11 +7,10 @@ Three benchmarks, the peers interleaved round by round (medians and paired ratio
 * **tls-keepalive**: http-hello over TLS, ``wrk -t1 -c64`` on keep-alive connections
   (handshakes only at the start); requests/s. portd and nginx.
 * **tls-handshakes**: full handshakes per second, no session resumption: HANDSHAKE_CLIENTS
-  client processes side by side, each connecting, doing a full handshake (a new
-  session every time; a resumed one fails the sample) and one ``GET / HTTP/1.0``,
-  reading to the close, again; completed connections/s. portd and nginx. (``openssl
-  s_time -new`` was tried first: one connection at a time, it reached ~60 a second
-  per process here with both servers nearly idle, which measures the client.)
+  ``openssl s_time -new`` processes side by side, each connecting, doing a full
+  handshake (``-new``: never a resumed session), closing, again; connections/s.
+  portd and nginx. (With ``-www /`` each connection also waits for a GET: s_time then
+  manages ~60 connections a second per process here, with both servers nearly idle.)
 * **tls-echo**: echo over one TLS connection, a client writing 64 KiB blocks and
   reading the echo (one thread, non-blocking: an OpenSSL connection must not be used
   from two threads); MB/s echoed. portd and socat.
@@ -37,6 +36,7 @@ import argparse
 import contextlib
 import datetime
 import json
+import re
 import resource
 import select
 import socket
@@ -56,7 +56,8 @@ from servers import HOST, READY_TIMEOUT_S, Server, ServerError, ServerSpec, laun
 DEFAULT_ROUNDS = 5
 DEFAULT_DURATION_S = 5.0
 WARMUP_S = 1.0
-HANDSHAKE_CLIENTS = 2
+HANDSHAKE_CLIENTS = 4
+S_TIME_COUNT = re.compile(r"^(\d+) connections in [0-9.]+s;", re.M)
 BLOCK = b"x" * (64 * 1024)
 IN_FLIGHT_BYTES = 4 << 20  # echo: written but not yet read back, at most
 PROBE_INTERVAL_S = 0.02
@@ -179,45 +180,42 @@ def wait_until_answers(server: Server, handler: str) -> None:
 
 
 def run_handshakes(port: int, seconds: float) -> dict[str, float]:
-    """HANDSHAKE_CLIENTS client processes at once, each doing full handshakes (and a
-    GET each) for ``seconds``; completed connections/s over the run.
+    """HANDSHAKE_CLIENTS ``openssl s_time -new`` at once: each connects, does a full
+    handshake (``-new``: a session is never resumed), closes, again; connections/s
+    over the run, counted from their reports.
 
     Raises:
-        BenchmarkError: a client failed.
+        BenchmarkError: a client failed or reported no count.
     """
-    results = _run_clients("--handshake-client", port, seconds, HANDSHAKE_CLIENTS)
-    total = sum(result["requests"] for result in results)
-    wall_s = max(result["seconds"] for result in results)
+    argv = ["openssl", "s_time", "-connect", f"{HOST}:{port}", "-new",
+            "-time", str(max(1, round(seconds)))]  # fmt: skip
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    began = time.monotonic()
+    procs = [
+        subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(HANDSHAKE_CLIENTS)
+    ]
+    outputs = [proc.communicate(timeout=seconds + 60)[0] for proc in procs]
+    wall_s = time.monotonic() - began
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    total = 0
+    for proc, output in zip(procs, outputs, strict=True):
+        found = S_TIME_COUNT.search(output)
+        if proc.returncode != 0 or found is None:
+            raise BenchmarkError(f"s_time exited {proc.returncode}: {output[-300:]!r}")
+        total += int(found[1])
     return {
         "rate": total / wall_s,
-        "requests": total,
+        "requests": float(total),
         "seconds": wall_s,
-        "cpu_s": sum(result["cpu_s"] for result in results),
+        "cpu_s": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
     }
-
-
-def handshake_client(port: int, seconds: float) -> dict[str, float]:
-    """Connect, full handshake (a fresh session every time: no ``session=``, so nothing
-    is resumed), ``GET / HTTP/1.0``, read to the close; again until ``seconds`` pass."""
-    context = client_context()
-    request = b"GET / HTTP/1.0\r\n\r\n"
-    count, start = 0, time.monotonic()
-    cpu_from = _cpu_s()
-    deadline = start + seconds
-    while time.monotonic() < deadline:
-        raw = socket.create_connection((HOST, port), timeout=5)
-        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        with context.wrap_socket(raw) as sock:
-            if sock.session_reused:
-                raise BenchmarkError("a session was resumed")
-            sock.sendall(request)
-            answer = b""
-            while chunk := sock.recv(4096):
-                answer += chunk
-            if not answer.startswith(b"HTTP/1.1 200 "):
-                raise BenchmarkError(f"unexpected answer {answer[:60]!r}")
-        count += 1
-    return {"requests": count, "seconds": time.monotonic() - start, "cpu_s": _cpu_s() - cpu_from}
 
 
 def _run_clients(mode: str, port: int, seconds: float, count: int) -> list[dict[str, float]]:
@@ -255,6 +253,7 @@ def echo_client(port: int, seconds: float, warmup_s: float = WARMUP_S) -> dict[s
     sock.setblocking(False)
     sent = received = 0
     view = memoryview(BLOCK)
+    buffer = bytearray(256 * 1024)  # recv_into: recv(n) would allocate n bytes per record
     offset = 0
     start = time.monotonic()
     measured_from, deadline = start + warmup_s, start + seconds
@@ -272,10 +271,10 @@ def echo_client(port: int, seconds: float, warmup_s: float = WARMUP_S) -> dict[s
         if readable or sock.pending():
             with contextlib.suppress(ssl.SSLWantReadError, ssl.SSLWantWriteError):
                 while True:
-                    data = sock.recv(1 << 20)
-                    if not data:
+                    count = sock.recv_into(buffer)
+                    if not count:
                         raise ConnectionError("the server closed the connection")
-                    received += len(data)
+                    received += count
                     if not sock.pending():
                         break
         now = time.monotonic()
@@ -348,8 +347,8 @@ def tls_session(bench: str, names: tuple[str, ...], handler: str) -> Session:
 
 NOTES = (
     f"tls-keepalive: wrk -t1 -c{CONNECTIONS}, wrk's Requests/sec; tls-handshakes: "
-    f"{HANDSHAKE_CLIENTS} client processes, a full handshake and a GET per connection, "
-    "never resumed; tls-echo: one connection, MB = 10^6 bytes echoed",
+    f"{HANDSHAKE_CLIENTS} x openssl s_time -new (a full handshake per connection, never "
+    "resumed); tls-echo: one connection, MB = 10^6 bytes echoed",
     "srv us/op: the server's CPU per request, handshake or MB: the steadier figure on a "
     "shared machine; the clients share the same two cores",
 )
@@ -389,10 +388,9 @@ TLS_BENCHMARKS = (TLS_KEEPALIVE, TLS_HANDSHAKES, TLS_ECHO)
 def main(argv: list[str] | None = None) -> int:
     """Run the rounds, print the table, write the JSON."""
     args = _parser().parse_args(argv)
-    if args.echo_client or args.handshake_client:
-        port, seconds, _ = args.echo_client or args.handshake_client
-        client = echo_client if args.echo_client else handshake_client
-        print(json.dumps(client(int(port), float(seconds))))
+    if args.echo_client:
+        port, seconds, _ = args.echo_client
+        print(json.dumps(echo_client(int(port), float(seconds))))
         return 0
     from run import run_benchmark
 
@@ -430,8 +428,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--only", nargs="+", metavar="NAME", help="some of: " + ", ".join(
         bench.name for bench in TLS_BENCHMARKS))  # fmt: skip
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the JSON here")
-    for mode in ("--echo-client", "--handshake-client"):  # the clients' own processes
-        parser.add_argument(mode, nargs=3, metavar=("PORT", "S", "_"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--echo-client", nargs=3, metavar=("PORT", "S", "_"), help=argparse.SUPPRESS
+    )  # the client's own process
     return parser
 
 
