@@ -59,7 +59,7 @@ WARMUP_S = 1.0
 HANDSHAKE_CLIENTS = 4
 S_TIME_COUNT = re.compile(r"^(\d+) connections in [0-9.]+s;", re.M)
 BLOCK = b"x" * (64 * 1024)
-IN_FLIGHT_BYTES = 4 << 20  # echo: written but not yet read back, at most
+IN_FLIGHT_BYTES = 16 << 20  # echo: written but not yet read back, at most
 PROBE_INTERVAL_S = 0.02
 SPECS = {
     "portd": ServerSpec("portd", "portd"),
