@@ -25,7 +25,6 @@ import contextlib
 import socket
 import ssl
 from collections.abc import Callable
-from typing import Any
 
 from portd.tls.settings import TLSConfig
 
@@ -170,8 +169,3 @@ async def _send_and_linger(
 def logged(reason: str) -> bool:
     """False for reasons counted without a log line."""
     return reason not in QUIET_REASONS
-
-
-def handshake_settings(tls: TLSConfig) -> dict[str, Any]:
-    """What ``listener_started`` says of a TLS listener."""
-    return {"tls": True, "tls_min_version": tls.min_version, "tls_alpn": list(tls.alpn)}
