@@ -22,18 +22,12 @@ from portd.cli import build_parser
 from portd.config import parse_config
 from portd.shell.ncargs import connect_target, listen_bind, unix_target
 from portd.tls.certs import Authority
+from tests.docs import ROOT, blocks
 from tests.processes import Spawner, read_to_eof, spawn, tcp_client
 from tests.support import Daemon, require_tool, run_portd
 from tests.tls.files import write_pair
 
 __all__ = ["spawn"]  # the fixture, for this module
-
-ROOT = Path(__file__).resolve().parent.parent
-README = (ROOT / "README.md").read_text(encoding="utf-8")
-
-
-def blocks(kind: str) -> list[str]:
-    return re.findall(rf"```{kind}\n(.*?)```", README, flags=re.S)
 
 
 def console_commands() -> list[str]:
@@ -67,10 +61,6 @@ def console_block(first_line: str) -> str:
     found = [block for block in blocks("console") if block.startswith(first_line)]
     assert len(found) == 1, f"{len(found)} console blocks start with {first_line!r}"
     return found[0]
-
-
-def section(title: str) -> str:
-    return README.split(title, 1)[1].split("\n#", 1)[0]
 
 
 def test_every_toml_block_is_valid(tmp_path: Path) -> None:

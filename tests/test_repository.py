@@ -71,3 +71,30 @@ def test_no_absolute_machine_paths_in_repository_files() -> None:
             text = path.read_text(encoding="utf-8", errors="replace")
             for forbidden in ("/" + "work/", "/" + "root/"):  # split: this file is checked too
                 assert forbidden not in text, f"{name} names {forbidden}"
+
+
+def test_every_docs_page_is_linked_from_the_readme() -> None:
+    """A page no link reaches is a page nobody reads."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        assert f"](docs/{page.name}" in readme, f"README links no docs/{page.name}"
+
+
+def test_relative_links_in_the_docs_resolve() -> None:
+    """Links between README and docs/ pages (and their #anchors) reach something."""
+    from tests.docs import PAGES, headings
+
+    def anchor(title: str) -> str:  # GitHub's rule: lower case, punctuation out, - for spaces
+        return re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-")
+
+    anchors = {page: {anchor(h[1]) for h in headings(page.read_text("utf-8"))} for page in PAGES}
+    for page in PAGES:
+        text = page.read_text(encoding="utf-8")
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):  # https:, mailto:
+                continue
+            name, _, fragment = target.partition("#")
+            linked = (page.parent / name).resolve() if name else page
+            assert linked.exists(), f"{page.name} links {target}: no such file"
+            if fragment and linked.suffix == ".md":
+                assert fragment in anchors[linked], f"{page.name} links {target}: no such heading"

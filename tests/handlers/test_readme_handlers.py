@@ -3,7 +3,6 @@ coroutine handler serve real connections, and the kit example passes under pytes
 
 from __future__ import annotations
 
-import re
 import socket
 from pathlib import Path
 from typing import Any
@@ -11,16 +10,15 @@ from typing import Any
 import pytest
 
 from portd.testing import serve
+from tests.docs import blocks, section
 
 pytest_plugins = ["pytester"]
 ROOT = Path(__file__).resolve().parents[2]
-SECTION = "### Writing a handler"
+SECTION = "Writing a handler"
 
 
 def examples() -> list[str]:
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = text.split(SECTION, 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    return blocks("python", section(SECTION))
 
 
 def handlers() -> dict[str, Any]:

@@ -4,7 +4,6 @@ entry-point group (using README's example handler, so the docs cannot rot)."""
 from __future__ import annotations
 
 import os
-import re
 import socket
 import sys
 import textwrap
@@ -18,6 +17,7 @@ from portd.errors import ConfigError, HandlerError
 from portd.handlers.base import Handler
 from portd.handlers.echo import EchoHandler
 from portd.handlers.registry import available_handlers, load_handler
+from tests.docs import blocks, section
 from tests.support import Daemon
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,11 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def readme_handler_source() -> str:
     """The Python example under README's "Writing a handler"."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = text.split("### Writing a handler", 1)[1]
-    found = re.search(r"```python\n(.*?)```", section, flags=re.S)
-    assert found is not None
-    return found.group(1)
+    return blocks("python", section("Writing a handler"))[0]
 
 
 @pytest.fixture

@@ -3,26 +3,23 @@ through pytester, the unittest one through unittest, so the docs cannot rot."""
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.docs import blocks, section
+
 pytest_plugins = ["pytester"]
 
 ROOT = Path(__file__).resolve().parents[2]
-SECTION = "## Testing with portd"
+SECTION = "Testing with portd"
 
 
 def readme_examples() -> list[str]:
     """The section's Python blocks, in order (the last one is a sketch, not run)."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    if SECTION not in text:
-        pytest.skip(f"README.md has no {SECTION!r} section yet")
-    section = text.split(SECTION, 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    return blocks("python", section(SECTION))
 
 
 def test_the_pytest_examples_pass(pytester: pytest.Pytester) -> None:

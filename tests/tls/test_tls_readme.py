@@ -12,16 +12,17 @@ from pathlib import Path
 import pytest
 
 from portd.testing import Server
+from tests.docs import blocks, section
 from tests.processes import Spawner, spawn
 from tests.support import Daemon, require_tool, run_portd
-from tests.test_readme_examples import README, blocks, console_block
+from tests.test_readme_examples import console_block
 
 pytest_plugins = ["pytester"]
 __all__ = ["spawn"]  # the fixture, for this module
 
 
 def tls_section() -> str:
-    return README.split("### TLS\n", 1)[1].split("\n### ", 1)[0]
+    return section("TLS")
 
 
 @pytest.mark.needs_tool("curl")
@@ -80,8 +81,7 @@ def test_the_failure_line_is_what_connect_prints(tls_expired_server: Server) -> 
 
 
 def test_the_tls_servers_pytest_block_passes(pytester: pytest.Pytester) -> None:
-    section = README.split("### TLS servers", 1)[1].split("\n### ", 1)[0]
-    (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    (code,) = blocks("python", section("TLS servers"))
     pytester.makeini(
         "[pytest]\naddopts = -p no:cacheprovider -p no:hypothesispytest\n"
         "asyncio_default_fixture_loop_scope = function\nfilterwarnings = error\n"
