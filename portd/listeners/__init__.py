@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import time
 from collections import Counter
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from portd.limits import ConnectionGate, DatagramGate, RefusalLog
 from portd.listeners.accept import AcceptLoop
+from portd.listeners.adopt import adopt_socket
 from portd.listeners.datagram import DatagramServer
 from portd.listeners.host import ConnectionHost
 from portd.listeners.stream import StreamConnection
@@ -79,6 +81,8 @@ class Listener:
         # The daemon's structlog logger, or one the caller supplies (the testing API keeps
         # test servers off the host program's structlog configuration).
         self.log: Any = log if log is not None else get_logger(listener=config.name)
+        # Decided once: below info the line's fields would be computed only to be dropped.
+        self._log_closed = config.log_connections and _logs_at_info(self.log)
         self.host = ConnectionHost(
             config.name,
             handler=handler,
@@ -175,10 +179,13 @@ class Listener:
         if refusal is not None:
             self._refuse(conn, refusal, peer)
             return True
-        conn.setblocking(False)
         self._adopting += 1
         assert self._loop is not None
-        self._loop.create_task(self._adopt(conn, peer))
+        host = self.host  # the transport sets the socket non-blocking itself
+        adopt_socket(
+            self._loop, lambda: StreamConnection(host, peer), conn,
+            lambda error: self._adopted(error, conn, peer),
+        )  # fmt: skip
         self.accepted += 1
         if self.accepted == self.accept_limit:
             self.stop_accepting()  # later clients in the backlog are reset, as nc -l does
@@ -191,22 +198,18 @@ class Listener:
             busy = self.handler.busy_response()
             if busy:
                 with contextlib.suppress(OSError):
+                    conn.setblocking(False)  # never wait on a peer that was turned away
                     conn.send(busy)  # best effort: a small reply into an empty buffer
         conn.close()
         self.refusal_log.refused(reason, str(peer))
 
-    async def _adopt(self, conn: socket.socket, peer: Peer) -> None:
-        assert self._loop is not None
-        host = self.host
-        try:
-            await self._loop.connect_accepted_socket(lambda: StreamConnection(host, peer), conn)
-        except OSError as exc:  # the peer left before the transport was made
+    def _adopted(self, error: OSError | None, conn: socket.socket, peer: Peer) -> None:
+        if error is not None:  # the peer left before the transport was made
             conn.close()
             self.gate.release(peer)
-            self.log.debug("connection_lost_early", error=str(exc))
-        finally:
-            self._adopting -= 1
-            self._check_idle()
+            self.log.debug("connection_lost_early", error=str(error))
+        self._adopting -= 1
+        self._check_idle()
 
     @property
     def live(self) -> int:
@@ -238,7 +241,7 @@ class Listener:
         self.bytes_in += conn.bytes_in
         self.bytes_out += conn.bytes_out
         self.endings[conn.how_it_ended] += 1
-        if self.config.log_connections:  # off for busy listeners; the counts stay
+        if self._log_closed:  # off for busy listeners; the counts stay
             self.log.info(
                 "connection_closed",
                 conn_id=conn.conn_id,
@@ -348,3 +351,9 @@ class Listener:
         if not self._handler_closed:
             self._handler_closed = True
             self.handler.close()
+
+
+def _logs_at_info(log: Any) -> bool:
+    """False when ``log`` (a structlog filtering logger) drops info lines."""
+    enabled = getattr(log, "is_enabled_for", None)
+    return True if enabled is None else bool(enabled(logging.INFO))
