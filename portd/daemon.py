@@ -144,6 +144,7 @@ class Daemon:
             async with anyio.create_task_group() as group:
                 supervisor.spawn = group.start_soon
                 await supervisor.start()
+                freeze_start_up_objects()
                 self.notifier.ready(supervisor.status())
                 if take_held_reloads():  # asked for while binding: the receiver was not there
                     await self.reload()
@@ -209,6 +210,19 @@ class Daemon:
         while True:  # runs on the loop: it pings only while the loop is responsive
             self.notifier.watchdog()
             await anyio.sleep(interval_s)
+
+
+def freeze_start_up_objects() -> None:
+    """Keep what start-up made (modules, config, handlers) out of the collector's passes.
+
+    Those objects live as long as the daemon; without this, every full collection walks
+    them all again while every connection waits (milliseconds, the p99 of short
+    connections). Connections are freed by refcounting and never need the collector.
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
 
 
 def _first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:
