@@ -17,6 +17,7 @@ from portd.handlers.http.heads import (
     HTTP_1_0,
     LINE_ERRORS,
     MAX_EMPTY_LINE_BYTES,
+    MAX_FIELDS,
     MAX_LINE,
     FieldMeter,
     is_valid_host,
@@ -109,9 +110,56 @@ class HttpHelloSession(StreamSession):
         if self._buf:
             data = self._buf + data
             self._buf = b""
+        elif (
+            not self._in_head
+            and not self.paused
+            and data.startswith(b"GET ")
+            and data.find(b"\r\n\r\n") == len(data) - 4
+            and len(data) <= MAX_LINE
+            and data.count(b"\r\n") <= MAX_FIELDS
+            and self._answer_whole(data)
+        ):
+            return
         served = self.requests
         self._run(data)
         self._after_input(served != self.requests)
+
+    def _answer_whole(self, data: bytes) -> bool:
+        """The common case in one call: a chunk that is one GET head, whole, too small
+        for any size limit, with a plain request line. The verdicts are _run's; False
+        (nothing done) for another request line, which _run then judges in full."""
+        eol = data.find(b"\r\n")
+        if not (
+            data.startswith(b"HTTP/1.1", eol - 8)
+            and data.count(b" ", 0, eol) == 2
+            and is_valid_target(data, 4, eol - 9)
+        ):
+            return False
+        try:
+            self.parser.feed_data(data)
+        except HttpParserUpgrade:
+            pass  # answered 200 with Connection: close, as _read_head does
+        except HttpParserError as error:
+            line = self._judge_line(data, 0, eol, error)
+            if line >= 0:
+                self._reject(400, line & HEAD)
+            return True
+        if (
+            self._hosts == 1
+            and self._keep_alive
+            and not (self._bad or self._content or self.stopping or self.responses.streamed)
+            and self.keepalive_timeout_s
+        ):  # what _answer would decide, without its bookkeeping
+            self._hosts = 0
+            self._keep_alive = False
+            self.requests += 1
+            self.conn.write(self.responses.ok(KEEP_ALIVE, 0))
+        else:
+            self._answer(0)
+            self._flush()
+        if self.state == OPEN and not self.paused:
+            self.deadline.move(self.clock.time() + self.keepalive_timeout_s)
+        return True
 
     def eof_received(self) -> bool:
         self.eof = True
@@ -274,14 +322,7 @@ class HttpHelloSession(StreamSession):
             CLOSE if close else KEEP_ALIVE_1_0 if line & HTTP_1_0 else KEEP_ALIVE, line & HEAD
         )
         self.requests += 1
-        self._fed = 0
-        self._line = -1
-        self._meter = None
-        self._in_head = False
-        self._hosts = 0
-        self._bad = self._content = self._chunked = False
-        self._empty = 0
-        self._keep_alive = False
+        self._end_head()
         out = self._out
         out.append(response)
         self._out_bytes += len(response)
