@@ -210,3 +210,9 @@ class LoopUnavailableError(PortdError):
     """``[daemon] loop = "uvloop"`` on a host without uvloop: a config the host cannot serve."""
 
     exit_code = EX_CONFIG
+
+
+class WorkerError(PortdError):
+    """A worker process exited before it served, or could not be started."""
+
+    exit_code = EX_SOFTWARE

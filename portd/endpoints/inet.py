@@ -59,6 +59,13 @@ class InetAddress(NamedTuple):
         return ("inet", self.family, self.host, self.port)
 
     @property
+    def local_only(self) -> bool:
+        """True for loopback addresses (127.0.0.0/8, ::1)."""
+        import ipaddress  # only the metrics server asks; `portd listen` never does
+
+        return ipaddress.ip_address(self.host.partition("%")[0]).is_loopback
+
+    @property
     def overlap_group(self) -> tuple[str, int]:
         """Only addresses with the same port can overlap."""
         return ("inet", self.port)

@@ -20,13 +20,14 @@ from collections import Counter
 from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any, Protocol
 
-from portd.limits import ConnectionGate, DatagramGate, RefusalLog
+from portd.limits import ConnectionGate, DatagramGate, RefusalLog, Tally
 from portd.listeners.accept import AcceptLoop
 from portd.listeners.adopt import adopt_socket
 from portd.listeners.datagram import DatagramServer
 from portd.listeners.host import ConnectionHost
 from portd.listeners.stream import StreamConnection
 from portd.logging import get_logger
+from portd.metrics.histogram import Histogram
 
 if TYPE_CHECKING:
     from portd.config import ListenerConfig
@@ -61,6 +62,7 @@ class Listener:
         owned: bool = True,
         log: Any = None,
         previous: Listener | None = None,
+        tally: Tally | None = None,
     ) -> None:
         """Take ownership of ``handler`` and ``sockets`` (closed by :meth:`close`).
 
@@ -70,6 +72,8 @@ class Listener:
                 done; inherited ones belong to the service manager.
             previous: the listener this one replaces on a reload: its live connections
                 keep counting against this one's caps.
+            tally: without a predecessor, where live connections are counted (a
+                worker's is shared with the daemon's other workers).
         """
         self.config = config
         self.sockets = sockets
@@ -101,9 +105,10 @@ class Listener:
         self.bytes_in = 0  # of closed connections; live ones are added by stats()
         self.bytes_out = 0
         self.endings: Counter[str] = Counter()
+        self.durations: Histogram | None = None  # connection durations, when metrics are on
         self.started_at = time.monotonic()
         self.gate: ConnectionGate = ConnectionGate(
-            config.limits, previous.gate if previous is not None else None
+            config.limits, previous.gate if previous is not None else None, tally
         )
         self.refusal_log = RefusalLog(self.log)
         self.datagram_gate = DatagramGate(config.limits)
@@ -241,6 +246,8 @@ class Listener:
         self.bytes_in += conn.bytes_in
         self.bytes_out += conn.bytes_out
         self.endings[conn.how_it_ended] += 1
+        if self.durations is not None:
+            self.durations.observe(time.monotonic() - conn.started)
         if self._log_closed:  # off for busy listeners; the counts stay
             self.log.info(
                 "connection_closed",
@@ -325,7 +332,11 @@ class Listener:
             "datagrams_dropped": sum(e.dropped for e in endpoints),
             "refusals": dict(refusals),
             "closed": dict(self.endings),
+            "handler_failures": self.endings["handler_failed"] + sum(e.failures for e in endpoints),
+            "events": dict(self.host.events),
+            "handler_events": dict(self.handler.counters()),
             "uptime_s": round(time.monotonic() - self.started_at, 3),
+            **({"durations": self.durations.to_json()} if self.durations is not None else {}),
         }
 
     def close_sockets(self, *, released: bool = True) -> None:

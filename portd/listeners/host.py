@@ -8,6 +8,7 @@ gate, its other connections) or the event loop's other services.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +22,7 @@ class ConnectionHost:
     """Shared by every connection of one listener; the listener keeps it current."""
 
     __slots__ = (
-        "clock", "closed", "draining", "failed", "handler", "limits", "log", "name",
+        "clock", "closed", "draining", "events", "failed", "handler", "limits", "log", "name",
         "next_conn_id", "opened",
     )  # fmt: skip
 
@@ -46,4 +47,8 @@ class ConnectionHost:
         self.closed = closed
         self.failed = failed  # a session raised (logged already); observers hear of it
         self.draining = False  # set once the daemon stops; sessions read it
+        # Named counts of what happens to connections beyond their bytes and endings (a
+        # layer below the handler, such as TLS, adds "tls_handshake_failures"): portd
+        # status shows them and /metrics exports them per listener.
+        self.events: Counter[str] = Counter()
         self.clock: asyncio.AbstractEventLoop | None = None  # the loop, once serving
