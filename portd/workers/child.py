@@ -1,17 +1,18 @@
-"""A worker process: ``python -m portd.workers.child FD``, started by its parent.
+"""A worker process, forked by the spawner (portd.workers.spawner) for its parent.
 
-FD is the worker's end of its channel (portd.workers.channel). The bootstrap on it
-says everything the worker serves with: the config text its parent checked (never the
-file again, which may have changed since), the listeners' sockets by descriptor, the
-shared connection ids and counts, the receive directories the parent holds locked. The
-worker then serves exactly as a single-process daemon does (portd.daemon), with three
-differences: it answers its parent instead of a control socket, SIGTERM is its only
-signal (the parent reloads by starting new workers), and it reports ``ready`` and its
-final numbers on the channel.
+It gets descriptors, the first its channel to the parent (portd.workers.channel), whose
+first message, the bootstrap, says what the others are and everything the worker
+serves with: the config text its parent checked (never the file again, which may have
+changed since), the listeners' sockets, the shared connection ids and counts, the
+receive directories the parent holds locked. The worker then serves exactly as a
+single-process daemon does (portd.daemon), with three differences: it answers its
+parent instead of a control socket, SIGTERM is its only signal (the parent reloads by
+starting new workers), and it reports ``ready`` and its final numbers on the channel.
 
-The parent started it in a process group of its own, so Ctrl-C in a terminal reaches
-the parent only, which forwards the stop; if the parent dies, the kernel sends the
-worker SIGTERM (PR_SET_PDEATHSIG), so no worker outlives its daemon.
+It runs in the spawner's process group, so Ctrl-C in a terminal reaches the parent
+only, which passes the stop on; if the spawner dies (it does when the parent dies),
+the kernel sends the worker SIGTERM (PR_SET_PDEATHSIG), so no worker outlives its
+daemon.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from __future__ import annotations
 import signal
 import socket
 import sys
-from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -33,25 +33,25 @@ if TYPE_CHECKING:
 PR_SET_PDEATHSIG = 1
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Serve as a worker until SIGTERM; the exit code is the daemon's (0 after a drain)."""
-    args = sys.argv[1:] if argv is None else list(argv)
-    channel = socket.socket(fileno=int(args[0]))
+def run_worker(fds: list[int]) -> int:
+    """Serve as a worker until SIGTERM; the exit code is the daemon's (0 after a drain).
+
+    ``fds``: the channel, then what the bootstrap names by position.
+    """
+    channel = socket.socket(fileno=fds[0])
     boot, pending = read_first(channel)
     _die_with_parent(int(boot["parent"]))
-    for ignored in (signal.SIGINT, signal.SIGHUP):
-        signal.signal(ignored, signal.SIG_IGN)  # the parent decides what those mean
     from portd.errors import PortdError
 
     try:
-        return _serve(boot, channel, pending)
+        return _serve(boot, channel, pending, fds)
     except PortdError as exc:  # the parent checked all this; say what differed here
         for line in exc.messages():
             print(f"portd: worker {boot['worker']}: {line}", file=sys.stderr)
         return exc.exit_code
 
 
-def _serve(boot: Message, channel: socket.socket, pending: bytes) -> int:
+def _serve(boot: Message, channel: socket.socket, pending: bytes, fds: list[int]) -> int:
     from portd.config import parse_config_text
     from portd.daemon import Daemon, run_loop
     from portd.logging import configure_logging
@@ -65,16 +65,15 @@ def _serve(boot: Message, channel: socket.socket, pending: bytes) -> int:
     if boot["directories"]:
         from portd.handlers.files.directory import adopt_descriptors
 
-        adopt_descriptors(boot["directories"])
+        adopt_descriptors([fds[index] for index in boot["directories"]])
     given: dict[str, list[socket.socket]] = {}
-    for name, fd in boot["sockets"]:
-        sock = socket.socket(fileno=fd)
+    for name, index in boot["sockets"]:
+        sock = socket.socket(fileno=fds[index])
         sock.setblocking(False)
         given.setdefault(name, []).append(sock)
     link = ParentLink(boot, channel, pending)
-    supervisor = Supervisor(
-        config, overrides=boot["overrides"], shared=WorkerShared(boot), given=given
-    )
+    shared = WorkerShared(boot, fds)
+    supervisor = Supervisor(config, overrides=boot["overrides"], shared=shared, given=given)
     try:
         supervisor.bind_all()
         return run_loop(daemon_config.loop, Daemon(supervisor, link, None, worker=link))
@@ -86,8 +85,9 @@ def _serve(boot: Message, channel: socket.socket, pending: bytes) -> int:
         supervisor.close()
 
 
-def _die_with_parent(parent: int) -> None:
-    """SIGTERM when the parent dies (a parent killed with SIGKILL cannot forward it)."""
+def _die_with_parent(daemon: int) -> None:
+    """SIGTERM when the spawner dies, as it does when the daemon's parent dies (one
+    killed with SIGKILL cannot pass a stop on)."""
     import ctypes
     import os
 
@@ -96,20 +96,32 @@ def _die_with_parent(parent: int) -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     except (OSError, AttributeError):  # not Linux: the parent's process group ends us
         return
-    if os.getppid() != parent:  # it died before the request took effect
+    if os.getppid() == 1 or not _alive(daemon):  # gone before the request took effect
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class WorkerShared:
     """What this worker shares with the daemon's others: connection ids and counts."""
 
-    def __init__(self, boot: Message) -> None:
+    def __init__(self, boot: Message, fds: list[int]) -> None:
         from portd.workers.ids import SharedIds
         from portd.workers.tally import Region, map_regions
 
-        self._ids = SharedIds(boot["ids"])
+        self._ids = SharedIds(fds[boot["ids"]])
         self.next_conn_id = self._ids.next_conn_id
-        self._words = map_regions(boot["tally"])
+        self._words = map_regions(fds[boot["tally"]])
         self._regions = {name: Region(*region) for name, region in boot["regions"].items()}
         self._slots = int(boot["tally_slots"])
         self._slot = int(boot["tally_slot"])
@@ -198,7 +210,3 @@ class ParentLink:
             pass  # the parent is gone: nobody to tell
         finally:
             self.channel.close()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import signal
 import sys
 import time
@@ -47,8 +46,9 @@ from portd.errors import EX_SOFTWARE, PortdError, WorkerError
 from portd.listeners.stats import add_stats, fold_into, group_by_name
 from portd.supervisor import Supervisor
 from portd.workers.ids import create_id_counter
-from portd.workers.pool import READY_TIMEOUT_S, Backoff, Worker, start_process
+from portd.workers.pool import READY_TIMEOUT_S, Backoff, Spawner, Worker, start_worker
 from portd.workers.sockets import SlotSockets
+from portd.workers.spawner import start_spawner
 from portd.workers.tally import TallyRegions
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ if TYPE_CHECKING:
     from portd.systemd import InheritedSocket, Notifier
 
 STOP_GRACE_S = 5.0  # past shutdown_timeout_s, before a worker that did not exit is killed
-SPARE_TALLY_SLOTS = 3  # generations that may drain at once beside the serving one
+SPARE_TALLY_SLOTS = 7  # generations that may drain at once beside the serving one
 
 
 class StartFailure(NamedTuple):
@@ -92,17 +92,44 @@ def run_workers(
     supervisor.bind_all()
     count = worker_count(config.daemon.workers)
     slots = SlotSockets(count)
+    shared = Shared(count)
     try:
         slots.bind(supervisor.listeners)
         metrics = bind_metrics_for(config)
-        parent = WorkersParent(supervisor, Notifier(), identity, metrics, slots=slots)
-        try:
-            return run_loop(config.daemon.loop, parent)
-        finally:
-            parent.close()
+
+        def forget() -> None:  # in the spawner: it serves none of these
+            for listener in supervisor.listeners:
+                listener.close_sockets(released=False)
+            for sock in metrics:
+                sock.close()
+            slots.close()
+            shared.close()
+
+        spawner = start_spawner(identity, forget)
+        parent = WorkersParent(
+            supervisor, Notifier(), identity, metrics, slots=slots, shared=shared, spawner=spawner
+        )
+        return run_loop(config.daemon.loop, parent)
     finally:
         slots.close()
+        shared.close()
         supervisor.close()
+
+
+class Shared:
+    """The shared memory of a daemon's workers: connection ids and connection counts."""
+
+    def __init__(self, workers: int) -> None:
+        self.ids_fd = create_id_counter()
+        self.tallies = TallyRegions(workers * (1 + SPARE_TALLY_SLOTS))
+        self.closed = False
+
+    def close(self) -> None:
+        """Release both (idempotent; the workers keep their own mappings)."""
+        if not self.closed:
+            self.closed = True
+            os.close(self.ids_fd)
+            self.tallies.close()
 
 
 class WorkersParent(Daemon):
@@ -116,12 +143,15 @@ class WorkersParent(Daemon):
         metrics_sockets: Sequence[socket.socket],
         *,
         slots: SlotSockets,
+        shared: Shared,
+        spawner: tuple[int, socket.socket],
     ) -> None:
         super().__init__(supervisor, notifier, identity, metrics_sockets)
         self.slots = slots
         self.count = slots.slots
-        self.ids_fd = create_id_counter()
-        self.tallies = TallyRegions(self.count * (1 + SPARE_TALLY_SLOTS))
+        self.ids_fd = shared.ids_fd
+        self.tallies = shared.tallies
+        self.spawner = Spawner(*spawner, lost=self._spawner_lost)
         self.free_tally_slots = list(range(self.tallies.slots))
         self.generation = 0
         self.current: list[Worker | None] = [None] * self.count
@@ -131,14 +161,15 @@ class WorkersParent(Daemon):
         self.exited_totals: dict[str, dict[str, Any]] = {}  # exited workers' last numbers
         self.exited_cpu_s = 0.0
         self.stopping = False
-        self.hash_seed = str(secrets.randbelow(2**32 - 2) + 1)  # one per daemon, see tally
         self._reloading = asyncio.Lock()
         self._group: Any = None
 
-    def close(self) -> None:
-        """Release the shared memory (the workers have exited by now)."""
-        os.close(self.ids_fd)
-        self.tallies.close()
+    def _spawner_lost(self) -> None:
+        """The spawner died: no worker can start any more, and its workers have been
+        told to stop (PR_SET_PDEATHSIG); so does the daemon."""
+        if not self.stopping:
+            self.log.error("spawner_exited", error="the process that starts workers exited")
+            os.kill(os.getpid(), signal.SIGTERM)
 
     # Serving.
 
@@ -146,7 +177,9 @@ class WorkersParent(Daemon):
         with anyio.open_signal_receiver(*HANDLED_SIGNALS) as signals:
             async with anyio.create_task_group() as group:
                 self._group = group
-                asyncio.get_running_loop().set_exception_handler(self.supervisor.on_loop_error)
+                loop = asyncio.get_running_loop()
+                loop.set_exception_handler(self.supervisor.on_loop_error)
+                self.spawner.start(loop)
                 started = await self._start(self.supervisor.config, self.supervisor.listeners)
                 if isinstance(started, StartFailure):
                     self.stopping = True
@@ -186,8 +219,8 @@ class WorkersParent(Daemon):
         failure: StartFailure | None = None
         try:
             for slot in range(self.count):
-                started.append(self._spawn(slot, generation, config, listeners))
-        except (OSError, WorkerError) as exc:
+                started.append(await self._spawn(slot, generation, config, listeners))
+        except (OSError, TimeoutError, WorkerError) as exc:
             error = (
                 exc
                 if isinstance(exc, WorkerError)
@@ -209,35 +242,42 @@ class WorkersParent(Daemon):
             WorkerError(f"the workers did not serve within {READY_TIMEOUT_S:g} s"), EX_SOFTWARE
         )
 
-    def _spawn(
+    async def _spawn(
         self, slot: int, generation: int, config: Config, listeners: Sequence[Listener]
     ) -> Worker:
         """Start the worker of ``slot`` on ``listeners`` (as they are in ``config``).
 
         Raises:
-            OSError: the process could not start; WorkerError: no counting slot is free.
+            OSError, TimeoutError: the spawner is gone or did not answer; WorkerError: no
+                counting slot is free.
         """
         if not self.free_tally_slots:
             raise WorkerError(
                 f"{len(self.workers)} workers run already (older ones still draining); "
                 "wait for them to finish, then reload again"
             )
-        worker = Worker(slot, generation, self.free_tally_slots.pop(0))
+        worker = Worker(slot, generation, self.free_tally_slots.pop(0), self._exited)
         pairs = self.slots.for_slot(listeners, slot)
         directories = _held_directories()
+        # Passed by position after the channel (0): the shared memory, the directories,
+        # then each socket once.
+        fds = [self.ids_fd, self.tallies.fd, *directories]
+        place: dict[int, int] = {}
+        for _, sock in pairs:
+            if sock.fileno() not in place:
+                fds.append(sock.fileno())
+                place[sock.fileno()] = len(fds)
         boot = {
             "worker": slot, "generation": generation, "parent": os.getpid(),
             "config": config.text, "source": config.source,
             "overrides": self.supervisor.overrides,
-            "sockets": [[name, sock.fileno()] for name, sock in pairs],
-            "ids": self.ids_fd, "tally": self.tallies.fd, "tally_slots": self.tallies.slots,
-            "tally_slot": worker.tally_slot, "directories": directories,
+            "sockets": [[name, place[sock.fileno()]] for name, sock in pairs],
+            "ids": 1, "tally": 2, "directories": list(range(3, 3 + len(directories))),
+            "tally_slots": self.tallies.slots, "tally_slot": worker.tally_slot,
             "regions": {x.name: list(self.tallies.region_for(x.config)) for x in listeners},
         }  # fmt: skip
-        fds = [*{sock.fileno() for _, sock in pairs}, self.ids_fd, self.tallies.fd, *directories]
-        environ = {**os.environ, "PYTHONHASHSEED": self.hash_seed}
         try:
-            start_process(worker, boot, fds, environ, self._exited)
+            await start_worker(worker, self.spawner, boot, fds)
         except BaseException:
             self.free_tally_slots.append(worker.tally_slot)
             raise
@@ -249,10 +289,11 @@ class WorkersParent(Daemon):
         self.workers.remove(worker)
         self.tallies.clear_slot(worker.tally_slot)
         self.free_tally_slots.append(worker.tally_slot)
-        if worker.final is not None:
-            for entry in (*worker.final.get("listeners", ()), *worker.final.get("retiring", ())):
+        numbers = worker.last_numbers()
+        if numbers is not None:
+            for entry in (*numbers.get("listeners", ()), *numbers.get("retiring", ())):
                 fold_into(self.exited_totals, entry)
-            self.exited_cpu_s += worker.final.get("process", {}).get("cpu_s", 0.0)
+            self.exited_cpu_s += numbers.get("process", {}).get("cpu_s", 0.0)
         how = worker.describe_exit()
         if self.current[worker.slot] is not worker or self.stopping:
             never_served = worker.final is None and worker.exit_code not in (0, -signal.SIGKILL)
@@ -265,19 +306,19 @@ class WorkersParent(Daemon):
         delay_s = self.backoff[worker.slot].next_delay(lived_s)
         self.log.error("worker_exited", worker=worker.slot, pid=worker.pid, **how,
                        restart_in_s=delay_s)  # fmt: skip
-        asyncio.get_running_loop().call_later(delay_s, self._restart, worker.slot)
+        self._group.start_soon(self._restart, worker.slot, delay_s)
 
-    def _restart(self, slot: int) -> None:
+    async def _restart(self, slot: int, delay_s: float) -> None:
+        await anyio.sleep(delay_s)  # the back-off (portd.workers.pool.Backoff)
         if self.stopping or self.current[slot] is not None:
             return
         supervisor = self.supervisor
         try:
-            self.current[slot] = self._spawn(slot, self.generation, supervisor.config,
-                                             supervisor.listeners)  # fmt: skip
-        except (OSError, PortdError) as exc:
+            self.current[slot] = await self._spawn(slot, self.generation, supervisor.config,
+                                                   supervisor.listeners)  # fmt: skip
+        except (OSError, TimeoutError, PortdError) as exc:
             self.log.error("worker_failed", worker=slot, error=str(exc))
-            delay_s = self.backoff[slot].next_delay(0.0)
-            asyncio.get_running_loop().call_later(delay_s, self._restart, slot)
+            self._group.start_soon(self._restart, slot, self.backoff[slot].next_delay(0.0))
             return
         self.restarts += 1
 
@@ -374,6 +415,10 @@ class WorkersParent(Daemon):
     ) -> int:
         self.stopping = True
         self.notifier.stopping()
+        # The workers stop accepting at once; so does the parent, whose copies of the
+        # listening sockets would otherwise keep new clients waiting in the backlog.
+        self.supervisor.stop_accepting()
+        self.slots.close()
         timeout_s = self.supervisor.config.daemon.shutdown_timeout_s
         self.log.info("shutdown_started", signal=received.name, workers=len(self.workers),
                       timeout_s=timeout_s)  # fmt: skip
@@ -396,7 +441,6 @@ class WorkersParent(Daemon):
                     await worker.exited.wait()
             group.cancel_scope.cancel()
         killed = await self._kill_the_rest()
-        self.supervisor.stop_accepting()
         self.log.info("shutdown_complete", exit_code=exit_code, killed=killed)
         return exit_code
 

@@ -1,5 +1,5 @@
-"""Worker processes: starting one on its slot's sockets, hearing when it serves,
-asking it for its numbers, and noticing (through a pidfd) when it exits.
+"""Worker processes: starting one (through the spawner) on its slot's sockets, hearing
+when it serves, asking it for its numbers, and hearing when it exits.
 
 A generation is the set of workers serving one config; a reload starts a new one and
 lets the old one drain. A worker of the current generation that dies is started again
@@ -13,17 +13,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from portd.workers.channel import LineProtocol, Message
 
+_BACKGROUND: set[asyncio.Task[None]] = set()  # held until done: the loop keeps weak refs
+MAX_SPAWNER_MESSAGE = 4096
 RESTART_START_S = 0.1
 RESTART_MAX_S = 30.0
 RESTART_STABLE_S = 10.0
@@ -34,8 +35,11 @@ ASK_TIMEOUT_S = 5.0
 class Worker:
     """One worker process and its end of the channel."""
 
-    def __init__(self, slot: int, generation: int, tally_slot: int) -> None:
+    def __init__(
+        self, slot: int, generation: int, tally_slot: int, on_exit: Callable[[Worker], None]
+    ) -> None:
         self.slot = slot
+        self.on_exit = on_exit
         self.generation = generation
         self.tally_slot = tally_slot
         self.pid = 0
@@ -43,13 +47,13 @@ class Worker:
         self.started = time.monotonic()
         self.exit_code: int | None = None
         self.final: Message | None = None  # its numbers, as it reported them at exit
+        self.last: dict[str, Message] = {}  # its last answer to each question
         self.ready = asyncio.get_running_loop().create_future()  # True once it serves
         self.exited = asyncio.Event()
         self.heard_all = asyncio.Event()  # its channel reached EOF: the final report is in
         self.channel: LineProtocol | None = None
         self._asked: dict[int, asyncio.Future[Message]] = {}
         self._ask_ids = itertools.count(1)
-        self._process: subprocess.Popen[bytes] | None = None
 
     def describe(self) -> dict[str, Any]:
         """What ``portd status`` shows of it."""
@@ -92,15 +96,41 @@ class Worker:
         self._asked[ask] = future
         self.channel.send({"ask": ask, "op": op})
         try:
-            return await asyncio.wait_for(future, ASK_TIMEOUT_S)
+            self.last[op] = answer = await asyncio.wait_for(future, ASK_TIMEOUT_S)
+            return answer
         finally:
             self._asked.pop(ask, None)
 
+    def last_numbers(self) -> Message | None:
+        """Its numbers as it last told them: at exit, else in its last answer (a worker
+        killed outright says nothing at the end; its counts since then are lost)."""
+        return self.final or self.last.get("metrics") or self.last.get("status")
+
     def signal(self, signum: int) -> None:
         """Send ``signum`` if it still runs."""
-        if self._process is not None and self.state != "exited":
+        if self.pid and self.state != "exited":
             with contextlib.suppress(ProcessLookupError):
-                self._process.send_signal(signum)
+                os.kill(self.pid, signum)
+
+    def ended(self, code: int) -> None:
+        """The spawner reaped it (``code`` < 0: the signal that ended it)."""
+        self.exit_code = code
+        self.state = "exited"
+        if not self.ready.done():
+            self.ready.set_result(False)
+        task = asyncio.get_running_loop().create_task(self._reported())
+        _BACKGROUND.add(task)
+        task.add_done_callback(_BACKGROUND.discard)
+
+    async def _reported(self) -> None:
+        # The exit may be heard before the last lines on the channel are read: wait for
+        # its end (the dead worker's side is closed, so it comes at once), then go on.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.heard_all.wait(), ASK_TIMEOUT_S)
+        if self.channel is not None:
+            self.channel.close()
+        self.exited.set()
+        self.on_exit(self)
 
     def describe_exit(self) -> dict[str, Any]:
         """How it ended, for the log: ``exit_code``, or ``signal`` by name."""
@@ -110,90 +140,96 @@ class Worker:
         return {"exit_code": code}
 
 
-def start_process(
-    worker: Worker,
-    boot: Mapping[str, Any],
-    fds: Sequence[int],
-    environ: Mapping[str, str],
-    on_exit: Callable[[Worker], None],
+class Spawner:
+    """The parent's end of the spawner's line (portd.workers.spawner): it asks for a
+    worker, hears its pid, and hears when a worker exits."""
+
+    def __init__(self, pid: int, line: socket.socket, lost: Callable[[], None]) -> None:
+        self.pid = pid
+        self.line = line
+        self.lost = lost
+        self.workers: dict[int, Worker] = {}  # by pid
+        self._spawning: dict[int, asyncio.Future[int]] = {}
+        self._ids = itertools.count(1)
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Hear the spawner on ``loop``."""
+        self._loop = loop
+        self.line.setblocking(False)
+        loop.add_reader(self.line.fileno(), self._readable)
+
+    async def spawn(self, worker: Worker, fds: Sequence[int]) -> None:
+        """Fork ``worker`` with ``fds`` (its channel's end first); its pid once forked.
+
+        Raises:
+            OSError: the spawner is gone, or refused the descriptors.
+        """
+        assert self._loop is not None
+        request = next(self._ids)
+        future = self._loop.create_future()
+        self._spawning[request] = future
+        try:
+            socket.send_fds(self.line, [json.dumps({"id": request}).encode()], list(fds))
+            worker.pid = await asyncio.wait_for(future, ASK_TIMEOUT_S)
+        finally:
+            self._spawning.pop(request, None)
+        self.workers[worker.pid] = worker
+
+    def _readable(self) -> None:
+        while True:
+            try:
+                message = self.line.recv(MAX_SPAWNER_MESSAGE)
+            except BlockingIOError:
+                return
+            except OSError:
+                message = b""
+            if not message:
+                self.close()
+                self.lost()
+                return
+            said = json.loads(message)
+            if "spawned" in said:
+                future = self._spawning.get(said["spawned"])
+                if future is not None and not future.done():
+                    future.set_result(said["pid"])
+            elif "exited" in said:
+                worker = self.workers.pop(said["exited"], None)
+                if worker is not None:
+                    worker.ended(said["code"])
+
+    def close(self) -> None:
+        """Stop hearing the spawner and close the line (it exits on its own)."""
+        if self._loop is not None and self.line.fileno() >= 0:
+            self._loop.remove_reader(self.line.fileno())
+        self.line.close()
+        for future in self._spawning.values():
+            if not future.done():
+                future.set_exception(ConnectionError("the spawner is gone"))
+
+
+async def start_worker(
+    worker: Worker, spawner: Spawner, boot: Mapping[str, Any], fds: Sequence[int]
 ) -> None:
-    """Start ``worker``'s process with ``fds`` inherited and ``boot`` as its first message.
+    """Fork ``worker`` with ``fds`` after its channel (the bootstrap names them by
+    position, from 1), then send it ``boot``.
 
     Raises:
-        OSError: the process could not be started (the worker stays "starting").
+        OSError, TimeoutError: the spawner is gone, or did not answer.
     """
     loop = asyncio.get_running_loop()
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    channel = worker.channel = LineProtocol(worker.heard, worker.channel_lost)
     try:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "portd.workers.child", str(theirs.fileno())],
-            stdin=subprocess.DEVNULL,
-            pass_fds=[theirs.fileno(), *fds],
-            env=dict(environ),
-            process_group=0,  # Ctrl-C reaches the parent, which decides what it means
-        )
+        await spawner.spawn(worker, [theirs.fileno(), *fds])
     except BaseException:
         ours.close()
         raise
     finally:
         theirs.close()
-    worker._process = process
-    worker.pid = process.pid
-    worker.channel = LineProtocol(worker.heard, worker.channel_lost)
     ours.setblocking(False)
-    watch_exit(loop, worker, process, on_exit)
-    task = loop.create_task(_connect(loop, worker, ours, boot))
-    _BACKGROUND.add(task)
-    task.add_done_callback(_BACKGROUND.discard)
-
-
-_BACKGROUND: set[asyncio.Task[None]] = set()
-
-
-async def _connect(
-    loop: asyncio.AbstractEventLoop, worker: Worker, sock: socket.socket, boot: Mapping[str, Any]
-) -> None:
-    channel = worker.channel
-    assert channel is not None
-    try:
-        await loop.create_unix_connection(lambda: channel, sock=sock)
-    except OSError:
-        sock.close()
-        return
+    await loop.create_unix_connection(lambda: channel, sock=ours)
     channel.send(boot)
-
-
-def watch_exit(
-    loop: asyncio.AbstractEventLoop,
-    worker: Worker,
-    process: subprocess.Popen[bytes],
-    on_exit: Callable[[Worker], None],
-) -> None:
-    """Call ``on_exit(worker)`` once the process has exited (and been reaped)."""
-    pidfd = os.pidfd_open(process.pid)
-
-    def exited() -> None:
-        loop.remove_reader(pidfd)
-        os.close(pidfd)
-        worker.exit_code = process.wait()
-        worker.state = "exited"
-        if not worker.ready.done():
-            worker.ready.set_result(False)
-        task = loop.create_task(reported())
-        _BACKGROUND.add(task)
-        task.add_done_callback(_BACKGROUND.discard)
-
-    async def reported() -> None:
-        # The exit may be seen before the last lines on the channel are read: wait for
-        # its end (the dead worker's side is closed, so it comes at once), then go on.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(worker.heard_all.wait(), ASK_TIMEOUT_S)
-        if worker.channel is not None:
-            worker.channel.close()
-        worker.exited.set()
-        on_exit(worker)
-
-    loop.add_reader(pidfd, exited)
 
 
 class Backoff:

@@ -10,10 +10,10 @@ holds exactly the live sources). A worker admitting a peer adds up every slot.
 Two workers admitting at the same instant may both see room for one more, so a cap
 can be passed by at most (workers - 1) connections for that instant; a worker reading
 a table while its owner shifts an entry back may miss that source for the instant.
-The source keys are hash() of the source text, the same in every worker because the
-parent gives them one PYTHONHASHSEED, a random one per daemon (a client cannot
-choose colliding sources offline). A worker that dies leaves counts behind: the parent
-clears its slot before the slot serves again.
+The source keys are hash() of the source text, the same in every worker because they
+are all forks of one spawner, whose interpreter drew its hash seed at random when the
+daemon started (a client cannot choose colliding sources offline). A worker that dies
+leaves counts behind: the parent clears its slot before the slot serves again.
 """
 
 from __future__ import annotations
