@@ -65,7 +65,9 @@ def start_spawner(
 def _serve(line: socket.socket, identity: Identity | None) -> int:
     os.setpgid(0, 0)  # Ctrl-C in a terminal reaches the parent only
     _die_with_parent()
-    for ignored in (signal.SIGINT, signal.SIGHUP):
+    # The parent decides what signals mean; the spawner ends when the parent's line
+    # does (or with the parent, through PR_SET_PDEATHSIG).
+    for ignored in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
         signal.signal(ignored, signal.SIG_IGN)
     woken_r, woken_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(woken_w)
@@ -117,6 +119,7 @@ def _run_worker(line: socket.socket, pipe: tuple[int, int], fds: list[int]) -> i
     try:
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the worker's loop handles it
         line.close()
         for fd in pipe:
             os.close(fd)
@@ -132,16 +135,17 @@ def _run_worker(line: socket.socket, pipe: tuple[int, int], fds: list[int]) -> i
 
 
 def _die_with_parent() -> None:
-    """SIGTERM when the parent dies: a spawner left alone would fork for nobody."""
+    """SIGKILL when the parent dies: a spawner left alone would fork for nobody (its
+    workers then get their own SIGTERM, and drain)."""
     import ctypes
 
     parent = os.getppid()
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):  # not Linux
         return
     if os.getppid() != parent:
-        os.kill(os.getpid(), signal.SIGTERM)
+        os._exit(0)
 
 
 def _load_what_workers_run() -> None:
