@@ -196,7 +196,9 @@ class Tally:
 
     def __init__(self) -> None:
         self.active = 0
-        self.per_source: Counter[str] = Counter()
+        # A plain dict: Counter's missing-key and delete paths are Python code, and this
+        # runs twice per connection.
+        self.per_source: dict[str, int] = {}
 
     def count(self) -> int:
         """Connections counted now."""
@@ -204,21 +206,23 @@ class Tally:
 
     def of(self, source: str) -> int:
         """Connections of ``source`` counted now."""
-        return self.per_source[source]
+        return self.per_source.get(source, 0)
 
     def add(self, source: str) -> None:
         """One more connection of ``source``."""
         self.active += 1
-        self.per_source[source] += 1
+        per_source = self.per_source
+        per_source[source] = per_source.get(source, 0) + 1
 
     def remove(self, source: str) -> None:
         """A connection of ``source`` ended."""
         self.active -= 1
-        left = self.per_source[source] - 1
-        if left > 0:
-            self.per_source[source] = left
+        per_source = self.per_source
+        left = per_source[source] - 1
+        if left:
+            per_source[source] = left
         else:
-            del self.per_source[source]
+            del per_source[source]
 
 
 class ConnectionGate:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from portd.handlers.base import Connection, StreamSession
-from portd.handlers.http.deadline import Clock, Deadline
+from portd.handlers.http.deadline import Clock, Deadline, FirstDeadlines
 from portd.handlers.http.heads import (
     FEWEST_BYTES_FOR_TOO_MANY,
     HEAD,
@@ -48,37 +48,48 @@ CLOSED = 2
 class HttpHelloSession(StreamSession):
     """One HTTP connection: frames heads, feeds llhttp, answers in order."""
 
-    def __init__(self, conn: Connection, handler: HttpHelloHandler, clock: Clock) -> None:
+    # The state every connection starts in, as class attributes: a session sets only
+    # what it changes, so opening one costs a few assignments instead of two dozen.
+    state = OPEN
+    requests = 0
+    paused = False
+    eof = False
+    _buf = b""  # unanswered input, from a head's first byte on
+    _fed = 0  # bytes of _buf llhttp has seen (0 until the request line is complete)
+    _in_head = False  # a request line has begun and its head is not answered
+    _head_began = False  # ... and it began during the current callback
+    _line = -1  # judge_request_line's verdict on the current request line
+    _line_length = 0
+    _meter: FieldMeter | None = None  # only for heads big enough to need it
+    _hosts = 0
+    _bad = False  # a bad Host, or a Transfer-Encoding that does not end in chunked
+    _content = False  # request content (Content-Length above 0, chunked): 413
+    _chunked = False  # ... chunked, which HTTP/1.0 cannot frame (400)
+    _empty = 0  # CR and LF bytes before the current request line
+    _body: memoryview | None = None  # of a 200 being written piece by piece
+    _close_after_body = False
+    _keep_alive = False
+    _out_bytes = 0
+    _dropped = 0
+
+    def __init__(
+        self,
+        conn: Connection,
+        handler: HttpHelloHandler,
+        clock: Clock,
+        first: FirstDeadlines | None = None,
+    ) -> None:
+        """``first``: where the first deadline waits (the handler's queue for ``clock``)."""
         self.conn = conn
         self.responses = handler.responses
         self.header_timeout_s: float = handler.settings["header_timeout_s"]
         self.keepalive_timeout_s: float = handler.settings["keepalive_timeout_s"]
         self.clock = clock
         self.parser = HttpRequestParser(self)
-        self.state = OPEN
-        self.requests = 0
         self.stopping = conn.draining
-        self.paused = False
-        self.eof = False
-        self._buf = b""  # unanswered input, from a head's first byte on
-        self._fed = 0  # bytes of _buf llhttp has seen (0 until the request line is complete)
-        self._in_head = False  # a request line has begun and its head is not answered
-        self._head_began = False  # ... and it began during the current callback
-        self._line = -1  # judge_request_line's verdict on the current request line
-        self._line_length = 0
-        self._meter: FieldMeter | None = None  # only for heads big enough to need it
-        self._hosts = 0
-        self._bad = False  # a bad Host, or a Transfer-Encoding that does not end in chunked
-        self._content = False  # request content (Content-Length above 0, chunked): 413
-        self._chunked = False  # ... chunked, which HTTP/1.0 cannot frame (400)
-        self._empty = 0  # CR and LF bytes before the current request line
-        self._body: memoryview | None = None  # of a 200 being written piece by piece
-        self._close_after_body = False
-        self._keep_alive = False
         self._out: list[bytes] = []
-        self._out_bytes = 0
-        self._dropped = 0
-        self.deadline = Deadline(clock, self._expired, clock.time() + self.header_timeout_s)
+        when = clock.time() + self.header_timeout_s
+        self.deadline = Deadline(clock, self._expired, when, first)
 
     # Callbacks from llhttp.
 
@@ -144,16 +155,18 @@ class HttpHelloSession(StreamSession):
             if line >= 0:
                 self._reject(400, line & HEAD)
             return True
-        if (
-            self._hosts == 1
-            and self._keep_alive
-            and not (self._bad or self._content or self.stopping or self.responses.streamed)
-            and self.keepalive_timeout_s
-        ):  # what _answer would decide, without its bookkeeping
+        if self._hosts == 1 and not (self._bad or self._content or self.responses.streamed):
+            # What _answer would decide, without its bookkeeping.
             self._hosts = 0
-            self._keep_alive = False
             self.requests += 1
-            self.conn.write(self.responses.ok(KEEP_ALIVE, 0))
+            if self._keep_alive and not self.stopping and self.keepalive_timeout_s:
+                self._keep_alive = False
+                self.conn.write(self.responses.ok(KEEP_ALIVE, 0))
+            else:
+                self._keep_alive = False
+                self.conn.write(self.responses.ok(CLOSE, 0))
+                self._close()
+                return True
         else:
             self._answer(0)
             self._flush()
