@@ -25,6 +25,7 @@ from portd.listeners.accept import AcceptLoop
 from portd.listeners.adopt import adopt_socket
 from portd.listeners.datagram import DatagramServer
 from portd.listeners.host import ConnectionHost
+from portd.listeners.idle import IdleTimeouts
 from portd.listeners.stream import StreamConnection
 from portd.logging import get_logger
 from portd.metrics.histogram import Histogram
@@ -140,6 +141,8 @@ class Listener:
         """Serve every socket on the running loop and log ``listener_started``."""
         self._loop = loop = asyncio.get_running_loop()
         self.host.clock = loop
+        if self.config.limits.idle_timeout_s:
+            self.host.idle = IdleTimeouts(self.config.limits.idle_timeout_s, loop)
         if self.config.protocol == "tcp":
             # A handler that does not listen (refuse) leaves its sockets bound and unwatched:
             # the kernel refuses every connect.
@@ -352,6 +355,8 @@ class Listener:
 
     def close(self) -> None:
         """Release the sockets and whatever the handler holds (idempotent)."""
+        if self.host.idle is not None:
+            self.host.idle.close()
         self.refusal_log.flush()  # refusals counted since the last line are logged too
         self.datagram_log.flush()
         self.close_sockets()

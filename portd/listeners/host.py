@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from portd.handlers.base import Handler
     from portd.limits import Limits
+    from portd.listeners.idle import IdleTimeouts
     from portd.listeners.stream import StreamConnection
 
 
@@ -22,8 +23,8 @@ class ConnectionHost:
     """Shared by every connection of one listener; the listener keeps it current."""
 
     __slots__ = (
-        "clock", "closed", "draining", "events", "failed", "handler", "limits", "log", "name",
-        "next_conn_id", "opened",
+        "clock", "closed", "draining", "events", "failed", "handler", "idle", "limits", "log",
+        "name", "next_conn_id", "opened",
     )  # fmt: skip
 
     def __init__(
@@ -52,3 +53,4 @@ class ConnectionHost:
         # status shows them and /metrics exports them per listener.
         self.events: Counter[str] = Counter()
         self.clock: asyncio.AbstractEventLoop | None = None  # the loop, once serving
+        self.idle: IdleTimeouts | None = None  # with idle_timeout_s, once serving

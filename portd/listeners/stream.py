@@ -39,8 +39,8 @@ class StreamConnection(asyncio.Protocol):
     """One accepted stream connection (TCP or unix), offered to the handler as a Connection."""
 
     __slots__ = (
-        "_idle_timer", "_send_timer", "_tasks", "bytes_in", "bytes_out", "conn_id", "ending",
-        "failed", "host", "last_active", "peer", "reason", "session", "started", "transport",
+        "_send_timer", "_tasks", "bytes_in", "bytes_out", "conn_id", "ending", "failed", "host",
+        "idle_bucket", "last_active", "peer", "reason", "session", "started", "transport",
     )  # fmt: skip
 
     def __init__(self, host: ConnectionHost, peer: Peer) -> None:
@@ -48,7 +48,7 @@ class StreamConnection(asyncio.Protocol):
         self.peer = peer  # from accept(): the gate admitted (and will release) it
         self.last_active = 0.0
         self._send_timer: asyncio.TimerHandle | None = None
-        self._idle_timer: asyncio.TimerHandle | None = None
+        self.idle_bucket: set[StreamConnection] | None = None  # where IdleTimeouts keeps it
         self._tasks: set[asyncio.Task[Any]] | None = None
         self.bytes_in = 0
         self.bytes_out = 0
@@ -66,11 +66,8 @@ class StreamConnection(asyncio.Protocol):
         host = self.host
         self.conn_id = host.next_conn_id()
         host.opened(self)
-        idle_timeout_s = host.limits.idle_timeout_s
-        if idle_timeout_s:
-            self._idle_timer = self.clock.call_later(
-                idle_timeout_s, self._check_idle, idle_timeout_s
-            )
+        if host.idle is not None:
+            host.idle.watch(self, self.last_active)
         try:
             self.session = host.handler.open_session(self)
         except Exception as exc:  # noqa: BLE001 - a handler bug must not reach the loop
@@ -110,9 +107,11 @@ class StreamConnection(asyncio.Protocol):
             self._handler_failed(exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        for timer in (self._idle_timer, self._send_timer):
-            if timer is not None:
-                timer.cancel()
+        if self.idle_bucket is not None:
+            self.idle_bucket.discard(self)
+            self.idle_bucket = None
+        if self._send_timer is not None:
+            self._send_timer.cancel()
         try:
             self.session.connection_lost(exc)
         except Exception as error:  # noqa: BLE001
@@ -133,16 +132,6 @@ class StreamConnection(asyncio.Protocol):
         """closed (cleanly), reset (by the peer), aborted (by portd), handler_failed,
         idle_timeout, send_timeout, or another error's text; "open" while it lasts."""
         return self.ending or "open"
-
-    def _check_idle(self, timeout_s: float) -> None:
-        """One timer per connection, pushed back lazily: the data path only stores a time."""
-        quiet_s = _monotonic() - self.last_active
-        if quiet_s < timeout_s:
-            self._idle_timer = self.clock.call_later(
-                timeout_s - quiet_s, self._check_idle, timeout_s
-            )
-        else:
-            self._time_out("idle_timeout")
 
     @property
     def error(self) -> str | None:
