@@ -27,7 +27,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -43,10 +43,19 @@ from portd.daemon import (
     take_held_reloads,
 )  # fmt: skip
 from portd.errors import EX_SOFTWARE, PortdError, WorkerError
-from portd.listeners.stats import add_stats, fold_into, group_by_name
 from portd.supervisor import Supervisor
 from portd.workers.ids import create_id_counter
-from portd.workers.pool import READY_TIMEOUT_S, Backoff, Spawner, Worker, start_worker
+from portd.workers.numbers import DaemonNumbers
+from portd.workers.pool import (
+    READY_TIMEOUT_S,
+    Backoff,
+    Spawner,
+    StartFailure,
+    Worker,
+    failure_code,
+    start_error,
+    start_worker,
+)  # fmt: skip
 from portd.workers.sockets import SlotSockets
 from portd.workers.spawner import start_spawner
 from portd.workers.tally import TallyRegions
@@ -62,13 +71,6 @@ if TYPE_CHECKING:
 
 STOP_GRACE_S = 5.0  # past shutdown_timeout_s, before a worker that did not exit is killed
 SPARE_TALLY_SLOTS = 7  # generations that may drain at once beside the serving one
-
-
-class StartFailure(NamedTuple):
-    """Why a generation of workers did not come up, and the daemon's exit code for it."""
-
-    error: WorkerError
-    exit_code: int
 
 
 def run_workers(
@@ -158,8 +160,7 @@ class WorkersParent(Daemon):
         self.workers: list[Worker] = []  # every live worker, of any generation
         self.backoff = [Backoff() for _ in range(self.count)]
         self.restarts = 0
-        self.exited_totals: dict[str, dict[str, Any]] = {}  # exited workers' last numbers
-        self.exited_cpu_s = 0.0
+        self.numbers = DaemonNumbers()
         self.stopping = False
         self._reloading = asyncio.Lock()
         self._group: Any = None
@@ -237,7 +238,7 @@ class WorkersParent(Daemon):
             await worker.exited.wait()
         failed = [w for w in started if w.exit_code not in (None, -signal.SIGKILL)]
         if failure is None and failed:
-            failure = StartFailure(_start_error(failed[0]), _failure_code(failed[0]))
+            failure = StartFailure(start_error(failed[0]), failure_code(failed[0]))
         return failure or StartFailure(
             WorkerError(f"the workers did not serve within {READY_TIMEOUT_S:g} s"), EX_SOFTWARE
         )
@@ -289,11 +290,7 @@ class WorkersParent(Daemon):
         self.workers.remove(worker)
         self.tallies.clear_slot(worker.tally_slot)
         self.free_tally_slots.append(worker.tally_slot)
-        numbers = worker.last_numbers()
-        if numbers is not None:
-            for entry in (*numbers.get("listeners", ()), *numbers.get("retiring", ())):
-                fold_into(self.exited_totals, entry)
-            self.exited_cpu_s += numbers.get("process", {}).get("cpu_s", 0.0)
+        self.numbers.worker_exited(worker)
         how = worker.describe_exit()
         if self.current[worker.slot] is not worker or self.stopping:
             never_served = worker.final is None and worker.exit_code not in (0, -signal.SIGKILL)
@@ -374,39 +371,13 @@ class WorkersParent(Daemon):
 
     async def snapshot(self) -> dict[str, Any]:
         """The workers' numbers added up, for ``portd status``."""
-        return self._add_up(await self._ask_all("status"), metrics=False)
+        replies = await self.numbers.ask(self.workers, "status")
+        return self.numbers.add_up(self.supervisor, replies, self.workers, self.restarts, False)
 
     async def metrics_snapshot(self) -> dict[str, Any]:
         """The workers' numbers added up, with the processes', for /metrics."""
-        return self._add_up(await self._ask_all("metrics"), metrics=True)
-
-    async def _ask_all(self, op: str) -> list[dict[str, Any]]:
-        asked = [w for w in self.workers if w.state in ("ready", "stopping")]
-        replies = await asyncio.gather(*(w.ask(op) for w in asked), return_exceptions=True)
-        return [reply for reply in replies if isinstance(reply, dict)]
-
-    def _add_up(self, replies: list[dict[str, Any]], metrics: bool) -> dict[str, Any]:
-        entries = [e for reply in replies for e in (*reply["listeners"], *reply["retiring"])]
-        groups = group_by_name(entries)
-        exited = dict(self.exited_totals)
-        listeners = []
-        for listener in self.supervisor.listeners:  # the parent's: addresses, origin
-            parts = [listener.stats(), *groups.pop(listener.name, [])]
-            if listener.name in exited:
-                parts.append(exited.pop(listener.name))
-            listeners.append(add_stats(parts))
-        retiring = [add_stats(parts) for parts in groups.values()]
-        snapshot = {**self.supervisor.snapshot(), "listeners": listeners, "retiring": retiring,
-                    "workers": [w.describe() for w in self.workers],
-                    "worker_restarts": self.restarts}  # fmt: skip
-        if metrics:
-            from portd.metrics.process import add_processes, process_numbers
-
-            snapshot["listeners"] = listeners + retiring + list(exited.values())
-            snapshot["retiring"] = []
-            parts = [process_numbers(), *(r["process"] for r in replies if "process" in r)]
-            snapshot["process"] = add_processes([*parts, {"cpu_s": self.exited_cpu_s}])
-        return snapshot
+        replies = await self.numbers.ask(self.workers, "metrics")
+        return self.numbers.add_up(self.supervisor, replies, self.workers, self.restarts, True)
 
     # Stopping.
 
@@ -465,16 +436,3 @@ def _held_directories() -> list[int]:
     from portd.handlers.files.directory import held_descriptors
 
     return held_descriptors()
-
-
-def _start_error(worker: Worker) -> WorkerError:
-    how = worker.describe_exit()
-    said = f"exit code {how['exit_code']}" if "exit_code" in how else f"signal {how['signal']}"
-    return WorkerError(f"worker {worker.slot} ended ({said}) before it served; see its log")
-
-
-def _failure_code(worker: Worker) -> int:
-    """The exit code of a daemon whose first workers failed: the worker's own when it
-    is one of portd's (a config problem the parent could not see), else 70."""
-    code = worker.exit_code
-    return code if code is not None and 64 <= code <= 78 else EX_SOFTWARE

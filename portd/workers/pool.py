@@ -19,8 +19,9 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
+from portd.errors import EX_SOFTWARE, WorkerError
 from portd.workers.channel import LineProtocol, Message
 
 _BACKGROUND: set[asyncio.Task[None]] = set()  # held until done: the loop keeps weak refs
@@ -244,3 +245,23 @@ class Backoff:
             self.delay_s = 0.0
         self.delay_s = min(max(self.delay_s * 2, RESTART_START_S), RESTART_MAX_S)
         return self.delay_s
+
+
+class StartFailure(NamedTuple):
+    """Why a generation of workers did not come up, and the daemon's exit code for it."""
+
+    error: WorkerError
+    exit_code: int
+
+
+def start_error(worker: Worker) -> WorkerError:
+    how = worker.describe_exit()
+    said = f"exit code {how['exit_code']}" if "exit_code" in how else f"signal {how['signal']}"
+    return WorkerError(f"worker {worker.slot} ended ({said}) before it served; see its log")
+
+
+def failure_code(worker: Worker) -> int:
+    """The exit code of a daemon whose first workers failed: the worker's own when it
+    is one of portd's (a config problem the parent could not see), else 70."""
+    code = worker.exit_code
+    return code if code is not None and 64 <= code <= 78 else EX_SOFTWARE
