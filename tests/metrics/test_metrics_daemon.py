@@ -222,3 +222,23 @@ def test_a_worker_killed_outright_keeps_what_it_last_reported(start_daemon: Star
     parsed = samples(scrape(metrics)[1])
     assert value(parsed, "portd_connections_accepted_total", listener="e") == 10
     assert value(parsed, "portd_worker_restarts_total") == 2
+
+
+@pytest.mark.parametrize("metrics", [False, True], ids=["off", "on"])
+def test_the_metrics_code_loads_only_when_asked_and_prometheus_client_never(
+    start_daemon: StartDaemon, metrics: bool
+) -> None:
+    setting = 'metrics = "127.0.0.1:0"' if metrics else ""
+    daemon = start_daemon(
+        config(listener("e"), daemon=setting), env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"}
+    )
+    daemon.ready()
+    if metrics:
+        scrape(metrics_port(daemon))
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait() == 0
+    imported = {line.rsplit("|", 1)[-1].strip() for line in daemon.lines if "import time:" in line}
+    assert "portd.cli" in imported  # the import log is there
+    assert ("portd.metrics.exposition" in imported) == metrics
+    assert ("portd.metrics.server" in imported) == metrics
+    assert not {name for name in imported if name.startswith("prometheus_client")}
