@@ -38,6 +38,20 @@ ACCEPT_BACKOFF_MAX_S = 1.0
 OnAccept = Callable[[socket.socket, Any], bool]
 
 
+class AcceptedSocket(socket.socket):
+    """An accepted socket whose family and type read as ints: the event loop reads both
+    of every connection, and socket.socket makes an enum of each on every read.
+
+    A socket.socket all the same, as it must be: uvloop detaches a socket.socket once
+    the transport has closed the descriptor, but closes anything else again, which
+    could close a descriptor another thread had just been given the number of.
+    """
+
+    __slots__ = ()
+    family = _socket.socket.family  # type: ignore[assignment]
+    type = _socket.socket.type  # type: ignore[assignment]
+
+
 class AcceptLoop:
     """Accepts on a listener's sockets and hands every connection to ``on_accept``."""
 
@@ -75,13 +89,9 @@ class AcceptLoop:
     def _ready(self, sock: socket.socket) -> None:
         on_accept = self.on_accept
         # socket.accept() spends more on its wrapper (the family and type turned into
-        # enums, a timeout check) than on accept4(). The accepted socket is made from
-        # plain ints as socket.socket's C base instead: the same methods, but the family
-        # and type the event loop reads of every connection stay ints, not enums made
-        # anew on each read.
+        # enums, a timeout check) than on accept4(): the socket is made here from ints.
         family, kind, proto = int(sock.family), int(sock.type), sock.proto
         accept = sock._accept  # type: ignore[attr-defined]
-        make: Callable[[int, int, int, int], socket.socket] = _socket.socket  # type: ignore[assignment]
         for _ in range(ACCEPT_BATCH):
             try:
                 fd, addr = accept()
@@ -93,7 +103,7 @@ class AcceptLoop:
                 self._back_off(exc)
                 return
             self._backoff_s = 0.0
-            if not on_accept(make(family, kind, proto, fd), addr) or not self.accepting:
+            if not on_accept(AcceptedSocket(family, kind, proto, fd), addr) or not self.accepting:
                 return
 
     def _back_off(self, exc: OSError) -> None:
