@@ -10,12 +10,15 @@ import shutil
 import signal
 import socket
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from tests.support import Daemon
 from tests.test_reload import Load, config_path, reload
+from tests.test_systemd import Activator, NotifySocket, listening
+from tests.test_systemd import notify as notify  # a fixture  # noqa: PLC0414
 from tests.workers.support import config, echo, holders, listener, listening_sockets, worker_pids
 
 StartDaemon = Callable[..., Daemon]
@@ -256,3 +259,37 @@ def test_the_parent_drops_privileges_before_it_starts_any_worker(public_dir: Pat
 def proc_status(pid: int) -> dict[str, str]:
     lines = Path(f"/proc/{pid}/status").read_text().splitlines()
     return {key: value.strip() for key, _, value in (line.partition(":") for line in lines)}
+
+
+def test_sockets_systemd_passed_are_shared_by_the_workers(start_daemon: StartDaemon) -> None:
+    """reuse_port is for sockets portd binds: a socket systemd passed is served as it is."""
+    with listening() as sock:
+        port = sock.getsockname()[1]
+        activator = Activator([sock], ["e"])
+        daemon = start_daemon(
+            config(listener("e", reuse_port=True)), prefix=activator.prefix(), **activator.popen()
+        )
+        assert echo_once(port, b"activated") == b"activated"  # starts portd, then served
+        daemon.wait_for("daemon_ready")
+        pids = worker_pids(daemon).values()
+        shared = listening_sockets(daemon.proc.pid, port)
+        assert len(shared) == 1
+        assert all(listening_sockets(pid, port) == shared for pid in pids)
+
+
+def test_ready_is_sent_once_every_worker_serves(
+    start_daemon: StartDaemon, notify: NotifySocket
+) -> None:
+    daemon = start_daemon(
+        config(listener("e")), env={**os.environ, "NOTIFY_SOCKET": str(notify.path)}
+    )
+    ready = notify.until("READY")
+    ready_at = datetime.now(UTC)
+    assert ready["STATUS"].endswith("; 2 workers")
+    served = daemon.events_until("worker_ready", 2)  # logged before the parent heard them
+    assert all(datetime.fromisoformat(event["timestamp"]) <= ready_at for event in served)
+
+
+def echo_once(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+        return echo(client, data)
