@@ -114,7 +114,10 @@ def _reap(line: socket.socket) -> None:
 
 
 def _run_worker(line: socket.socket, pipe: tuple[int, int], fds: list[int]) -> int:
-    """In the forked worker: leave the spawner's world, then serve."""
+    """In the forked worker: leave the spawner's world, then serve. Whatever happens,
+    this returns (to os._exit): the spawner's loop must never go on in a worker."""
+    import sys
+
     code = 70
     try:
         signal.set_wakeup_fd(-1)
@@ -126,10 +129,14 @@ def _run_worker(line: socket.socket, pipe: tuple[int, int], fds: list[int]) -> i
         from portd.workers.child import run_worker
 
         code = run_worker(fds)
+    except ConnectionError as exc:  # the parent gave up on it before its bootstrap
+        print(f"portd: worker: {exc}", file=sys.stderr)
+    except BaseException:  # noqa: BLE001 - a portd bug: say what it was, then exit
+        import traceback
+
+        traceback.print_exc()
     finally:
         # Buffered log lines go out before the exit that skips interpreter clean-up.
-        import sys
-
         sys.stderr.flush()
     return code
 
