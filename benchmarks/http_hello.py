@@ -183,8 +183,11 @@ def wait_until_answers(server: Server) -> None:
         time.sleep(PROBE_INTERVAL_S)
 
 
-def run_wrk(port: int, seconds: float, close: bool, threads: int = 1) -> dict[str, float]:
-    """One wrk run; requests/s, requests, errors, the p99 latency and wrk's CPU seconds.
+def run_wrk(
+    port: int, seconds: float, close: bool, scheme: str = "http", threads: int = 1
+) -> dict[str, float]:
+    """One wrk run; requests/s, requests, errors, the p99 latency and wrk's CPU seconds
+    (``scheme`` https: over TLS, for tls.py).
 
     Raises:
         BenchmarkError: wrk failed, or a response was not a 2xx.
@@ -193,7 +196,7 @@ def run_wrk(port: int, seconds: float, close: bool, threads: int = 1) -> dict[st
     argv += ["-H", "Connection: close"] if close else []
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(
-        [*argv, f"http://{HOST}:{port}/"], capture_output=True, text=True,
+        [*argv, f"{scheme}://{HOST}:{port}/"], capture_output=True, text=True,
         timeout=seconds + 60, check=False,
     )  # fmt: skip
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -251,9 +254,9 @@ def http_session(names: tuple[str, ...], close: bool, threads: int = 1) -> Sessi
             def measure(name: str) -> Sample:
                 server = servers[name]
                 if settings.warmup_s > 0:
-                    run_wrk(server.port, settings.warmup_s, close, threads)
+                    run_wrk(server.port, settings.warmup_s, close, threads=threads)
                 cpu_before, workers_before = server.cpu_s(), worker_cpu_s(server)
-                result = run_wrk(server.port, settings.duration_s, close, threads)
+                result = run_wrk(server.port, settings.duration_s, close, threads=threads)
                 server_cpu_s = server.cpu_s() - cpu_before
                 even = balance(workers_before, worker_cpu_s(server))
                 server.check_alive()

@@ -114,6 +114,10 @@ class Listener:
         self.refusal_log = RefusalLog(self.log)
         self.datagram_gate = DatagramGate(config.limits)
         self.datagram_log = RefusalLog(self.log, "datagram_dropped")
+        self.tls = config.tls  # a TLS layer: each connection is adopted through a handshake
+        self.handshake_failures: Counter[str] = Counter()
+        self.handshake_log = RefusalLog(self.log, "tls_handshake_failed")
+        self._handshakes: set[asyncio.Task[None]] = set()
         self._adopting = 0  # accepted, transport not made yet: live for draining
         self._aborted = False
         self._endpoints: list[DatagramServer] = []
@@ -165,7 +169,11 @@ class Listener:
                 )
                 endpoint.start(loop)
                 self._endpoints.append(endpoint)
-        fields = {"port": self.port} if self.port else {}
+        fields: dict[str, Any] = {"port": self.port} if self.port else {}
+        if self.tls is not None:
+            fields.update(tls=True, tls_min_version=self.tls.min_version)
+            for warning in self.tls.warnings:  # expired: said, and served (the operator decides)
+                self.log.warning("tls_certificate_not_valid", message=warning)
         self.log.info(
             "listener_started",
             bind=self.config.endpoint.describe_bound(self.addresses),
@@ -190,10 +198,16 @@ class Listener:
         self._adopting += 1
         assert self._loop is not None
         host = self.host  # the transport sets the socket non-blocking itself
-        adopt_socket(
-            self._loop, lambda: StreamConnection(host, peer), conn,
-            lambda error: self._adopted(error, conn, peer),
-        )  # fmt: skip
+        if self.tls is not None:  # a handshake may take seconds: cancelled on abort
+            conn.setblocking(False)  # its first bytes may be peeked at before OpenSSL's
+            task = self._loop.create_task(self._adopt_tls(conn, peer))
+            self._handshakes.add(task)
+            task.add_done_callback(self._handshakes.discard)
+        else:
+            adopt_socket(
+                self._loop, lambda: StreamConnection(host, peer), conn,
+                lambda error: self._adopted(error, conn, peer),
+            )  # fmt: skip
         self.accepted += 1
         if self.accepted == self.accept_limit:
             self.stop_accepting()  # later clients in the backlog are reset, as nc -l does
@@ -202,7 +216,7 @@ class Listener:
 
     def _refuse(self, conn: socket.socket, reason: str, peer: Peer) -> None:
         """Close a refused peer at once; a full listener may first say so (HTTP 503)."""
-        if reason == "max_connections":
+        if reason == "max_connections" and self.tls is None:  # never plaintext to TLS
             busy = self.handler.busy_response()
             if busy:
                 with contextlib.suppress(OSError):
@@ -218,6 +232,27 @@ class Listener:
             self.log.debug("connection_lost_early", error=str(error))
         self._adopting -= 1
         self._check_idle()
+
+    async def _adopt_tls(self, conn: socket.socket, peer: Peer) -> None:
+        from portd.tls.accept import adopt_tls, logged
+
+        assert self._loop is not None
+        assert self.tls is not None
+        host = self.host
+        failed: str | None = "cancelled"  # aborted mid-handshake: released, not counted
+        try:
+            failed = await adopt_tls(
+                self._loop, conn, lambda: StreamConnection(host, peer), self.tls
+            )
+        finally:
+            self._adopting -= 1
+            if failed is not None:
+                self.gate.release(peer)
+            self._check_idle()
+        if failed is not None:
+            self.handshake_failures[failed] += 1
+            if logged(failed):
+                self.handshake_log.refused(failed, str(peer))
 
     @property
     def live(self) -> int:
@@ -252,6 +287,7 @@ class Listener:
         if self.durations is not None:
             self.durations.observe(time.monotonic() - conn.started)
         if self._log_closed:  # off for busy listeners; the counts stay
+            client = conn.tls.peer_subject if self.tls is not None and conn.tls else None
             self.log.info(
                 "connection_closed",
                 conn_id=conn.conn_id,
@@ -260,6 +296,7 @@ class Listener:
                 bytes_out=conn.bytes_out,
                 duration_ms=round((time.monotonic() - conn.started) * 1000, 1),
                 error=str(exc) if exc and conn.reason is None else conn.error,
+                **({"tls_client": client} if client else {}),
             )
         for observer in self.observers:
             observer.connection_closed(conn)
@@ -304,6 +341,8 @@ class Listener:
                 cut), or a plain close (a test server stopping).
         """
         self._aborted = True
+        for task in list(self._handshakes):  # not connections yet: nothing to cut
+            task.cancel()
         live = list(self.connections)
         for conn in live:
             if reset:
@@ -334,6 +373,7 @@ class Listener:
             "datagrams_in": sum(e.datagrams_in for e in endpoints),
             "datagrams_dropped": sum(e.dropped for e in endpoints),
             "refusals": dict(refusals),
+            "tls_handshake_failed": dict(self.handshake_failures),
             "closed": dict(self.endings),
             "handler_failures": self.endings["handler_failed"] + sum(e.failures for e in endpoints),
             "events": dict(self.host.events),
@@ -359,6 +399,7 @@ class Listener:
             self.host.idle.close()
         self.refusal_log.flush()  # refusals counted since the last line are logged too
         self.datagram_log.flush()
+        self.handshake_log.flush()
         self.close_sockets()
         self.close_handler()
 

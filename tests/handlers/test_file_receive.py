@@ -65,7 +65,7 @@ def upload_refused(port: int, data: bytes) -> None:
             ended_cleanly = sock.recv(1) == b""
     except (ConnectionResetError, BrokenPipeError):
         ended_cleanly = False
-    except OSError as exc:  # or before shutdown(): the socket is no longer connected
+    except OSError as exc:  # the RST came first: shutdown() finds the socket unconnected
         if exc.errno != errno.ENOTCONN:
             raise
         ended_cleanly = False
