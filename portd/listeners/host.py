@@ -49,8 +49,8 @@ class ConnectionHost:
         self.failed = failed  # a session raised (logged already); observers hear of it
         self.draining = False  # set once the daemon stops; sessions read it
         # Named counts of what happens to connections beyond their bytes and endings (a
-        # layer below the handler, such as TLS, adds "tls_handshake_failures"): portd
-        # status shows them and /metrics exports them per listener.
+        # layer below the handler may add its own): portd status shows them and /metrics
+        # exports them per listener.
         self.events: Counter[str] = Counter()
         self.clock: asyncio.AbstractEventLoop | None = None  # the loop, once serving
         self.idle: IdleTimeouts | None = None  # with idle_timeout_s, once serving

@@ -17,7 +17,7 @@ from portd.metrics.histogram import add_histograms
 
 SUMMED = ("active", "total", "bytes_in", "bytes_out", "datagrams_in", "datagrams_dropped",
           "handler_failures")  # fmt: skip
-BY_REASON = ("refusals", "closed", "events", "handler_events")
+BY_REASON = ("refusals", "closed", "events", "handler_events", "tls_handshake_failed")
 DESCRIPTION = ("name", "protocol", "handler", "addresses", "origin")
 
 

@@ -17,10 +17,6 @@ OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset
 # How connections end (StreamConnection.how_it_ended); any other text is an error's.
 ENDINGS = frozenset({"closed", "reset", "aborted", "handler_failed", "idle_timeout",
                      "send_timeout"})  # fmt: skip
-# Listener events with a family of their own; the rest go to portd_listener_events_total.
-NAMED_EVENTS = {
-    "tls_handshake_failures": ("portd_tls_handshake_failures", "TLS handshakes that failed"),
-}
 
 Sample = tuple[str, dict[str, str], float]  # suffix, labels, value
 Listeners = Sequence[Mapping[str, Any]]
@@ -167,11 +163,12 @@ LISTENER_FAMILIES: tuple[Callable[[Listeners], Family], ...] = (
                   _udp("datagrams_dropped")),
     _per_listener("portd_handler_failures", "counter", "Times the handler raised",
                   lambda listener: listener.get("handler_failures", 0)),
+    _by_reason("portd_tls_handshake_failures", "TLS handshakes that failed, by reason",
+               "tls_handshake_failed", "reason"),
 )  # fmt: skip
 
 
 def _event_families(listeners: Listeners) -> list[Family]:
-    named = {key: Family(name, "counter", text) for key, (name, text) in NAMED_EVENTS.items()}
     other = Family("portd_listener_events", "counter",
                    "Other things counted on a listener's connections, by event")  # fmt: skip
     handler = Family("portd_handler_events", "counter",
@@ -179,13 +176,10 @@ def _event_families(listeners: Listeners) -> list[Family]:
     for listener in listeners:
         name = listener["name"]
         for event, count in sorted(listener.get("events", {}).items()):
-            if event in named:
-                named[event].add(count, "_total", listener=name)
-            else:
-                other.add(count, "_total", listener=name, event=event)
+            other.add(count, "_total", listener=name, event=event)
         for event, count in sorted(listener.get("handler_events", {}).items()):
             handler.add(count, "_total", listener=name, event=event)
-    return [*named.values(), other, handler]
+    return [other, handler]
 
 
 def _daemon_families(snapshot: Mapping[str, Any]) -> list[Family]:

@@ -21,7 +21,8 @@ SNAPSHOT: dict[str, Any] = {
             "name": "web", "protocol": "tcp", "handler": "http-hello", "active": 2, "total": 10,
             "bytes_in": 5, "bytes_out": 7, "refusals": {"max_connections": 3},
             "closed": {"closed": 7, "reset": 1, "[Errno 32] Broken pipe": 1},
-            "handler_failures": 1, "events": {"tls_handshake_failures": 2, "odd": 1},
+            "handler_failures": 1, "events": {"odd": 1},
+            "tls_handshake_failed": {"plaintext_http": 2, "eof": 1},
             "handler_events": {'toxic "quoted"\\n': 4},
             "durations": {"bounds": [0.1, 1.0], "counts": [3, 4, 1], "sum": 5.5},
         },
@@ -54,7 +55,11 @@ def test_the_text_format_parses_to_the_snapshots_numbers() -> None:
         labels: v for (name, labels), v in got.items() if name == "portd_connections_closed_total"
     }
     assert closed[(("how", "error"), ("listener", "web"))] == 1  # an error's text: no label
-    assert got[("portd_tls_handshake_failures_total", (("listener", "web"),))] == 2
+    assert got[("portd_tls_handshake_failures_total",
+                (("listener", "web"), ("reason", "plaintext_http")))] == 2  # fmt: skip
+    assert (
+        got[("portd_tls_handshake_failures_total", (("listener", "web"), ("reason", "eof")))] == 1
+    )
     assert got[("portd_listener_events_total", (("event", "odd"), ("listener", "web")))] == 1
     assert got[("portd_handler_events_total",
                 (("event", 'toxic "quoted"\\n'), ("listener", "web")))] == 4  # fmt: skip
