@@ -26,11 +26,16 @@ from typing import TYPE_CHECKING, Any
 from portd.workers.channel import LineProtocol, Message, encode, read_first
 
 if TYPE_CHECKING:
-    from portd.config import ListenerConfig
+    from portd.config import Config, ListenerConfig
     from portd.limits import Tally
     from portd.supervisor import Supervisor
 
 PR_SET_PDEATHSIG = 1
+# The config the parent loaded before it dropped privileges, set in the spawner: a
+# worker whose bootstrap carries the same text serves it as loaded, without reading its
+# files again as the new user (a TLS key only root may read). Workers of a reload get
+# the new text, which the parent read as the dropped user: they read their files too.
+START_CONFIG: Config | None = None
 
 
 def run_worker(fds: list[int]) -> int:
@@ -57,7 +62,11 @@ def _serve(boot: Message, channel: socket.socket, pending: bytes, fds: list[int]
     from portd.logging import configure_logging
     from portd.supervisor import Supervisor
 
-    config = parse_config_text(boot["config"], boot["source"])
+    start = START_CONFIG
+    if start is not None and (start.text, start.source) == (boot["config"], boot["source"]):
+        config = start
+    else:
+        config = parse_config_text(boot["config"], boot["source"])
     config = replace(config, daemon=replace(config.daemon, **boot["overrides"]))
     daemon_config = config.daemon
     configure_logging(daemon_config.log_format, daemon_config.log_level,

@@ -107,7 +107,7 @@ def run_workers(
             slots.close()
             shared.close()
 
-        spawner = start_spawner(identity, forget)
+        spawner = start_spawner(identity, forget, config)
         parent = WorkersParent(
             supervisor, Notifier(), identity, metrics, slots=slots, shared=shared, spawner=spawner
         )

@@ -25,8 +25,12 @@ import select
 import signal
 import socket
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from portd.privileges import Identity
+
+if TYPE_CHECKING:
+    from portd.config import Config
 
 MAX_FDS = 1024  # descriptors of one worker: its channel, its sockets, the shared memory
 MAX_REQUEST = 4096
@@ -34,12 +38,15 @@ PR_SET_PDEATHSIG = 1
 
 
 def start_spawner(
-    identity: Identity | None, forget: Callable[[], None]
+    identity: Identity | None, forget: Callable[[], None], config: Config
 ) -> tuple[int, socket.socket]:
     """Fork the spawner; return its pid and the parent's end of its line.
 
     ``forget`` runs in the spawner first: it closes what the spawner must not hold (the
     listening sockets: a socket the parent closes must close, not live on here).
+    ``config``, loaded before any privilege drop, is what the first workers (and those
+    started again in their place) serve, TLS contexts included: a key only root reads
+    serves as it does in one process (see portd.workers.child.START_CONFIG).
 
     Raises:
         OSError: fork failed.
@@ -51,6 +58,9 @@ def start_spawner(
         try:
             ours.close()
             forget()
+            from portd.workers import child
+
+            child.START_CONFIG = config
             code = _serve(theirs, identity)
         except BaseException:  # noqa: BLE001 - a portd bug: say what it was; the parent says the rest
             import traceback

@@ -4,10 +4,13 @@ parser) and in ``portd status``."""
 
 from __future__ import annotations
 
+import os
+import signal
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 import pytest
 
 from portd.testing.tls import session_authority
@@ -58,3 +61,38 @@ def test_tls_connections_spread_over_workers_and_their_failures_add_up(
     (listener,) = status(daemon)["listeners"]
     assert listener["tls_handshake_failed"] == {"plaintext_http": 6}
     assert listener["total"] == 24
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+def test_workers_serve_a_key_only_root_can_read_after_the_drop(public_dir: Path) -> None:
+    """As one process does: the files are loaded before the drop, so a key readable by
+    root alone serves, in the first workers and in one started again after a SIGKILL."""
+    pair = write_pair(public_dir, session_authority().authority.issue(NAMES))
+    assert pair.key.stat().st_mode & 0o777 == 0o600  # root's, as written
+    path = public_dir / "portd.toml"
+    path.write_text('[daemon]\nworkers = 2\nuser = "65534"\n' + tls_table(pair))
+    daemon = Daemon(["-c", str(path)])
+    try:
+        port = daemon.ready()["web"]
+        with tls_connect(port) as client:
+            assert echo(client, b"x") == b"x"
+        os.kill(worker_pids(daemon)[0], signal.SIGKILL)
+        restarted = daemon.events_until("worker_ready", 3)[-1]
+        assert restarted["worker"] == 0
+        assert pwd_uid(restarted["pid"]) == 65534
+        clients = [tls_connect(port) for _ in range(16)]
+        try:
+            for client in clients:
+                assert echo(client, b"y") == b"y"
+            assert holders([restarted["pid"]], port)[restarted["pid"]] > 0  # 2^-16 by chance
+        finally:
+            for client in clients:
+                client.close()
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(30) == 0
+    finally:
+        daemon.stop()
+
+
+def pwd_uid(pid: int) -> int:
+    return psutil.Process(pid).uids().real
