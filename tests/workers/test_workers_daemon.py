@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import socket
 from collections.abc import Callable
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import Daemon
+from tests.support import Daemon, require_tool
 from tests.test_reload import Load, config_path, reload
 from tests.test_systemd import Activator, NotifySocket, listening
 from tests.test_systemd import notify as notify  # a fixture  # noqa: PLC0414
@@ -188,9 +187,7 @@ def test_file_receive_workers_share_the_parents_directory_lock(
 
 
 def test_workers_auto_counts_the_cpus_of_the_affinity_mask(tmp_path: Path) -> None:
-    taskset = shutil.which("taskset")
-    if taskset is None:
-        pytest.skip("taskset (util-linux) is not installed")
+    taskset = require_tool("taskset")  # util-linux
     path = tmp_path / "portd.toml"
     path.write_text(config(listener("e"), daemon='workers = "auto"'))
     one = Daemon(["-c", str(path)], prefix=[taskset, "-c", "0"])
