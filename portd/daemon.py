@@ -273,8 +273,8 @@ class Daemon:
         import anyio
 
         supervisor = self.supervisor
-        self.notifier.stopping()
         supervisor.stop_accepting()
+        self.notifier.stopping()  # after: a worker's parent reads it as "accepts no more"
         everyone = [*supervisor.listeners, *supervisor.retiring]
         timeout_s = supervisor.config.daemon.shutdown_timeout_s
         self.log.info(

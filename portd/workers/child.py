@@ -32,9 +32,10 @@ if TYPE_CHECKING:
 
 PR_SET_PDEATHSIG = 1
 # The config the parent loaded before it dropped privileges, set in the spawner: a
-# worker whose bootstrap carries the same text serves it as loaded, without reading its
-# files again as the new user (a TLS key only root may read). Workers of a reload get
-# the new text, which the parent read as the dropped user: they read their files too.
+# worker of the first generation (also one started again in a dead one's place) serves
+# it as loaded, without reading its files again as the new user (a TLS key only root
+# may read). Workers of a reload read their files, as the parent did for that reload
+# (as the new user): a renewed certificate under an unchanged config text is new.
 START_CONFIG: Config | None = None
 
 
@@ -63,7 +64,12 @@ def _serve(boot: Message, channel: socket.socket, pending: bytes, fds: list[int]
     from portd.supervisor import Supervisor
 
     start = START_CONFIG
-    if start is not None and (start.text, start.source) == (boot["config"], boot["source"]):
+    first = boot["generation"] == 1
+    if (
+        first
+        and start is not None
+        and (start.text, start.source) == (boot["config"], boot["source"])
+    ):
         config = start
     else:
         config = parse_config_text(boot["config"], boot["source"])

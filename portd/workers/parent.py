@@ -353,9 +353,14 @@ class WorkersParent(Daemon):
         # Retired listeners are logged as stopped (or replaced) once the old workers,
         # which still serve their connections, have exited.
         supervisor.spawn = partial(self._after, old)
-        await supervisor.commit(prepared, serve=False)
         for worker in old:
             worker.signal(signal.SIGTERM)
+        # reload_complete (in commit) means what it does in one process: connections
+        # from now on meet the new config, none an old worker still accepting.
+        with anyio.move_on_after(STOP_GRACE_S):
+            for worker in old:
+                await worker.not_accepting.wait()
+        await supervisor.commit(prepared, serve=False)
         self.slots.keep_only(supervisor.listeners)
         return None
 

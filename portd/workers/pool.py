@@ -51,6 +51,7 @@ class Worker:
         self.last: dict[str, Message] = {}  # its last answer to each question
         self.ready = asyncio.get_running_loop().create_future()  # True once it serves
         self.exited = asyncio.Event()
+        self.not_accepting = asyncio.Event()  # it said it stopped accepting, or exited
         self.heard_all = asyncio.Event()  # its channel reached EOF: the final report is in
         self.channel: LineProtocol | None = None
         self._asked: dict[int, asyncio.Future[Message]] = {}
@@ -73,6 +74,7 @@ class Worker:
                 self.ready.set_result(True)
         elif message.get("event") == "stopping":
             self.state = "stopping"
+            self.not_accepting.set()
         elif message.get("event") == "final":
             self.final = message.get("status")
 
@@ -117,6 +119,7 @@ class Worker:
         """The spawner reaped it (``code`` < 0: the signal that ended it)."""
         self.exit_code = code
         self.state = "exited"
+        self.not_accepting.set()
         if not self.ready.done():
             self.ready.set_result(False)
         task = asyncio.get_running_loop().create_task(self._reported())

@@ -1,12 +1,14 @@
-"""A TLS listener served by workers: handshakes in every worker, and the handshake
-failures of all of them added up in /metrics (by reason, read by prometheus_client's
-parser) and in ``portd status``."""
+"""A TLS listener served by workers: handshakes in every worker, the handshake failures
+of all of them added up in /metrics (by reason, read by prometheus_client's parser) and
+in ``portd status``, a key only root reads after the privilege drop, and a renewed
+certificate on SIGHUP with no client refused."""
 
 from __future__ import annotations
 
 import os
 import signal
 import textwrap
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,10 +16,12 @@ import psutil
 import pytest
 
 from portd.testing.tls import session_authority
+from portd.tls.certs import pem_fingerprint
+from portd.tls.info import sha256_fingerprint
 from tests.metrics.test_metrics_daemon import metrics_port, samples, scrape, status, value
 from tests.support import Daemon
 from tests.tls.files import NAMES, Pair, tls_table, write_pair
-from tests.tls.test_tls_daemon import plaintext_http, tls_connect
+from tests.tls.test_tls_daemon import plaintext_http, renew, served_fingerprint, tls_connect
 from tests.workers.support import echo, holders, worker_pids
 
 StartDaemon = Callable[..., Daemon]
@@ -96,3 +100,44 @@ def test_workers_serve_a_key_only_root_can_read_after_the_drop(public_dir: Path)
 
 def pwd_uid(pid: int) -> int:
     return psutil.Process(pid).uids().real
+
+
+@pytest.mark.parametrize("reuse_port", [False, True], ids=["shared", "reuse_port"])
+def test_a_renewed_certificate_under_workers_serves_new_connections_and_drops_none(
+    start_daemon: StartDaemon, pair: Pair, reuse_port: bool
+) -> None:
+    """SIGHUP starts workers that load the renewed files; the old ones drain with their
+    connections (and their certificate); no client is refused meanwhile."""
+    extra = "max_connections = 4096\n" + ("reuse_port = true\n" if reuse_port else "")
+    daemon = start_daemon("[daemon]\nworkers = 2\n" + tls_table(pair, extra))
+    port = daemon.ready()["web"]
+    old = pem_fingerprint(pair.cert.read_bytes())
+    live = [tls_connect(port) for _ in range(40)]
+    stop, failures, handshakes = threading.Event(), [], [0]
+
+    def keep_connecting() -> None:
+        while not stop.is_set():
+            try:
+                with tls_connect(port) as client:
+                    if echo(client, b"ping") != b"ping":
+                        failures.append("no echo")
+                handshakes[0] += 1
+            except OSError as exc:
+                failures.append(repr(exc))
+
+    arriving = threading.Thread(target=keep_connecting)
+    arriving.start()
+    try:
+        new = renew(pair, session_authority().authority)
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_for("reload_complete")
+        assert [served_fingerprint(port) for _ in range(8)] == [new] * 8
+    finally:
+        stop.set()
+        arriving.join()
+    assert failures == []
+    assert handshakes[0] > 0
+    for client in live:  # made before the reload: served on by the old workers
+        assert echo(client, b"still here") == b"still here"
+        assert sha256_fingerprint(client.getpeercert(binary_form=True) or b"") == old
+        client.close()
