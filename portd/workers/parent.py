@@ -409,7 +409,7 @@ class WorkersParent(Daemon):
                     if again in STOP_SIGNALS:
                         exit_code = 128 + again
                         for worker in list(self.workers):
-                            worker.signal(signal.SIGTERM)  # each cuts its drain short
+                            group.start_soon(worker.cut_short)
 
             group.start_soon(cut_short_on_second_signal)
             with anyio.move_on_after(timeout_s + STOP_GRACE_S):

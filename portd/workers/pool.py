@@ -115,6 +115,12 @@ class Worker:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signum)
 
+    async def cut_short(self) -> None:
+        """A second SIGTERM, which cuts its drain short, once it heard the first: two
+        sent before it handled one would arrive as one (signals do not queue)."""
+        await self.not_accepting.wait()
+        self.signal(signal.SIGTERM)
+
     def ended(self, code: int) -> None:
         """The spawner reaped it (``code`` < 0: the signal that ended it)."""
         self.exit_code = code

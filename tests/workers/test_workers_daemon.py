@@ -134,13 +134,19 @@ def test_sigterm_drains_every_worker_then_exits_0(start_daemon: StartDaemon) -> 
     assert sorted((e["worker"], e["exit_code"]) for e in stopped) == [(0, 0), (1, 0)]
 
 
-def test_a_second_sigterm_cuts_every_drain_short(start_daemon: StartDaemon) -> None:
+@pytest.mark.parametrize("after", ["worker", "parent"])
+def test_a_second_sigterm_cuts_every_drain_short(start_daemon: StartDaemon, after: str) -> None:
+    """Also when it comes as soon as the parent began, before a worker heard the first
+    (two SIGTERMs sent to a worker at once would arrive as one)."""
     daemon = start_daemon(config(listener("e"), daemon="workers = 2\nshutdown_timeout_s = 60"))
     port = daemon.ready()["e"]
     with socket.create_connection(("127.0.0.1", port), timeout=10) as live:
         assert echo(live, b"x") == b"x"
         daemon.signal(signal.SIGTERM)
-        daemon.wait_for("shutdown_started", where=lambda event: event.get("worker") is not None)
+        daemon.wait_for(
+            "shutdown_started",
+            where=lambda event: (event.get("worker") is None) == (after == "parent"),
+        )
         daemon.signal(signal.SIGTERM)
         assert daemon.wait(30) == 128 + signal.SIGTERM
         with pytest.raises(ConnectionResetError):
