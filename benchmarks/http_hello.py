@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import math
 import re
 import resource
 import socket
@@ -38,9 +39,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 from model import Benchmark, BenchmarkError, Comparison, Measure, Sample, Session, Settings
 from report import BenchmarkResult, format_table, save_results, to_json
 from servers import HOST, READY_TIMEOUT_S, Server, ServerError, ServerSpec, launch, portd_argv
@@ -59,7 +61,12 @@ SPECS = {
     "portd": ServerSpec("portd", "portd"),
     "nginx": ServerSpec("nginx", "reference"),
     "uvicorn": ServerSpec("uvicorn", "reference"),
+    "portd-2": ServerSpec("portd-2", "portd"),  # [daemon] workers = 2, one shared socket
+    "portd-2-rp": ServerSpec("portd-2-rp", "portd"),  # ... and reuse_port = true
+    "nginx-2": ServerSpec("nginx-2", "reference"),  # worker_processes 2, one shared socket
+    "nginx-2-rp": ServerSpec("nginx-2-rp", "reference"),  # ... and listen ... reuseport
 }
+WORKER_CONNECTIONS_THREADS = 2  # wrk threads against two workers: one would be the limit
 UVICORN_APP = f'''
 async def app(scope, receive, send):
     if scope["type"] != "http":
@@ -74,24 +81,32 @@ WRK_SOCKET_ERRORS = re.compile(
     r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)"
 )
 WRK_NON_2XX = re.compile(r"Non-2xx or 3xx responses: (\d+)")
+WRK_P99 = re.compile(r"^\s*99%\s+([0-9.]+)(us|ms|s)\s*$", re.M)
+UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
-def portd_command(workdir: Path, port: int) -> list[str]:
-    config = workdir / "http-hello.toml"
+def portd_command(
+    workdir: Path, port: int, workers: int = 1, reuse_port: bool = False
+) -> list[str]:
+    config = workdir / f"http-hello-{workers}-{int(reuse_port)}.toml"
     config.write_text(
-        '[daemon]\nshutdown_timeout_s = 1\n\n[[listener]]\nname = "web"\n'
-        f'bind = "{HOST}:{port}"\nhandler = "http-hello"\n',
+        f'[daemon]\nshutdown_timeout_s = 1\nworkers = {workers}\n\n[[listener]]\nname = "web"\n'
+        f'bind = "{HOST}:{port}"\nhandler = "http-hello"\nmax_connections = 10000\n'
+        f"reuse_port = {'true' if reuse_port else 'false'}\n",
         encoding="utf-8",
     )
     return portd_argv(config, "warning")
 
 
-def nginx_command(workdir: Path, port: int) -> list[str]:
-    prefix = workdir / "nginx"
+def nginx_command(
+    workdir: Path, port: int, workers: int = 1, reuse_port: bool = False
+) -> list[str]:
+    prefix = workdir / f"nginx-{workers}-{int(reuse_port)}"
     prefix.mkdir(exist_ok=True)
     config = prefix / "nginx.conf"
+    reuse = " reuseport" if reuse_port else ""
     config.write_text(
-        f"""worker_processes 1;
+        f"""worker_processes {workers};
 daemon off;
 pid {prefix}/nginx.pid;
 error_log stderr warn;
@@ -100,7 +115,7 @@ http {{
     access_log off;
     keepalive_requests 100000000;
     server {{
-        listen {HOST}:{port};
+        listen {HOST}:{port}{reuse};
         location / {{ default_type "{CONTENT_TYPE}"; return 200 "{BODY.strip()}\\n"; }}
     }}
 }}
@@ -119,7 +134,16 @@ def uvicorn_command(workdir: Path, port: int) -> list[str]:
     ]  # fmt: skip
 
 
-COMMANDS = {"portd": portd_command, "nginx": nginx_command, "uvicorn": uvicorn_command}
+Command = Callable[[Path, int], list[str]]
+COMMANDS: dict[str, Command] = {
+    "portd": portd_command,
+    "nginx": nginx_command,
+    "uvicorn": uvicorn_command,
+    "portd-2": lambda workdir, port: portd_command(workdir, port, 2),
+    "portd-2-rp": lambda workdir, port: portd_command(workdir, port, 2, reuse_port=True),
+    "nginx-2": lambda workdir, port: nginx_command(workdir, port, 2),
+    "nginx-2-rp": lambda workdir, port: nginx_command(workdir, port, 2, reuse_port=True),
+}
 
 
 def start(name: str, workdir: Path) -> Server:
@@ -159,14 +183,16 @@ def wait_until_answers(server: Server) -> None:
         time.sleep(PROBE_INTERVAL_S)
 
 
-def run_wrk(port: int, seconds: float, close: bool, scheme: str = "http") -> dict[str, float]:
-    """One wrk run; requests/s, requests, errors and wrk's CPU seconds (``scheme``
-    https: over TLS, for tls.py).
+def run_wrk(
+    port: int, seconds: float, close: bool, scheme: str = "http", threads: int = 1
+) -> dict[str, float]:
+    """One wrk run; requests/s, requests, errors, the p99 latency and wrk's CPU seconds
+    (``scheme`` https: over TLS, for tls.py).
 
     Raises:
         BenchmarkError: wrk failed, or a response was not a 2xx.
     """
-    argv = ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{max(1, round(seconds))}s"]
+    argv = ["wrk", f"-t{threads}", f"-c{CONNECTIONS}", f"-d{max(1, round(seconds))}s", "--latency"]
     argv += ["-H", "Connection: close"] if close else []
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(
@@ -180,15 +206,42 @@ def run_wrk(port: int, seconds: float, close: bool, scheme: str = "http") -> dic
     if non_2xx := WRK_NON_2XX.search(done.stdout):
         raise BenchmarkError(f"{non_2xx[1]} responses were not 2xx")
     errors = WRK_SOCKET_ERRORS.search(done.stdout)
+    p99 = WRK_P99.search(done.stdout)
     return {
         "rate": float(rate[1]),
         "requests": float(requests[1]),
         "errors": float(sum(int(n) for n in errors.groups())) if errors else 0.0,
         "cpu_s": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
+        "p99_ms": float(p99[1]) * UNIT_MS[p99[2]] if p99 else math.nan,
     }
 
 
-def http_session(names: tuple[str, ...], close: bool) -> Session:
+def worker_cpu_s(server: Server) -> list[float]:
+    """CPU seconds of each worker of the server, in pid order: the processes under it
+    that have none of their own (nginx's workers; portd's, under its spawner)."""
+    try:
+        tree = psutil.Process(server.proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    seconds = []
+    for process in sorted(tree, key=lambda process: process.pid):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if not process.children():
+                times = process.cpu_times()
+                seconds.append(times.user + times.system)
+    return seconds
+
+
+def balance(before: list[float], after: list[float]) -> float:
+    """How evenly the workers worked over a sample: the least busy one's CPU over the
+    busiest one's (1.0: even; nan for a server without several workers)."""
+    spent = [end - start for start, end in zip(before, after, strict=False)]
+    if len(spent) < 2 or max(spent) <= 0:
+        return math.nan
+    return min(spent) / max(spent)
+
+
+def http_session(names: tuple[str, ...], close: bool, threads: int = 1) -> Session:
     """A suite.Session: every server started once, one wrk run per sample."""
 
     @contextlib.contextmanager
@@ -201,10 +254,11 @@ def http_session(names: tuple[str, ...], close: bool) -> Session:
             def measure(name: str) -> Sample:
                 server = servers[name]
                 if settings.warmup_s > 0:
-                    run_wrk(server.port, settings.warmup_s, close)
-                cpu_before = server.cpu_s()
-                result = run_wrk(server.port, settings.duration_s, close)
+                    run_wrk(server.port, settings.warmup_s, close, threads=threads)
+                cpu_before, workers_before = server.cpu_s(), worker_cpu_s(server)
+                result = run_wrk(server.port, settings.duration_s, close, threads=threads)
                 server_cpu_s = server.cpu_s() - cpu_before
+                even = balance(workers_before, worker_cpu_s(server))
                 server.check_alive()
                 seconds = result["requests"] / result["rate"]
                 return Sample(
@@ -214,6 +268,8 @@ def http_session(names: tuple[str, ...], close: bool) -> Session:
                         "server_cpu_us_per_op": 1e6 * server_cpu_s / result["requests"],
                         "client_cpu_pct": 100 * result["cpu_s"] / seconds,
                         "socket_errors": result["errors"],
+                        "p99_ms": result["p99_ms"],
+                        **({} if math.isnan(even) else {"balance": even}),
                     },
                 )
 
@@ -238,7 +294,7 @@ HTTP_KEEPALIVE = Benchmark(
     higher_is_better=True,
     servers=("portd", "nginx", "uvicorn"),
     session=http_session(("portd", "nginx", "uvicorn"), close=False),
-    comparisons=(Comparison("portd", "nginx", 0.8), Comparison("portd", "uvicorn", 3.5)),
+    comparisons=(Comparison("portd", "nginx", 0.95), Comparison("portd", "uvicorn", 3.5)),
     notes=NOTES,
 )
 HTTP_CLOSE = Benchmark(
@@ -248,10 +304,38 @@ HTTP_CLOSE = Benchmark(
     higher_is_better=True,
     servers=("portd", "nginx"),
     session=http_session(("portd", "nginx"), close=True),
-    comparisons=(Comparison("portd", "nginx", 0.85),),
+    comparisons=(Comparison("portd", "nginx", 0.95),),
     notes=NOTES,
 )
+WORKER_SERVERS = ("portd-2", "portd-2-rp", "nginx-2", "nginx-2-rp")
+WORKER_NOTES = (
+    f"wrk -t{WORKER_CONNECTIONS_THREADS} -c{CONNECTIONS}: client and both workers share "
+    "the two cores, so compare srv us/op (server CPU per request) as well as the rate",
+    "-2: two workers on one shared socket; -2-rp: reuse_port (portd) / listen reuseport "
+    "(nginx), a socket per worker; balance = the least busy worker's CPU / the busiest's",
+)
+HTTP_WORKERS_KEEPALIVE = Benchmark(
+    name="http-workers-keepalive",
+    title=f"GET over {CONNECTIONS} keep-alive connections, two workers each",
+    unit="req/s",
+    higher_is_better=True,
+    servers=WORKER_SERVERS,
+    session=http_session(WORKER_SERVERS, close=False, threads=WORKER_CONNECTIONS_THREADS),
+    comparisons=(Comparison("portd-2", "nginx-2"), Comparison("portd-2-rp", "nginx-2-rp")),
+    notes=WORKER_NOTES,
+)
+HTTP_WORKERS_CLOSE = Benchmark(
+    name="http-workers-close",
+    title=f"GET with Connection: close, {CONNECTIONS} at a time, two workers each",
+    unit="req/s",
+    higher_is_better=True,
+    servers=WORKER_SERVERS,
+    session=http_session(WORKER_SERVERS, close=True, threads=WORKER_CONNECTIONS_THREADS),
+    comparisons=(Comparison("portd-2", "nginx-2"), Comparison("portd-2-rp", "nginx-2-rp")),
+    notes=WORKER_NOTES,
+)
 HTTP_BENCHMARKS = (HTTP_KEEPALIVE, HTTP_CLOSE)
+WORKER_BENCHMARKS = (HTTP_WORKERS_KEEPALIVE, HTTP_WORKERS_CLOSE)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -259,7 +343,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from run import run_benchmark
 
-    results = [BenchmarkResult(bench) for bench in HTTP_BENCHMARKS]
+    chosen = [*HTTP_BENCHMARKS, *(WORKER_BENCHMARKS if args.workers else ())]
+    results = [
+        BenchmarkResult(bench) for bench in chosen if not args.only or bench.name in args.only
+    ]
     started = datetime.datetime.now(datetime.UTC)
     with tempfile.TemporaryDirectory(prefix="portd-bench-http-") as workdir:
         settings = Settings(args.duration, WARMUP_S, Path(workdir))
@@ -269,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nportd http-hello benchmarks, {started:%Y-%m-%d %H:%M} UTC: {args.rounds} rounds")
     print("ratio = median / median; paired = median of the per-round ratios.\n")
     print(format_table(results))
-    for note in NOTES:
+    for note in dict.fromkeys(n for result in results for n in result.benchmark.notes):
         print(f"note: {note}")
     document = {
         "started": started.isoformat(),
@@ -290,6 +377,10 @@ def _parser() -> argparse.ArgumentParser:
         help=f"seconds per wrk sample, after {WARMUP_S:g} s of warm-up (default: %(default)s)",
     )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the JSON here")
+    parser.add_argument("--workers", action="store_true",
+                        help="also run the two-worker benchmarks (portd and nginx, each with "
+                        "one shared socket and with a socket per worker)")  # fmt: skip
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="only these benchmarks")
     return parser
 
 

@@ -21,6 +21,8 @@ DETAIL_COLUMNS = (
     ("server_cpu_pct", "srv cpu%"),
     ("server_cpu_us_per_op", "srv us/op"),
     ("client_cpu_pct", "cli cpu%"),
+    ("p99_ms", "p99 ms"),
+    ("balance", "balance"),
 )
 
 

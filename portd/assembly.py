@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 from portd.config import ListenerConfig
 from portd.errors import PortdError, one_or_all
 from portd.handlers.base import Handler
+from portd.limits import Tally
 from portd.listeners import Listener
 
 
@@ -79,6 +80,7 @@ def assemble(
     *,
     previous: Mapping[str, Listener] | None = None,
     log: Callable[[ListenerConfig], Any] | None = None,
+    tally: Callable[[ListenerConfig], Tally | None] | None = None,
 ) -> list[Listener]:
     """Build the handlers, take or bind the sockets, make the listeners; all or nothing.
 
@@ -89,6 +91,8 @@ def assemble(
         previous: per name, the running listener a reload replaces (its live counts
             carry over).
         log: a logger per listener (the testing API's); default: the daemon's.
+        tally: where a listener without a predecessor counts its live connections (a
+            worker's, shared with the daemon's other workers); default: its own.
 
     Raises:
         BindError, PortdError: every listener that failed, named; nothing stays open.
@@ -110,6 +114,7 @@ def assemble(
             owned=plans.get(config.name, plan_bind(config)).owned,
             log=log(config) if log is not None else None,
             previous=previous.get(config.name),
+            tally=tally(config) if tally is not None else None,
         )
         for config, handler in zip(configs, handlers, strict=True)
     ]

@@ -22,7 +22,7 @@ import contextlib
 import json
 import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, NamedTuple, cast
 
 from portd.endpoints.unix_paths import (
@@ -37,6 +37,8 @@ MAX_REQUEST = 1024
 MAX_CLIENTS = 16
 REQUEST_TIMEOUT_S = 5.0
 LABEL = "control socket"
+# The daemon's numbers, now (one process) or once its workers answered (their parent).
+Snapshot = Callable[[], dict[str, Any] | Awaitable[dict[str, Any]]]
 
 
 class ReloadFailure(NamedTuple):
@@ -161,13 +163,23 @@ class _ControlProtocol(asyncio.Protocol):
             # unread input would reset the connection before the client reads why
             self._answer({"error": f"uid {self.uid} may not ask this daemon"})
         elif command == b"status":
-            self._answer(self.server.snapshot())
+            snapshot = self.server.snapshot()
+            if isinstance(snapshot, dict):
+                self._answer(snapshot)
+            else:  # a parent of workers asks them first
+                self._hold(self._status(snapshot))
         elif command == b"reload" and self.server.reload is not None:
-            task = asyncio.ensure_future(self._reload(self.server.reload))
-            self.server.tasks.add(task)  # held until done: the loop keeps only weak references
-            task.add_done_callback(self.server.tasks.discard)
+            self._hold(self._reload(self.server.reload))
         else:
             self._answer({"error": f"unknown command {command[:40].decode(errors='replace')!r}"})
+
+    def _hold(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self.server.tasks.add(task)  # held until done: the loop keeps only weak references
+        task.add_done_callback(self.server.tasks.discard)
+
+    async def _status(self, snapshot: Awaitable[dict[str, Any]]) -> None:
+        self._answer(await snapshot)
 
     async def _reload(self, reload: Callable[[], Awaitable[ReloadFailure | None]]) -> None:
         failure = await reload()
@@ -195,7 +207,7 @@ class ControlServer:
     def __init__(
         self,
         path: str,
-        snapshot: Callable[[], dict[str, Any]],
+        snapshot: Snapshot,
         reload: Callable[[], Awaitable[ReloadFailure | None]] | None = None,
     ) -> None:
         self.path = path
@@ -260,7 +272,7 @@ class ControlServer:
 
 async def serve_control(
     path: str,
-    snapshot: Callable[[], dict[str, Any]],
+    snapshot: Snapshot,
     reload: Callable[[], Awaitable[ReloadFailure | None]] | None = None,
 ) -> ControlServer:
     """Listen on ``path`` (see the module docstring); the caller closes it.
@@ -326,7 +338,7 @@ def _reply(path: str, raw: bytes) -> dict[str, Any]:
 async def open_control(
     setting: str,
     config_path: str,
-    snapshot: Callable[[], dict[str, Any]],
+    snapshot: Snapshot,
     reload: Callable[[], Awaitable[ReloadFailure | None]],
     log: Any,
 ) -> ControlServer | None:

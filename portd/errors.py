@@ -213,6 +213,12 @@ class LoopUnavailableError(PortdError):
     exit_code = EX_CONFIG
 
 
+class WorkerError(PortdError):
+    """A worker process exited before it served, or could not be started."""
+
+    exit_code = EX_SOFTWARE
+
+
 class TLSConfigError(PortdError):
     """A certificate, key or CA file that cannot be loaded (missing, unreadable, not PEM,
     a key that does not match its certificate), outside a config file (78, as there)."""

@@ -188,28 +188,59 @@ class Tally:
 
     Shared by the gates of a listener and of the listener that replaces it on a reload,
     so connections admitted before still count against the caps after, and their
-    releases land in the same place.
+    releases land in the same place. Workers share theirs across processes (a subclass
+    in portd.workers.tally), so the caps hold for the whole daemon.
     """
 
     __slots__ = ("active", "per_source")
 
     def __init__(self) -> None:
         self.active = 0
-        self.per_source: Counter[str] = Counter()
+        # A plain dict: Counter's missing-key and delete paths are Python code, and this
+        # runs twice per connection.
+        self.per_source: dict[str, int] = {}
+
+    def count(self) -> int:
+        """Connections counted now."""
+        return self.active
+
+    def of(self, source: str) -> int:
+        """Connections of ``source`` counted now."""
+        return self.per_source.get(source, 0)
+
+    def add(self, source: str) -> None:
+        """One more connection of ``source``."""
+        self.active += 1
+        per_source = self.per_source
+        per_source[source] = per_source.get(source, 0) + 1
+
+    def remove(self, source: str) -> None:
+        """A connection of ``source`` ended."""
+        self.active -= 1
+        per_source = self.per_source
+        left = per_source[source] - 1
+        if left:
+            per_source[source] = left
+        else:
+            del per_source[source]
 
 
 class ConnectionGate:
     """Decides, per accepted stream peer, whether it is served; counts what it refuses.
 
     Runs once per connection, so it parses the peer's address only when allow/deny
-    rules need it and counts per source (IP address, unix uid) only when that cap is set
-    (a cap set by a reload counts from then on).
+    rules need it. Every connection is counted per source (IP address, unix uid), cap or
+    not, so a cap a reload sets holds for the connections already open.
     """
 
-    def __init__(self, limits: Limits, previous: ConnectionGate | None = None) -> None:
+    def __init__(
+        self, limits: Limits, previous: ConnectionGate | None = None, tally: Tally | None = None
+    ) -> None:
         self.limits = limits
         self.rules = PeerRules.of(limits)
-        self.tally: Tally = previous.tally if previous is not None else Tally()
+        self.tally: Tally = (
+            previous.tally if previous is not None else tally if tally is not None else Tally()
+        )
         rate, burst = limits.connection_rate, limits.connection_burst
         if (
             previous is not None
@@ -227,7 +258,7 @@ class ConnectionGate:
     @property
     def active(self) -> int:
         """Connections admitted and not released."""
-        return self.tally.active
+        return self.tally.count()
 
     def admit(self, peer: Any) -> str | None:
         """None when the peer is admitted (and counted), else the refusal reason."""
@@ -235,17 +266,16 @@ class ConnectionGate:
         if reason is not None:
             self.refusals[reason] += 1
             return reason
-        self.tally.active += 1
-        self.tally.per_source[peer.source] += 1
+        self.tally.add(peer.source)
         return None
 
     def _check(self, peer: Any) -> str | None:
         if self.rules is not None and not self.rules.permits(peer):
             return "denied"
-        if self.tally.active >= self.limits.max_connections:
+        if self.tally.count() >= self.limits.max_connections:
             return "max_connections"
         cap = self.limits.max_connections_per_source
-        if cap and self.tally.per_source[peer.source] >= cap:
+        if cap and self.tally.of(peer.source) >= cap:
             return "max_connections_per_source"
         if self.bucket is not None and not self.bucket.take():
             return "connection_rate"
@@ -253,14 +283,7 @@ class ConnectionGate:
 
     def release(self, peer: Any) -> None:
         """An admitted connection ended."""
-        tally = self.tally
-        tally.active -= 1
-        key = peer.source
-        left = tally.per_source[key] - 1
-        if left > 0:
-            tally.per_source[key] = left
-        else:
-            del tally.per_source[key]
+        self.tally.remove(peer.source)
 
 
 class DatagramGate:

@@ -53,6 +53,18 @@ def use_colors(stream: TextIO, environ: Mapping[str, str]) -> bool:
     return stream.isatty()
 
 
+class _Fields:
+    """Adds the same fields to every event (a worker's slot), the event's own first."""
+
+    def __init__(self, fields: Mapping[str, Any]) -> None:
+        self.fields = dict(fields)
+
+    def __call__(self, logger: Any, name: str, event_dict: Any) -> Any:
+        for key, value in self.fields.items():
+            event_dict.setdefault(key, value)
+        return event_dict
+
+
 class _Prefixed:
     """A renderer whose lines start with the event's syslog priority, for journald."""
 
@@ -69,6 +81,7 @@ def configure_logging(
     level: str = "info",
     stream: TextIO | None = None,
     environ: Mapping[str, str] | None = None,
+    fields: Mapping[str, Any] | None = None,
 ) -> None:
     """Set up structlog and the standard library's root logger for the whole process.
 
@@ -77,6 +90,7 @@ def configure_logging(
         level: lowest level written; calls below it cost one method lookup.
         stream: where lines go; stderr by default.
         environ: the environment to read JOURNAL_STREAM, NO_COLOR, FORCE_COLOR from.
+        fields: added to every line (a worker's ``worker``: its slot).
     """
     stream = stream or sys.stderr
     env = os.environ if environ is None else environ
@@ -85,6 +99,8 @@ def configure_logging(
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    if fields:
+        shared.append(_Fields(fields))
     renderer: Any
     if console:
         renderer = structlog.dev.ConsoleRenderer(colors=use_colors(stream, env))

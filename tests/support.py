@@ -110,6 +110,15 @@ class Daemon:
             if found.get("event") == event and (where is None or where(found)):
                 return found
 
+    def events_until(
+        self, event: str, count: int, timeout: float = READY_TIMEOUT_S
+    ) -> list[dict[str, Any]]:
+        """Block until ``count`` ``event`` lines were logged in all; return them."""
+        deadline = time.monotonic() + timeout
+        while len(found := [e for e in self.events if e.get("event") == event]) < count:
+            self.wait_for(event, max(0.001, deadline - time.monotonic()))
+        return found
+
     def ready(self) -> dict[str, int]:
         """Wait for ``daemon_ready``; return each IP listener's bound port by name."""
         self.wait_for("daemon_ready")

@@ -362,7 +362,7 @@ def test_config_error_carries_exit_code_78_and_joins_lines() -> None:
             "[daemon]\ncolour = 'red'\n" + ECHO,
             '[daemon]: colour = "red": unknown key; '
             "allowed keys: control_socket, control_socket_abstract, group, log_format, "
-            "log_level, loop, shutdown_timeout_s, user",
+            "log_level, loop, metrics, shutdown_timeout_s, user, workers",
             id="daemon-unknown-key",
         ),
         pytest.param(
@@ -417,6 +417,41 @@ def test_config_error_carries_exit_code_78_and_joins_lines() -> None:
             "[daemon]\nshutdown_timeout_s = inf\n" + ECHO,
             "[daemon]: shutdown_timeout_s = inf: expected a number from 0 to 86400",
             id="timeout-inf",
+        ),
+        pytest.param(
+            "[daemon]\nworkers = 0\n" + ECHO,
+            '[daemon]: workers = 0: expected an integer from 1 to 1024, or "auto" (one per '
+            "usable CPU)",
+            id="workers-zero",
+        ),
+        pytest.param(
+            "[daemon]\nworkers = 'many'\n" + ECHO,
+            '[daemon]: workers = "many": expected an integer from 1 to 1024, or "auto" (one per '
+            "usable CPU)",
+            id="workers-word",
+        ),
+        pytest.param(
+            "[daemon]\nworkers = true\n" + ECHO,
+            '[daemon]: workers = true: expected an integer from 1 to 1024, or "auto" (one per '
+            "usable CPU)",
+            id="workers-bool",
+        ),
+        pytest.param(
+            "[daemon]\nmetrics = 'nope:x'\n" + ECHO,
+            "[daemon]: metrics = \"nope:x\": bad port 'x'; expected 0-65535 or a service name "
+            "from /etc/services",
+            id="metrics-bad-port",
+        ),
+        pytest.param(
+            "[daemon]\nmetrics = 9465\n" + ECHO,
+            "[daemon]: metrics = 9465: expected a string",
+            id="metrics-not-a-string",
+        ),
+        pytest.param(
+            "[[listener]]\nname = 'e'\nbind = 'unix:/run/e.sock'\nhandler = 'echo'\n"
+            "reuse_port = true\n",
+            '[[listener]] #1 "e": reuse_port = true: applies to inet listeners only',
+            id="reuse-port-on-unix",
         ),
         pytest.param(
             "[daemon]\nshutdown_timeout_s = nan\n" + ECHO,

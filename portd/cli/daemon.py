@@ -19,6 +19,7 @@ exit status:
   0    clean stop after a drain (check: no problem; reload: the new config serves)
   64   bad arguments           67  [daemon] user or group names nobody
   69   address in use or not available, no daemon on the control socket
+  70   a worker process ended before it served (its own line says why)
   77   privileged port without CAP_NET_BIND_SERVICE, or [daemon] user without root
   78   config error (reload: the daemon keeps serving the old config)
   128+N  a second signal N cut the drain short"""
@@ -36,9 +37,12 @@ def _add_serve(commands: Any) -> None:
     serve = commands.add_parser(
         "serve", usage="%(prog)s [options]", help="run the daemon from a config file",
         description="Bind every listener of the config (all or nothing), serve until "
-        "SIGTERM/SIGINT, then drain. SIGHUP or portd reload reloads the file.",
+        "SIGTERM/SIGINT, then drain. SIGHUP or portd reload reloads the file. With "
+        "[daemon] workers (or --workers) above 1, worker processes serve the sockets the "
+        "daemon bound, and a reload starts new ones; [daemon] metrics serves /metrics.",
         epilog="examples:\n  portd serve -c config.example.toml\n"
-        "  portd serve -c portd.toml --log-format json 2>&1 | jq .\n\n" + DAEMON_EXIT_CODES,
+        "  portd serve -c portd.toml --log-format json 2>&1 | jq .\n"
+        "  portd serve -c portd.toml --workers auto\n\n" + DAEMON_EXIT_CODES,
         formatter_class=RAW,
     )  # fmt: skip
     serve.add_argument("-c", "--config", default=DEFAULT_CONFIG, metavar="FILE",
@@ -50,7 +54,21 @@ def _add_serve(commands: Any) -> None:
     serve.add_argument("--activation-only", action="store_true",
                        help="serve only sockets passed by systemd; exit 78 naming listeners "
                        "without")  # fmt: skip
+    serve.add_argument("--workers", metavar="N", type=_workers,
+                       help='override [daemon] workers: worker processes, or "auto" (one per '
+                       "CPU this process may use); 1: one process")  # fmt: skip
     serve.set_defaults(run=run_serve)
+
+
+def _workers(text: str) -> int | str:
+    """``--workers``: what ``[daemon] workers`` takes."""
+    from portd.config.daemon import WORKERS_RULE, parse_workers
+    from portd.errors import OptionError
+
+    try:
+        return parse_workers(int(text) if text.isascii() and text.isdigit() else text)
+    except OptionError:
+        raise argparse.ArgumentTypeError(WORKERS_RULE) from None
 
 
 def _add_where(parser: argparse.ArgumentParser) -> None:
@@ -151,11 +169,9 @@ def run_serve(args: argparse.Namespace) -> int:
     from portd.systemd import take_inherited_sockets
 
     config = load_config(args.config)
-    overrides = {
-        key: value
-        for key, value in (("log_level", args.log_level), ("log_format", args.log_format))
-        if value is not None
-    }
+    settings = (("log_level", args.log_level), ("log_format", args.log_format),
+                ("workers", args.workers))  # fmt: skip
+    overrides = {key: value for key, value in settings if value is not None}
     daemon = replace(config.daemon, **overrides)
     configure_logging(daemon.log_format, daemon.log_level)
     _log_listener_warnings(config)
@@ -193,6 +209,10 @@ def run_status(args: argparse.Namespace) -> int:
 
     uptime = f"{reply['uptime_s']:.0f} s"
     print(f"portd {reply['version']}, pid {reply['pid']}, up {uptime}, {reply['config']}")
+    if "workers" in reply:
+        pids = ", ".join(f"{w['pid']} ({w['state']})" for w in reply["workers"])
+        restarts = reply.get("worker_restarts", 0)
+        print(f"workers: {pids}; {restarts} restart{'s' if restarts != 1 else ''}")
     header = ("NAME", "PROTO", "ADDRESS", "HANDLER", "ACTIVE", "TOTAL", "IN", "OUT", "REFUSED")
     rows = [header]
     for listener in reply["listeners"]:

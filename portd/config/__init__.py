@@ -12,7 +12,7 @@ import os
 import stat
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,9 @@ class Config:
     source: str
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     listeners: tuple[ListenerConfig, ...] = ()
+    # What was parsed, when it came as text: a parent hands its workers exactly this,
+    # never the file again (which may have changed since).
+    text: str = field(default="", compare=False, repr=False)
 
 
 def load_config(path: str | Path) -> Config:
@@ -89,7 +92,7 @@ def parse_config_text(text: str, source: str) -> Config:
         raise ConfigError([f"{source}: TOML nested too deeply to read"]) from None
     except ValueError as exc:  # tomllib lets Python's 4,300-digit integer limit through
         raise ConfigError([f"{source}: TOML value cannot be read (an integer that long?)"]) from exc
-    return parse_config(data, source)
+    return replace(parse_config(data, source), text=text)
 
 
 def read_stdin_config() -> str:

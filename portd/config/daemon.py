@@ -7,7 +7,59 @@ from dataclasses import dataclass
 from typing import Any
 
 from portd.config.problems import Problems, check_options
+from portd.errors import OptionError
 from portd.options import Option
+
+MAX_WORKERS = 1024
+WORKERS_RULE = f'expected an integer from 1 to {MAX_WORKERS}, or "auto" (one per usable CPU)'
+
+
+def parse_workers(value: Any) -> int | str:
+    """``[daemon] workers``: 1 to MAX_WORKERS, or ``"auto"``.
+
+    Raises:
+        OptionError: anything else.
+    """
+    if value == "auto":
+        return "auto"
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_WORKERS:
+        return value
+    raise OptionError(WORKERS_RULE)
+
+
+def worker_count(setting: int | str) -> int:
+    """How many workers ``setting`` asks for here: ``auto`` counts the CPUs this process
+    may run on (its affinity mask, which taskset, cpusets and containers narrow), not
+    the CPUs the machine has."""
+    if setting != "auto":
+        return int(setting)
+    import os
+
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+def metrics_bind(value: str) -> str:
+    """The bind of ``[daemon] metrics``: a bare port is on loopback (127.0.0.1:PORT),
+    never on every interface as a listener's bare port is."""
+    return f"127.0.0.1:{value}" if value.isascii() and value.isdigit() else value
+
+
+def check_metrics_address(value: str) -> str:
+    """``""`` or what the bind grammar accepts for a TCP socket.
+
+    Raises:
+        OptionError: the bind grammar's reason.
+    """
+    if value:
+        from portd.endpoints.parse import parse_endpoint
+        from portd.errors import PortdError
+
+        try:
+            parse_endpoint(metrics_bind(value), "tcp", absolute_paths=True)
+        except PortdError as exc:
+            raise OptionError(str(exc)) from None
+    return value
+
 
 DAEMON_OPTIONS = (
     Option("log_format", str, "auto", "console on a terminal, JSON lines otherwise",
@@ -24,6 +76,10 @@ DAEMON_OPTIONS = (
     Option("group", str, "", "with user: this group (name or gid; default: the user's)"),
     Option("control_socket_abstract", bool, False,
            "allow an abstract control_socket (@name), which any local user can reach"),
+    Option("workers", object, 1, 'worker processes: a number, or "auto" (one per usable CPU)',
+           convert=parse_workers),
+    Option("metrics", str, "", 'serve /metrics at [HOST:]PORT (HOST defaults to 127.0.0.1); '
+           '"" off', convert=check_metrics_address),
 )  # fmt: skip
 
 
@@ -39,6 +95,8 @@ class DaemonConfig:
     group: str = ""
     control_socket: str = "auto"
     control_socket_abstract: bool = False
+    workers: int | str = 1  # or "auto": see worker_count()
+    metrics: str = ""
 
 
 def build_daemon(table: Any, problems: Problems) -> DaemonConfig:

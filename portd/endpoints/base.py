@@ -54,6 +54,10 @@ class Address(Protocol):
         whose address has the same key; socket activation matches inherited sockets by it."""
 
     @property
+    def local_only(self) -> bool:
+        """True when only this host can connect (a loopback IP address, a unix socket)."""
+
+    @property
     def overlap_group(self) -> Hashable:
         """Addresses that may overlap share a group (the same port, the same path), so
         checking 10,000 listeners for clashes stays linear."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Sequence
+from sys import intern as _intern
 from typing import Any, NamedTuple
 
 from portd.endpoints.base import SOCKET_TYPES, ProtocolName, SocketOptions
@@ -57,6 +58,13 @@ class InetAddress(NamedTuple):
     def key(self) -> tuple[str, int, str, int]:
         """Identity across reloads and socket activation: family, host and port."""
         return ("inet", self.family, self.host, self.port)
+
+    @property
+    def local_only(self) -> bool:
+        """True for loopback addresses (127.0.0.0/8, ::1)."""
+        import ipaddress  # only the metrics server asks; `portd listen` never does
+
+        return ipaddress.ip_address(self.host.partition("%")[0]).is_loopback
 
     @property
     def overlap_group(self) -> tuple[str, int]:
@@ -224,8 +232,9 @@ class InetEndpoint(NamedTuple):
         return lines
 
     def peer(self, sock: socket.socket, addr: Any) -> InetPeer:
-        """The accepted peer's sockaddr, typed."""
-        return tuple.__new__(InetPeer, addr)
+        """The accepted peer's sockaddr, typed; its address text is shared with every
+        other connection from the same host (one string, not one per connection)."""
+        return tuple.__new__(InetPeer, (_intern(addr[0]), *addr[1:]))
 
     def datagram_io(self, sock: socket.socket) -> tuple[Any, Any]:
         """recvfrom_into with the sender typed in place; sendto takes the peer as it is."""

@@ -60,17 +60,20 @@ def open_tcp_socket(
     return sock
 
 
-def open_udp_socket(address: InetAddress) -> socket.socket:
+def open_udp_socket(address: InetAddress, *, reuse_port: bool = False) -> socket.socket:
     """A bound, non-blocking UDP socket. The caller owns (and closes) it.
 
     No SO_REUSEADDR: on UDP it would let another socket co-bind the port and steal
-    datagrams.
+    datagrams. SO_REUSEPORT only when asked for: Linux lets only sockets of the same
+    user join the group, so no other user can take a share of the datagrams.
 
     Raises:
         OSError: from socket() or bind(), unchanged.
     """
     sock = socket.socket(address.family, socket.SOCK_DGRAM)
     try:
+        if reuse_port:  # asked for (workers with a socket each): the kernel spreads senders
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         _set_v6only(sock, address)
         sock.bind(address.sockaddr)
         sock.setblocking(False)
@@ -162,7 +165,7 @@ def _open_same_port(
                         reuse_port=options.reuse_port,
                     )
                     if protocol == "tcp"
-                    else open_udp_socket(target)
+                    else open_udp_socket(target, reuse_port=options.reuse_port)
                 )
             except OSError as exc:
                 if (

@@ -41,8 +41,12 @@ SOCKET_KEYS = (
            "minus the umask)", convert=parse_mode),
     Option("socket_user", str, "", "unix socket file owner: a name or uid (needs root)"),
     Option("socket_group", str, "", "unix socket file group: a name or gid"),
+    Option("reuse_port", bool, False, "SO_REUSEPORT: with [daemon] workers, a socket of its "
+           "own per worker, balanced by the kernel"),
 )  # fmt: skip
-KIND_ONLY_KEYS = {"socket_mode": "unix", "socket_user": "unix", "socket_group": "unix"}
+KIND_ONLY_KEYS = {
+    "socket_mode": "unix", "socket_user": "unix", "socket_group": "unix", "reuse_port": "inet",
+}  # fmt: skip
 STREAM_ONLY_KEYS = frozenset({"backlog"})
 
 
@@ -55,7 +59,9 @@ def socket_options(values: Mapping[str, Any], *, listens: bool) -> SocketOptions
     """
     user, group = values["socket_user"], values["socket_group"]
     owner = (_user_id(user), _group_id(group)) if user or group else None
-    return SocketOptions(values["backlog"], listens, values["socket_mode"], owner)
+    return SocketOptions(
+        values["backlog"], listens, values["socket_mode"], owner, values["reuse_port"]
+    )
 
 
 MAX_ID = 2**32 - 2  # (uid_t)-1 means "leave unchanged" to chown(): never an owner

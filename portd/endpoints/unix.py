@@ -56,6 +56,11 @@ class UnixAddress(NamedTuple):
         return ("unix", self.path)
 
     @property
+    def local_only(self) -> bool:
+        """Always: a unix socket is reachable from this host only."""
+        return True
+
+    @property
     def overlap_group(self) -> tuple[str, str]:
         """Only the same path can overlap."""
         return ("unix", self.path)

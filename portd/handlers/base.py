@@ -222,6 +222,14 @@ class Handler:
         HTTP 503), or None to just close."""
         return None
 
+    def counters(self) -> Mapping[str, int]:
+        """Named counts this handler keeps beyond what portd counts for every listener
+        (a forward listener's toxics applied, by toxic): ``portd status --json`` shows
+        them as ``handler_events`` and /metrics exports them as
+        ``portd_handler_events_total{listener, event}``. Called from the event loop, on
+        each status request and scrape; keep it cheap. Default: none."""
+        return {}
+
     def before_privilege_drop(self, uid: int, gid: int) -> None:
         """Called as root just before portd switches to ``uid``/``gid`` ([daemon] user):
         hand over what the handler created while root (a directory's owner)."""

@@ -46,6 +46,7 @@ from typing import ClassVar
 from portd import __version__
 from portd.endpoints.base import ProtocolName
 from portd.handlers.base import Connection, Handler, StreamSession
+from portd.handlers.http.deadline import FirstDeadlines
 from portd.handlers.http.responses import Responses, check_field_value
 from portd.handlers.http.session import LINGER_MAX_BYTES, LINGER_S, HttpHelloSession
 from portd.options import Option, Settings
@@ -102,9 +103,15 @@ class HttpHelloHandler(Handler):
         self.responses = Responses(
             settings["body"].encode("utf-8"), settings["content_type"], settings["server_header"]
         )
+        # Every session's first deadline is header_timeout_s after its connect: one queue.
+        self._first: FirstDeadlines | None = None
 
     def open_session(self, conn: Connection) -> StreamSession:
-        return HttpHelloSession(conn, self, conn.clock)
+        clock = conn.clock
+        first = self._first
+        if first is None or first.clock is not clock:  # the listener's loop (one per test)
+            first = self._first = FirstDeadlines(clock)
+        return HttpHelloSession(conn, self, clock, first)
 
     def busy_response(self) -> bytes:
         """503 with ``Connection: close`` for a client turned away by ``max_connections``."""

@@ -13,18 +13,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any, Protocol
 
-from portd.limits import ConnectionGate, DatagramGate, RefusalLog
+from portd.limits import ConnectionGate, DatagramGate, RefusalLog, Tally
 from portd.listeners.accept import AcceptLoop
+from portd.listeners.adopt import adopt_socket
 from portd.listeners.datagram import DatagramServer
 from portd.listeners.host import ConnectionHost
+from portd.listeners.idle import IdleTimeouts
 from portd.listeners.stream import StreamConnection
 from portd.logging import get_logger
+from portd.metrics.histogram import Histogram
 
 if TYPE_CHECKING:
     from portd.config import ListenerConfig
@@ -59,6 +63,7 @@ class Listener:
         owned: bool = True,
         log: Any = None,
         previous: Listener | None = None,
+        tally: Tally | None = None,
     ) -> None:
         """Take ownership of ``handler`` and ``sockets`` (closed by :meth:`close`).
 
@@ -68,6 +73,8 @@ class Listener:
                 done; inherited ones belong to the service manager.
             previous: the listener this one replaces on a reload: its live connections
                 keep counting against this one's caps.
+            tally: without a predecessor, where live connections are counted (a
+                worker's is shared with the daemon's other workers).
         """
         self.config = config
         self.sockets = sockets
@@ -79,6 +86,8 @@ class Listener:
         # The daemon's structlog logger, or one the caller supplies (the testing API keeps
         # test servers off the host program's structlog configuration).
         self.log: Any = log if log is not None else get_logger(listener=config.name)
+        # Decided once: below info the line's fields would be computed only to be dropped.
+        self._log_closed = config.log_connections and _logs_at_info(self.log)
         self.host = ConnectionHost(
             config.name,
             handler=handler,
@@ -97,9 +106,10 @@ class Listener:
         self.bytes_in = 0  # of closed connections; live ones are added by stats()
         self.bytes_out = 0
         self.endings: Counter[str] = Counter()
+        self.durations: Histogram | None = None  # connection durations, when metrics are on
         self.started_at = time.monotonic()
         self.gate: ConnectionGate = ConnectionGate(
-            config.limits, previous.gate if previous is not None else None
+            config.limits, previous.gate if previous is not None else None, tally
         )
         self.refusal_log = RefusalLog(self.log)
         self.datagram_gate = DatagramGate(config.limits)
@@ -135,6 +145,8 @@ class Listener:
         """Serve every socket on the running loop and log ``listener_started``."""
         self._loop = loop = asyncio.get_running_loop()
         self.host.clock = loop
+        if self.config.limits.idle_timeout_s:
+            self.host.idle = IdleTimeouts(self.config.limits.idle_timeout_s, loop)
         if self.config.protocol == "tcp":
             # A handler that does not listen (refuse) leaves its sockets bound and unwatched:
             # the kernel refuses every connect.
@@ -183,13 +195,19 @@ class Listener:
         if refusal is not None:
             self._refuse(conn, refusal, peer)
             return True
-        conn.setblocking(False)
         self._adopting += 1
         assert self._loop is not None
-        task = self._loop.create_task(self._adopt(conn, peer))
+        host = self.host  # the transport sets the socket non-blocking itself
         if self.tls is not None:  # a handshake may take seconds: cancelled on abort
+            conn.setblocking(False)  # its first bytes may be peeked at before OpenSSL's
+            task = self._loop.create_task(self._adopt_tls(conn, peer))
             self._handshakes.add(task)
             task.add_done_callback(self._handshakes.discard)
+        else:
+            adopt_socket(
+                self._loop, lambda: StreamConnection(host, peer), conn,
+                lambda error: self._adopted(error, conn, peer),
+            )  # fmt: skip
         self.accepted += 1
         if self.accepted == self.accept_limit:
             self.stop_accepting()  # later clients in the backlog are reset, as nc -l does
@@ -202,25 +220,18 @@ class Listener:
             busy = self.handler.busy_response()
             if busy:
                 with contextlib.suppress(OSError):
+                    conn.setblocking(False)  # never wait on a peer that was turned away
                     conn.send(busy)  # best effort: a small reply into an empty buffer
         conn.close()
         self.refusal_log.refused(reason, str(peer))
 
-    async def _adopt(self, conn: socket.socket, peer: Peer) -> None:
-        assert self._loop is not None
-        host = self.host
-        if self.tls is not None:
-            await self._adopt_tls(conn, peer)
-            return
-        try:
-            await self._loop.connect_accepted_socket(lambda: StreamConnection(host, peer), conn)
-        except OSError as exc:  # the peer left before the transport was made
+    def _adopted(self, error: OSError | None, conn: socket.socket, peer: Peer) -> None:
+        if error is not None:  # the peer left before the transport was made
             conn.close()
             self.gate.release(peer)
-            self.log.debug("connection_lost_early", error=str(exc))
-        finally:
-            self._adopting -= 1
-            self._check_idle()
+            self.log.debug("connection_lost_early", error=str(error))
+        self._adopting -= 1
+        self._check_idle()
 
     async def _adopt_tls(self, conn: socket.socket, peer: Peer) -> None:
         from portd.tls.accept import adopt_tls, logged
@@ -273,7 +284,9 @@ class Listener:
         self.bytes_in += conn.bytes_in
         self.bytes_out += conn.bytes_out
         self.endings[conn.how_it_ended] += 1
-        if self.config.log_connections:  # off for busy listeners; the counts stay
+        if self.durations is not None:
+            self.durations.observe(time.monotonic() - conn.started)
+        if self._log_closed:  # off for busy listeners; the counts stay
             client = conn.tls.peer_subject if self.tls is not None and conn.tls else None
             self.log.info(
                 "connection_closed",
@@ -362,7 +375,11 @@ class Listener:
             "refusals": dict(refusals),
             "tls_handshake_failed": dict(self.handshake_failures),
             "closed": dict(self.endings),
+            "handler_failures": self.endings["handler_failed"] + sum(e.failures for e in endpoints),
+            "events": dict(self.host.events),
+            "handler_events": dict(self.handler.counters()),
             "uptime_s": round(time.monotonic() - self.started_at, 3),
+            **({"durations": self.durations.to_json()} if self.durations is not None else {}),
         }
 
     def close_sockets(self, *, released: bool = True) -> None:
@@ -378,6 +395,8 @@ class Listener:
 
     def close(self) -> None:
         """Release the sockets and whatever the handler holds (idempotent)."""
+        if self.host.idle is not None:
+            self.host.idle.close()
         self.refusal_log.flush()  # refusals counted since the last line are logged too
         self.datagram_log.flush()
         self.handshake_log.flush()
@@ -389,3 +408,9 @@ class Listener:
         if not self._handler_closed:
             self._handler_closed = True
             self.handler.close()
+
+
+def _logs_at_info(log: Any) -> bool:
+    """False when ``log`` (a structlog filtering logger) drops info lines."""
+    enabled = getattr(log, "is_enabled_for", None)
+    return True if enabled is None else bool(enabled(logging.INFO))

@@ -18,6 +18,7 @@ What accept() may fail with, and what the loop does:
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import errno
 import socket
@@ -35,6 +36,20 @@ ACCEPT_BACKOFF_MAX_S = 1.0
 
 # (accepted socket, peer address from accept(), listening socket) -> keep accepting?
 OnAccept = Callable[[socket.socket, Any], bool]
+
+
+class AcceptedSocket(socket.socket):
+    """An accepted socket whose family and type read as ints: the event loop reads both
+    of every connection, and socket.socket makes an enum of each on every read.
+
+    A socket.socket all the same, as it must be: uvloop detaches a socket.socket once
+    the transport has closed the descriptor, but closes anything else again, which
+    could close a descriptor another thread had just been given the number of.
+    """
+
+    __slots__ = ()
+    family = _socket.socket.family  # type: ignore[assignment]
+    type = _socket.socket.type  # type: ignore[assignment]
 
 
 class AcceptLoop:
@@ -73,9 +88,13 @@ class AcceptLoop:
 
     def _ready(self, sock: socket.socket) -> None:
         on_accept = self.on_accept
+        # socket.accept() spends more on its wrapper (the family and type turned into
+        # enums, a timeout check) than on accept4(): the socket is made here from ints.
+        family, kind, proto = int(sock.family), int(sock.type), sock.proto
+        accept = sock._accept  # type: ignore[attr-defined]
         for _ in range(ACCEPT_BATCH):
             try:
-                conn, addr = sock.accept()
+                fd, addr = accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -84,7 +103,7 @@ class AcceptLoop:
                 self._back_off(exc)
                 return
             self._backoff_s = 0.0
-            if not on_accept(conn, addr) or not self.accepting:
+            if not on_accept(AcceptedSocket(family, kind, proto, fd), addr) or not self.accepting:
                 return
 
     def _back_off(self, exc: OSError) -> None:

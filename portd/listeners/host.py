@@ -8,12 +8,14 @@ gate, its other connections) or the event loop's other services.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from portd.handlers.base import Handler
     from portd.limits import Limits
+    from portd.listeners.idle import IdleTimeouts
     from portd.listeners.stream import StreamConnection
 
 
@@ -21,8 +23,8 @@ class ConnectionHost:
     """Shared by every connection of one listener; the listener keeps it current."""
 
     __slots__ = (
-        "clock", "closed", "draining", "failed", "handler", "limits", "log", "name",
-        "next_conn_id", "opened",
+        "clock", "closed", "draining", "events", "failed", "handler", "idle", "limits", "log",
+        "name", "next_conn_id", "opened",
     )  # fmt: skip
 
     def __init__(
@@ -46,4 +48,9 @@ class ConnectionHost:
         self.closed = closed
         self.failed = failed  # a session raised (logged already); observers hear of it
         self.draining = False  # set once the daemon stops; sessions read it
+        # Named counts of what happens to connections beyond their bytes and endings (a
+        # layer below the handler may add its own): portd status shows them and /metrics
+        # exports them per listener.
+        self.events: Counter[str] = Counter()
         self.clock: asyncio.AbstractEventLoop | None = None  # the loop, once serving
+        self.idle: IdleTimeouts | None = None  # with idle_timeout_s, once serving

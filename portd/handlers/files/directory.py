@@ -5,7 +5,9 @@ and no operation ever follows a symbolic link.
 A directory is opened once per process and shared by every listener that names it (a
 listener replaced by a reload and its draining predecessor alike), and locked against
 other processes, so removing stale temporaries at the first open never touches a live
-transfer.
+transfer. A daemon's workers share their parent's lock: the parent passes its locked
+descriptor (the very open file that holds the lock), and a worker neither locks again
+nor removes temporaries, which may be another worker's transfers in progress.
 """
 
 from __future__ import annotations
@@ -35,6 +37,21 @@ _OPEN_PROBLEMS = {
 }
 _HELD: dict[tuple[int, int], ReceiveDirectory] = {}  # by (st_dev, st_ino)
 _HELD_LOCK = threading.Lock()
+_FROM_PARENT: dict[tuple[int, int], int] = {}  # a worker's: locked descriptors its parent passed
+
+
+def held_descriptors() -> list[int]:
+    """The locked descriptors of the directories this process holds (a parent passes
+    them to its workers)."""
+    with _HELD_LOCK:
+        return [held.fd for held in _HELD.values()]
+
+
+def adopt_descriptors(fds: list[int]) -> None:
+    """A worker's start: its parent holds the locks on these directories for it."""
+    for fd in fds:
+        stat = os.fstat(fd)
+        _FROM_PARENT[(stat.st_dev, stat.st_ino)] = fd
 
 
 def hold_directory(path: str) -> tuple[ReceiveDirectory, int]:
@@ -62,6 +79,11 @@ def hold_directory(path: str) -> tuple[ReceiveDirectory, int]:
             os.close(fd)
             held.holders += 1
             return held, 0
+        parents = _FROM_PARENT.get(key)
+        if parents is not None:  # the parent's open file: its lock is ours already
+            os.close(fd)
+            _HELD[key] = ReceiveDirectory(path, os.dup(parents), created, key)
+            return _HELD[key], 0
         held = _HELD[key] = ReceiveDirectory(path, fd, created, key)
         return held, held.remove_stale()
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from portd.handlers.base import Connection, StreamSession
-from portd.handlers.http.deadline import Clock, Deadline
+from portd.handlers.http.deadline import Clock, Deadline, FirstDeadlines
 from portd.handlers.http.heads import (
     FEWEST_BYTES_FOR_TOO_MANY,
     HEAD,
@@ -17,6 +17,7 @@ from portd.handlers.http.heads import (
     HTTP_1_0,
     LINE_ERRORS,
     MAX_EMPTY_LINE_BYTES,
+    MAX_FIELDS,
     MAX_LINE,
     FieldMeter,
     is_valid_host,
@@ -47,37 +48,48 @@ CLOSED = 2
 class HttpHelloSession(StreamSession):
     """One HTTP connection: frames heads, feeds llhttp, answers in order."""
 
-    def __init__(self, conn: Connection, handler: HttpHelloHandler, clock: Clock) -> None:
+    # The state every connection starts in, as class attributes: a session sets only
+    # what it changes, so opening one costs a few assignments instead of two dozen.
+    state = OPEN
+    requests = 0
+    paused = False
+    eof = False
+    _buf = b""  # unanswered input, from a head's first byte on
+    _fed = 0  # bytes of _buf llhttp has seen (0 until the request line is complete)
+    _in_head = False  # a request line has begun and its head is not answered
+    _head_began = False  # ... and it began during the current callback
+    _line = -1  # judge_request_line's verdict on the current request line
+    _line_length = 0
+    _meter: FieldMeter | None = None  # only for heads big enough to need it
+    _hosts = 0
+    _bad = False  # a bad Host, or a Transfer-Encoding that does not end in chunked
+    _content = False  # request content (Content-Length above 0, chunked): 413
+    _chunked = False  # ... chunked, which HTTP/1.0 cannot frame (400)
+    _empty = 0  # CR and LF bytes before the current request line
+    _body: memoryview | None = None  # of a 200 being written piece by piece
+    _close_after_body = False
+    _keep_alive = False
+    _out_bytes = 0
+    _dropped = 0
+
+    def __init__(
+        self,
+        conn: Connection,
+        handler: HttpHelloHandler,
+        clock: Clock,
+        first: FirstDeadlines | None = None,
+    ) -> None:
+        """``first``: where the first deadline waits (the handler's queue for ``clock``)."""
         self.conn = conn
         self.responses = handler.responses
         self.header_timeout_s: float = handler.settings["header_timeout_s"]
         self.keepalive_timeout_s: float = handler.settings["keepalive_timeout_s"]
         self.clock = clock
         self.parser = HttpRequestParser(self)
-        self.state = OPEN
-        self.requests = 0
         self.stopping = conn.draining
-        self.paused = False
-        self.eof = False
-        self._buf = b""  # unanswered input, from a head's first byte on
-        self._fed = 0  # bytes of _buf llhttp has seen (0 until the request line is complete)
-        self._in_head = False  # a request line has begun and its head is not answered
-        self._head_began = False  # ... and it began during the current callback
-        self._line = -1  # judge_request_line's verdict on the current request line
-        self._line_length = 0
-        self._meter: FieldMeter | None = None  # only for heads big enough to need it
-        self._hosts = 0
-        self._bad = False  # a bad Host, or a Transfer-Encoding that does not end in chunked
-        self._content = False  # request content (Content-Length above 0, chunked): 413
-        self._chunked = False  # ... chunked, which HTTP/1.0 cannot frame (400)
-        self._empty = 0  # CR and LF bytes before the current request line
-        self._body: memoryview | None = None  # of a 200 being written piece by piece
-        self._close_after_body = False
-        self._keep_alive = False
         self._out: list[bytes] = []
-        self._out_bytes = 0
-        self._dropped = 0
-        self.deadline = Deadline(clock, self._expired, clock.time() + self.header_timeout_s)
+        when = clock.time() + self.header_timeout_s
+        self.deadline = Deadline(clock, self._expired, when, first)
 
     # Callbacks from llhttp.
 
@@ -109,9 +121,58 @@ class HttpHelloSession(StreamSession):
         if self._buf:
             data = self._buf + data
             self._buf = b""
+        elif (
+            not self._in_head
+            and not self.paused
+            and data.startswith(b"GET ")
+            and data.find(b"\r\n\r\n") == len(data) - 4
+            and len(data) <= MAX_LINE
+            and data.count(b"\r\n") <= MAX_FIELDS
+            and self._answer_whole(data)
+        ):
+            return
         served = self.requests
         self._run(data)
         self._after_input(served != self.requests)
+
+    def _answer_whole(self, data: bytes) -> bool:
+        """The common case in one call: a chunk that is one GET head, whole, too small
+        for any size limit, with a plain request line. The verdicts are _run's; False
+        (nothing done) for another request line, which _run then judges in full."""
+        eol = data.find(b"\r\n")
+        if not (
+            data.startswith(b"HTTP/1.1", eol - 8)
+            and data.count(b" ", 0, eol) == 2
+            and is_valid_target(data, 4, eol - 9)
+        ):
+            return False
+        try:
+            self.parser.feed_data(data)
+        except HttpParserUpgrade:
+            pass  # answered 200 with Connection: close, as _read_head does
+        except HttpParserError as error:
+            line = self._judge_line(data, 0, eol, error)
+            if line >= 0:
+                self._reject(400, line & HEAD)
+            return True
+        if self._hosts == 1 and not (self._bad or self._content or self.responses.streamed):
+            # What _answer would decide, without its bookkeeping.
+            self._hosts = 0
+            self.requests += 1
+            if self._keep_alive and not self.stopping and self.keepalive_timeout_s:
+                self._keep_alive = False
+                self.conn.write(self.responses.ok(KEEP_ALIVE, 0))
+            else:
+                self._keep_alive = False
+                self.conn.write(self.responses.ok(CLOSE, 0))
+                self._close()
+                return True
+        else:
+            self._answer(0)
+            self._flush()
+        if self.state == OPEN and not self.paused:
+            self.deadline.move(self.clock.time() + self.keepalive_timeout_s)
+        return True
 
     def eof_received(self) -> bool:
         self.eof = True
@@ -274,14 +335,7 @@ class HttpHelloSession(StreamSession):
             CLOSE if close else KEEP_ALIVE_1_0 if line & HTTP_1_0 else KEEP_ALIVE, line & HEAD
         )
         self.requests += 1
-        self._fed = 0
-        self._line = -1
-        self._meter = None
-        self._in_head = False
-        self._hosts = 0
-        self._bad = self._content = self._chunked = False
-        self._empty = 0
-        self._keep_alive = False
+        self._end_head()
         out = self._out
         out.append(response)
         self._out_bytes += len(response)
