@@ -17,10 +17,10 @@ handler that is naturally sequential (a proxy, a program on a port) subclasses
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, ClassVar, Protocol
 
-from portd.endpoints.base import Peer, ProtocolName
+from portd.endpoints.base import Endpoint, Peer, ProtocolName
 from portd.options import Option, Settings
 
 
@@ -125,6 +125,21 @@ class Connection(Protocol):
     def resume_reading(self) -> None:
         """Undo pause_reading."""
 
+    @property
+    def sockname(self) -> Any:
+        """The local address the client connected to (``getsockname()``), for a proxy
+        that tells its upstream who connected where (the PROXY protocol)."""
+
+    def connect(
+        self, endpoint: Endpoint, protocol_factory: Callable[[], Any], *, ssl: Any = None
+    ) -> Awaitable[tuple[Any, Any]]:
+        """Open a client connection to ``endpoint`` on the connection's loop (a proxy's
+        upstream): ``(transport, protocol)``. The caller owns the transport.
+
+        Raises (when awaited):
+            OSError: refused, unreachable, or the name does not resolve.
+        """
+
 
 class DatagramEndpoint(Protocol):
     """What the server offers a datagram handler."""
@@ -136,6 +151,22 @@ class DatagramEndpoint(Protocol):
     def send(self, data: bytes, peer: Peer) -> bool:
         """Send one datagram to ``peer``; False when it was dropped (the socket's send
         buffer is full, or the peer cannot be reached)."""
+
+    @property
+    def clock(self) -> Clock:
+        """The loop's clock and timers."""
+
+    @property
+    def max_sessions(self) -> int:
+        """How many clients a handler may keep state for (the listener's
+        ``max_connections``): a forward's NAT table stays within it."""
+
+    def watch(self, sock: Any, readable: Callable[[], object]) -> None:
+        """Call ``readable()`` whenever ``sock`` (a handler's own non-blocking socket,
+        such as a forward's upstream socket) has something to read."""
+
+    def unwatch(self, sock: Any) -> None:
+        """Stop watching ``sock`` (before closing it)."""
 
 
 class StreamSession:
@@ -163,6 +194,10 @@ class StreamSession:
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The connection is closed; release what the session holds."""
+
+    def log_fields(self) -> Mapping[str, Any]:
+        """Fields the session adds to the ``connection_closed`` line (a proxy's upstream)."""
+        return {}
 
 
 class Handler:
@@ -197,6 +232,12 @@ class Handler:
         config ``portd serve`` refuses. One message per problem; empty when fine."""
         return []
 
+    @classmethod
+    def check_protocol(cls, settings: Settings, protocol: ProtocolName) -> list[str]:
+        """The problems of these settings on a listener of ``protocol`` (an option that
+        only one of the protocols the handler serves can take); empty when fine."""
+        return []
+
     def open_session(self, conn: Connection) -> StreamSession:
         """A session for a new stream connection."""
         raise NotImplementedError(f"handler {self.name!r} does not serve TCP")
@@ -222,6 +263,12 @@ class Handler:
         Raises:
             PortdError: something is out of reach (one line; the daemon exits).
         """
+
+    def update(self, settings: Settings) -> bool:
+        """A reload brings new settings for this listener, all else the same: apply them
+        to this running handler (and its live connections) and return True, or return
+        False (the default) to be replaced by a new listener with the new settings."""
+        return False
 
     def close(self) -> None:
         """The listener stopped for good: release what the handler holds (files, fds)."""

@@ -83,6 +83,15 @@ class ConnectionProxy:
         """Close now with an RST."""
         self.conn.reset(reason)
 
+    @property
+    def sockname(self) -> Any:
+        """The real connection's local address."""
+        return self.conn.sockname
+
+    def connect(self, endpoint: Any, protocol_factory: Any, *, ssl: Any = None) -> Any:
+        """A client connection on the real connection's loop."""
+        return self.conn.connect(endpoint, protocol_factory, ssl=ssl)
+
     def pause_reading(self) -> None:
         """Stop reading from the peer."""
         self.conn.pause_reading()

@@ -247,6 +247,7 @@ class Listener:
                 bytes_out=conn.bytes_out,
                 duration_ms=round((time.monotonic() - conn.started) * 1000, 1),
                 error=str(exc) if exc and conn.reason is None else conn.error,
+                **conn.session.log_fields(),
             )
         for observer in self.observers:
             observer.connection_closed(conn)

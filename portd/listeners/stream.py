@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 from portd.handlers.base import StreamSession
 
 if TYPE_CHECKING:
-    from portd.endpoints.base import Peer
+    from portd.endpoints.base import Endpoint, Peer
     from portd.listeners.host import ConnectionHost
 
 RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, zero timeout: close sends RST
@@ -258,6 +258,15 @@ class StreamConnection(asyncio.Protocol):
         failed exchange (an upload that was not stored) from a finished one; ``reason``
         goes to the ``connection_closed`` line. Harmless once closed."""
         self.cut("aborted", reason or None)
+
+    @property
+    def sockname(self) -> Any:
+        """The local address of the accepted socket."""
+        return self.transport.get_extra_info("sockname")
+
+    def connect(self, endpoint: Endpoint, protocol_factory: Any, *, ssl: Any = None) -> Any:
+        """A client connection to ``endpoint`` on this connection's loop."""
+        return endpoint.open_stream(self.clock, protocol_factory, ssl=ssl)
 
     def pause_reading(self) -> None:
         """Stop reading from the peer."""

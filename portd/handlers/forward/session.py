@@ -1,0 +1,308 @@
+"""One forwarded stream connection: the client side (a session) and the upstream side
+(an asyncio Protocol), relaying in loop callbacks.
+
+Without toxics a chunk is one ``write`` from the protocol that read it to the other
+side's transport. Flow control holds both ways: a side whose write buffer passes its
+high-water mark pauses reading on the other side until it drains. A half-close crosses
+over (the client's FIN reaches the upstream, whose answer still comes back) and the
+connection closes once both directions have ended; an RST on one side is sent on as an
+RST; an upstream that cannot be reached closes the client with an RST and one
+``upstream_failed`` line. Toxics put a :class:`~portd.toxics.pipe.Pipe` in a direction
+while they apply to this connection; a change of toxics rebuilds the pipes at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import socket
+import struct
+from typing import TYPE_CHECKING, Any
+
+from portd.handlers.base import Connection, StreamSession
+from portd.toxics.pipe import Pipe
+from portd.toxics.stages import CLOSE, EOF, Item
+from portd.toxics.table import Targeting
+
+if TYPE_CHECKING:
+    from portd.handlers.forward import ForwardHandler
+
+RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, zero timeout: close sends RST
+PAUSE_UPSTREAM_FULL = 1  # why the client is not read: the upstream's buffer is full
+PAUSE_PIPE = 2  # the upstream pipe's stages hold too much
+PAUSE_CONNECTING = 4  # no upstream yet
+
+
+def describe(exc: BaseException) -> str:
+    """An OSError's reason as a user reads it: ``Connection refused``, ``timed out``."""
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.errno:  # asyncio's text wraps the address around it
+        return os.strerror(exc.errno)
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def send_reset(transport: Any) -> None:
+    """Abort ``transport`` with an RST (SO_LINGER 0), not a FIN."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError, ValueError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET_ON_CLOSE)
+    transport.abort()
+
+
+class Upstream(asyncio.Protocol):
+    """The upstream side: every callback goes straight to the session."""
+
+    __slots__ = ("session",)
+
+    def __init__(self, session: ForwardSession) -> None:
+        self.session = session
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.session.upstream_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        session = self.session
+        session.bytes_down += len(data)
+        if session.down_pipe is None:
+            session.conn.write(data)
+        else:
+            session.down_pipe.push(data)
+
+    def eof_received(self) -> bool:
+        self.session.upstream_eof()
+        return True  # the session closes once both directions ended
+
+    def pause_writing(self) -> None:
+        self.session.pause_client(PAUSE_UPSTREAM_FULL, True)
+
+    def resume_writing(self) -> None:
+        self.session.pause_client(PAUSE_UPSTREAM_FULL, False)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.session.upstream_lost(exc)
+
+
+class ForwardSession(StreamSession):
+    """The client side of one forwarded connection."""
+
+    def __init__(self, handler: ForwardHandler, conn: Connection, ordinal: int) -> None:
+        self.handler = handler
+        self.conn = conn
+        self.transport: Any = None  # the upstream's, once connected
+        self.pending: list[bytes] = []  # from the client before the upstream answered
+        self.paused = 0
+        self.client_done = self.upstream_done = False  # each direction's EOF delivered
+        self.bytes_up = self.bytes_down = 0
+        self.ended = ""  # how the upstream side ended
+        self.rng = random.Random(f"{handler.settings.get('seed', 0)}:{ordinal}")  # noqa: S311
+        self.targeting = Targeting(handler.table, ordinal, conn.peer.source, self.rng)
+        self.clock = conn.clock
+        self.up_pipe: Pipe | None = None
+        self.down_pipe: Pipe | None = None
+        self.lost = False
+        self.pause_client(PAUSE_CONNECTING, True)
+        self.toxics_changed()
+        conn.start_task(self._connect())
+
+    # Toxics.
+
+    def toxics_changed(self) -> None:
+        """Apply the table as it is now to both directions."""
+        if self.lost:
+            return
+        self.up_pipe = self._pipe(self.up_pipe, "upstream")
+        self.down_pipe = self._pipe(self.down_pipe, "downstream")
+
+    def _pipe(self, pipe: Pipe | None, stream: str) -> Pipe | None:
+        chosen = self.targeting.chosen(stream)
+        if not chosen and (pipe is None or not pipe.held_bytes):
+            if pipe is not None:
+                pipe.set_toxics(())
+            return None
+        if pipe is None:
+            if stream == "upstream":
+                pipe = Pipe(self, self._to_upstream, self._pause_from_up_pipe)
+            else:
+                pipe = Pipe(self, self._to_client, self._pause_upstream_reading)
+        pipe.set_toxics(chosen)
+        return pipe
+
+    def released(self) -> None:
+        """A stage let bytes go (the Ends protocol)."""
+        for pipe in (self.up_pipe, self.down_pipe):
+            if pipe is not None:
+                pipe.released()
+
+    def reset_connection(self, reason: str) -> None:
+        """RST both sides now (reset_peer, cut_after)."""
+        if self.transport is not None:
+            send_reset(self.transport)
+        self.conn.reset(reason)
+
+    # Client -> upstream.
+
+    def data_received(self, data: bytes) -> None:
+        if self.up_pipe is not None:
+            self.up_pipe.push(data)
+        elif self.transport is not None:
+            self.bytes_up += len(data)
+            self.transport.write(data)
+        else:
+            self.pending.append(data)  # uvloop reads one chunk past pause_reading
+
+    def eof_received(self) -> bool:
+        if self.up_pipe is not None:
+            self.up_pipe.push(EOF)
+        elif self.transport is not None:
+            self._to_upstream(EOF)
+        else:
+            self.pending.append(b"")
+        return True
+
+    def _to_upstream(self, item: Item) -> None:
+        transport = self.transport
+        if transport is None:  # toxics released it before the upstream answered
+            if item == CLOSE:
+                self.close_both()
+            else:
+                self.pending.append(item if isinstance(item, bytes) else b"")
+            return
+        if transport.is_closing():
+            return
+        if isinstance(item, bytes):
+            self.bytes_up += len(item)
+            transport.write(item)
+        elif item == EOF:
+            if transport.can_write_eof():
+                transport.write_eof()
+            self.client_done = True
+            self._maybe_close()
+        elif item == CLOSE:
+            self.close_both()
+
+    def _pause_from_up_pipe(self, pause: bool) -> None:
+        self.pause_client(PAUSE_PIPE, pause)
+
+    def pause_client(self, reason: int, pause: bool) -> None:
+        """Stop (or resume) reading the client for ``reason``; it reads when none is left."""
+        before = self.paused
+        self.paused = before | reason if pause else before & ~reason
+        if before and not self.paused:
+            self.conn.resume_reading()
+        elif self.paused and not before:
+            self.conn.pause_reading()
+
+    # Upstream -> client.
+
+    def _to_client(self, item: Item) -> None:
+        conn = self.conn
+        if isinstance(item, bytes):
+            conn.write(item)
+        elif item == EOF:
+            conn.write_eof()
+            self.upstream_done = True
+            self._maybe_close()
+        elif item == CLOSE:
+            self.close_both()
+
+    def pause_writing(self) -> None:  # the client does not read: stop reading upstream
+        self._pause_upstream_reading(True)
+
+    def resume_writing(self) -> None:
+        self._pause_upstream_reading(False)
+
+    def _pause_upstream_reading(self, pause: bool) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if pause:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
+
+    # The upstream's life.
+
+    async def _connect(self) -> None:
+        handler = self.handler
+        slow_opens = [t for t in handler.table.toxics if t.type == "slow_open"]
+        delay_ms = sum(t["delay"] for t in slow_opens if self.targeting.applies(t))
+        if delay_ms:
+            await asyncio.sleep(delay_ms / 1000)
+        try:
+            async with asyncio.timeout(handler.settings["connect_timeout_s"] or None):
+                await self.conn.connect(handler.upstream, lambda: Upstream(self), ssl=handler.ssl)
+        except (OSError, TimeoutError) as exc:
+            reason = describe(exc)
+            self.ended = f"upstream_failed: {reason}"
+            self.conn.log.warning("upstream_failed", upstream=str(handler.upstream), error=reason)
+            self.conn.reset(self.ended)
+
+    def upstream_made(self, transport: Any) -> None:
+        """Connected: send the PROXY header and what the client sent meanwhile."""
+        if self.lost:
+            transport.abort()
+            return
+        self.transport = transport
+        header = self.handler.proxy_header(self.conn)
+        if header:
+            transport.write(header)
+        pending, self.pending = self.pending, []
+        for data in pending:
+            self._to_upstream(data if data else EOF)
+        self.pause_client(PAUSE_CONNECTING, False)
+
+    def upstream_eof(self) -> None:
+        """The upstream half-closed: pass it on after what it sent."""
+        if self.down_pipe is not None:
+            self.down_pipe.push(EOF)
+        else:
+            self._to_client(EOF)
+
+    def upstream_lost(self, exc: Exception | None) -> None:
+        """The upstream connection is gone: a reset is passed on as a reset."""
+        if self.lost:
+            return
+        if isinstance(exc, ConnectionResetError):
+            self.ended = "reset"
+            self.conn.reset("upstream reset")
+        elif exc is not None:
+            self.ended = describe(exc)
+            self.conn.reset(f"upstream: {self.ended}")
+        else:
+            self.ended = self.ended or "closed"
+            if not self.upstream_done:  # closed without a FIN first: end the client too
+                self._to_client(EOF)
+            self.conn.close()
+
+    def _maybe_close(self) -> None:
+        if self.client_done and self.upstream_done:
+            self.close_both()
+
+    def close_both(self) -> None:
+        """Close both sides after what is queued (FIN both ways)."""
+        if self.transport is not None:
+            self.transport.close()
+        self.conn.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.handler.table.unsubscribe(self)
+        for pipe in (self.up_pipe, self.down_pipe):
+            if pipe is not None:
+                pipe.close()
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if exc is not None:  # the client reset (or portd cut it): reset the upstream too
+            send_reset(transport)
+        else:
+            transport.close()
+
+    def log_fields(self) -> dict[str, Any]:
+        return {"upstream": str(self.handler.upstream), "upstream_ended": self.ended or None}
