@@ -223,6 +223,9 @@ class Supervisor:
             self.retiring.append(listener)
             if self.spawn is not None:  # in-process callers without a daemon close at close()
                 self.spawn(partial(self._retire, listener, listener.name in replaced))
+        for listener, new_config in plan.updated:  # toxics and such, applied in place
+            listener.handler.update(new_config.settings)
+            listener.config = new_config
         by_name = {listener.config.name: listener for listener in [*plan.kept, *started]}
         for listener in started:
             await listener.start()
@@ -231,7 +234,8 @@ class Supervisor:
         self.listeners = [by_name[c.name] for c in config.listeners]
         self.log.info(
             "reload_complete",
-            unchanged=len(plan.kept),
+            unchanged=len(plan.kept) - len(plan.updated),
+            updated=len(plan.updated),
             changed=len(replaced),
             added=len(started) - len(replaced),
             removed=len(plan.retired) - len(replaced),

@@ -264,11 +264,15 @@ class Handler:
             PortdError: something is out of reach (one line; the daemon exits).
         """
 
-    def update(self, settings: Settings) -> bool:
-        """A reload brings new settings for this listener, all else the same: apply them
-        to this running handler (and its live connections) and return True, or return
-        False (the default) to be replaced by a new listener with the new settings."""
+    def updatable(self, settings: Settings) -> bool:
+        """True when this running handler can take ``settings`` in place (a reload that
+        changes only those: a forward's toxics), without side effects; False (the
+        default) has the listener replaced by a new one with the new settings."""
         return False
+
+    def update(self, settings: Settings) -> None:
+        """Apply ``settings`` in place (after :meth:`updatable` said True), to this
+        handler and its live connections."""
 
     def close(self) -> None:
         """The listener stopped for good: release what the handler holds (files, fds)."""

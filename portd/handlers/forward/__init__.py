@@ -152,16 +152,15 @@ class ForwardHandler(Handler):
         """Make the live toxics exactly these (reload)."""
         self.table.replace_all(toxics)
 
-    def update(self, settings: Settings) -> bool:
-        same = all(settings[key] == self.settings[key] for key in settings
+    def updatable(self, settings: Settings) -> bool:
+        return all(settings[key] == self.settings[key] for key in settings
                    if key not in LIVE_SETTINGS)  # fmt: skip
-        if not same:
-            return False
+
+    def update(self, settings: Settings) -> None:
         self.settings = settings
         self.set_toxics(settings["toxic"])
         if settings["enabled"] != self.enabled:
             self.set_enabled(settings["enabled"])
-        return True
 
     def next_random(self, index: int) -> random.Random:
         """A reproducible random source for client ``index``."""
