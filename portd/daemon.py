@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from portd.privileges import Identity
     from portd.supervisor import Supervisor
     from portd.systemd import InheritedSocket, Notifier
+    from portd.toxiproxy import ToxiproxyApi
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 HANDLED_SIGNALS = (*STOP_SIGNALS, signal.SIGHUP)
@@ -97,6 +98,7 @@ class Daemon:
         self.notifier = notifier
         self.identity = identity
         self.log = supervisor.log
+        self.api: ToxiproxyApi | None = None  # [daemon] toxiproxy_api, once serving
 
     async def run(self) -> int:
         """Serve until a stop signal, reloading on SIGHUP, then drain.
@@ -144,6 +146,7 @@ class Daemon:
             async with anyio.create_task_group() as group:
                 supervisor.spawn = group.start_soon
                 await supervisor.start()
+                await self._start_toxiproxy_api()
                 self.notifier.ready(supervisor.status())
                 if take_held_reloads():  # asked for while binding: the receiver was not there
                     await self.reload()
@@ -155,6 +158,20 @@ class Daemon:
                 exit_code = await self._shut_down(signals, received)
                 group.cancel_scope.cancel()
             return exit_code
+
+    async def _start_toxiproxy_api(self) -> None:
+        """``[daemon] toxiproxy_api``: serve toxiproxy's HTTP API beside the listeners."""
+        daemon = self.supervisor.config.daemon
+        if not daemon.toxiproxy_api:
+            return
+        from portd.toxiproxy import start_api
+
+        self.api = await start_api(
+            daemon.toxiproxy_api,
+            allow_remote=daemon.toxiproxy_api_remote,
+            next_conn_id=self.supervisor.next_conn_id,
+        )
+        self.log.info("toxiproxy_api_ready", address=self.api.address)
 
     async def reload(self) -> ReloadFailure | None:
         """Reload the config, telling the service manager; None or why it failed."""
@@ -178,6 +195,8 @@ class Daemon:
         supervisor = self.supervisor
         self.notifier.stopping()
         supervisor.stop_accepting()
+        if self.api is not None:
+            self.api.stop_accepting()
         everyone = [*supervisor.listeners, *supervisor.retiring]
         timeout_s = supervisor.config.daemon.shutdown_timeout_s
         self.log.info(
@@ -199,6 +218,8 @@ class Daemon:
             group.start_soon(cut_short_on_second_signal)
             await supervisor.drain(timeout_s)
             group.cancel_scope.cancel()
+        if self.api is not None:
+            self.api.close()
         aborted = await supervisor.abort_connections()
         self.log.info("shutdown_complete", aborted=aborted, exit_code=exit_code)
         return exit_code

@@ -30,6 +30,7 @@ from portd.systemd import InheritedSocket, match_inherited
 
 RESTART_ONLY_SETTINGS = (
     "log_format", "log_level", "loop", "user", "group", "control_socket", "control_socket_abstract",
+    "toxiproxy_api", "toxiproxy_api_remote",
 )  # fmt: skip
 Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], object]
 
@@ -90,6 +91,10 @@ class Supervisor:
             for sock in taken:
                 sock.close()
             raise
+
+    def next_conn_id(self) -> int:
+        """The next connection id (listeners made outside the config share the count)."""
+        return next(self._conn_ids)
 
     def _close_inherited(self) -> None:
         for inherited in self._inherited:

@@ -24,6 +24,11 @@ DAEMON_OPTIONS = (
     Option("group", str, "", "with user: this group (name or gid; default: the user's)"),
     Option("control_socket_abstract", bool, False,
            "allow an abstract control_socket (@name), which any local user can reach"),
+    Option("toxiproxy_api", str, "", 'serve toxiproxy\'s HTTP API here, e.g. "127.0.0.1:8474"; '
+           '"" off'),
+    Option("toxiproxy_api_remote", bool, False,
+           "allow a toxiproxy_api address that is not loopback (anyone reaching it can "
+           "open ports and redirect traffic)"),
 )  # fmt: skip
 
 
@@ -39,6 +44,8 @@ class DaemonConfig:
     group: str = ""
     control_socket: str = "auto"
     control_socket_abstract: bool = False
+    toxiproxy_api: str = ""
+    toxiproxy_api_remote: bool = False
 
 
 def build_daemon(table: Any, problems: Problems) -> DaemonConfig:
@@ -48,6 +55,12 @@ def build_daemon(table: Any, problems: Problems) -> DaemonConfig:
         return DaemonConfig()
     values = check_options(table, DAEMON_OPTIONS, "[daemon]", problems)
     _check_control_socket(values, problems)
+    if values["toxiproxy_api"]:
+        from portd.toxiproxy.address import api_address_problem
+
+        reason = api_address_problem(values["toxiproxy_api"], values["toxiproxy_api_remote"])
+        if reason:
+            problems.add("[daemon]", reason, "toxiproxy_api", values["toxiproxy_api"])
     for key in ("user", "group"):
         reason = account_problem(values[key])
         if reason:
