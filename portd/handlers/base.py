@@ -212,6 +212,9 @@ class Handler:
     protocols: ClassVar[frozenset[ProtocolName]]
     options: ClassVar[tuple[Option, ...]] = ()
     listens: ClassVar[bool] = True  # False: stream sockets are bound and never listen (refuse)
+    # True: the datagram side keeps state per client (a forward's NAT table), bounded by
+    # max_connections, which a UDP listener of this handler then takes.
+    datagram_sessions: ClassVar[bool] = False
     # Limits this handler is safe with when the listener table does not set them, such
     # as {"idle_timeout_s": 60.0}: a listener key always wins.
     default_limits: ClassVar[Mapping[str, Any]] = {}

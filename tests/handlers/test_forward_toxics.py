@@ -12,6 +12,7 @@ import statistics
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -65,7 +66,7 @@ def test_upstream_and_downstream_latency_add_up(echo_proxy: tuple[Server, Proxy]
     assert 48 <= added <= 55
 
 
-def stream_from_upstream(size: int, **toxic: float) -> tuple[float, int]:
+def stream_from_upstream(size: int, **toxic: Any) -> tuple[float, int]:
     """An upstream that sends ``size`` bytes at once; the client's measured rate (bytes
     per second from its first byte to its last) through a bandwidth toxic."""
     with socket.socket() as listener:
@@ -103,7 +104,7 @@ def test_slicer_delivers_pieces_of_the_average_size_plus_or_minus_the_variation(
     proxy.add_toxic("slicer", average_size=200, size_variation=50, delay=3000)
     with socket.create_connection(proxy.address, timeout=WAIT_S) as client:
         client.sendall(b"s" * 10_000)
-        sizes = []
+        sizes: list[int] = []
         while sum(sizes) < 10_000:
             sizes.append(len(client.recv(65536)))
     assert sum(sizes) == 10_000
@@ -182,7 +183,8 @@ def test_cut_after_resets_mid_stream(
     echo_proxy: tuple[Server, Proxy], attribute: str, value: float
 ) -> None:
     _, proxy = echo_proxy
-    proxy.add_toxic("cut_after", **{attribute: value})
+    attributes: dict[str, Any] = {attribute: value}
+    proxy.add_toxic("cut_after", **attributes)
     received = 0
     with (  # noqa: PT012 - bytes flow, then the reset comes
         socket.create_connection(proxy.address, timeout=WAIT_S) as client,
@@ -306,7 +308,7 @@ def test_toxics_change_under_load_without_a_hang_or_a_lost_byte(
         progress.wait(streaming=50, more_than=0)
         for round_ in range(30):
             kind = ("latency", "bandwidth", "slicer")[round_ % 3]
-            attributes = {"latency": {"latency": 5}, "bandwidth": {"rate": 5000},
+            attributes: dict[str, Any] = {"latency": {"latency": 5}, "bandwidth": {"rate": 5000},
                           "slicer": {"average_size": 512, "delay": 10}}[kind]  # fmt: skip
             started = time.perf_counter()
             proxy.add_toxic(kind, stream=("upstream", "downstream")[round_ % 2], **attributes)

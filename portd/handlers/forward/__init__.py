@@ -70,6 +70,7 @@ class ForwardHandler(Handler):
 
     name = "forward"
     protocols: ClassVar[frozenset[ProtocolName]] = frozenset({"tcp", "udp"})
+    datagram_sessions: ClassVar[bool] = True
     options = (
         Option("upstream", str, None, "where to connect: HOST:PORT or unix:/PATH",
                required=True, convert=_check_upstream),

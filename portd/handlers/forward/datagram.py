@@ -42,6 +42,8 @@ class Loss:
         loss, burst = toxic["loss"], max(toxic["burst"], 1.0)
         if loss >= 1:
             return True
+        if burst <= 1:  # no runs: each datagram on its own
+            return bool(rng.random() < loss)
         if self.losing:
             self.losing = rng.random() < 1 - 1 / burst
         else:
