@@ -48,6 +48,10 @@ def render(status: int, value: Any, keep_alive: bool) -> bytes:
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
+def _too_long(length: bytes) -> bool:
+    return length.isdigit() and (len(length) > 12 or int(length) > MAX_BODY_BYTES)
+
+
 class ApiSession(StreamSession):
     """One API client connection."""
 
@@ -73,6 +77,8 @@ class ApiSession(StreamSession):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._count(len(name) + len(value))
+        if name.lower() == b"content-length" and _too_long(value.strip()):
+            self._fail(*json_error(413, "request body too large"))  # before it comes
 
     def _count(self, size: int) -> None:
         self.head_bytes += size
