@@ -1,0 +1,187 @@
+"""``portd forward`` and a config's forward listeners as a user runs them: toxics from
+the command line and from ``[[listener.toxic]]``, a reload that changes toxics on live
+connections without touching a socket, ``[daemon] toxiproxy_api``, and bad input as
+one line with its exit code."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from portd.testing import serve
+from tests.support import PORTD, Daemon, run_portd, write_config
+
+
+class ForwardProcess(Daemon):
+    """``portd forward ARGS`` with the JSON log reader of Daemon."""
+
+    def __init__(self, *args: str) -> None:
+        import queue
+        import threading
+
+        self.args = list(args)
+        self.proc = subprocess.Popen(
+            [*PORTD, "forward", *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        self.lines: list[str] = []
+        self.events: list[dict[str, Any]] = []
+        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+
+def ping_ms(port: int, payload: bytes = b"ping") -> float:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+        started = time.perf_counter()
+        client.sendall(payload)
+        assert client.recv(len(payload)) == payload
+        return (time.perf_counter() - started) * 1000
+
+
+def test_portd_forward_with_a_toxic_from_the_command_line() -> None:
+    with serve("echo") as echo:
+        proxy = ForwardProcess(
+            "127.0.0.1:0", f"127.0.0.1:{echo.port}", "--toxic", "latency:latency=120,jitter=0"
+        )
+        try:
+            port = proxy.ready()["forward"]
+            assert 118 <= ping_ms(port) <= 300
+            closed = proxy.wait_for("connection_closed")
+            proxy.signal(signal.SIGTERM)
+            assert proxy.wait() == 0
+        finally:
+            proxy.stop()
+    assert closed["upstream"] == f"127.0.0.1:{echo.port}"
+    assert (closed["bytes_in"], closed["bytes_out"], closed["error"]) == (4, 4, None)
+
+
+def test_an_unreachable_upstream_logs_upstream_failed() -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))  # bound, never listening: connects are refused
+        proxy = ForwardProcess("127.0.0.1:0", f"127.0.0.1:{holder.getsockname()[1]}")
+        try:
+            port = proxy.ready()["forward"]
+            with (
+                pytest.raises(ConnectionResetError),  # at connect or at the read
+                socket.create_connection(("127.0.0.1", port), timeout=10) as client,
+            ):
+                client.recv(1)
+            failed = proxy.wait_for("upstream_failed")
+            closed = proxy.wait_for("connection_closed")
+        finally:
+            proxy.stop()
+    assert failed["error"] == "Connection refused"
+    assert closed["error"] == "upstream_failed: Connection refused"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["5000", "127.0.0.1:9", "--toxic", "latancy:latency=1"], "--toxic: type = 'latancy'"),
+        (["5000", "127.0.0.1:9", "--toxic", "latency:latency"], "expected KEY=VALUE"),
+        (["5000", "127.0.0.1:9", "--toxic", "latency:latency=-5"], "latency = -5: expected"),
+        (["5000", "127.0.0.1:9", "-u", "--toxic", "slicer"], "a udp forward takes latency"),
+    ],
+)
+def test_a_bad_toxic_is_one_line_and_exit_64_or_78(args: list[str], message: str) -> None:
+    done = run_portd("forward", *args)
+    assert done.returncode in (64, 78)
+    (line,) = done.stderr.splitlines()
+    assert message in line
+    assert "Traceback" not in done.stderr
+
+
+def test_an_upstream_without_a_host_is_a_config_error() -> None:
+    done = run_portd("forward", "127.0.0.1:0", "5432")
+    assert done.returncode == 78
+    (line,) = done.stderr.splitlines()
+    assert "expected HOST:PORT to connect to" in line
+
+
+def test_forward_help_names_the_toxics_and_exit_codes() -> None:
+    done = run_portd("forward", "--help")
+    assert done.returncode == 0
+    for word in ("latency:latency=MS", "packet_loss", "exit status", "64", "69"):
+        assert word in done.stdout
+
+
+CONFIG = """
+[daemon]
+log_format = "json"
+
+[[listener]]
+name = "db"
+bind = "127.0.0.1:0"
+handler = "forward"
+upstream = "127.0.0.1:{port}"
+
+{toxics}
+"""
+
+
+def test_a_reload_changes_toxics_on_live_connections_without_touching_sockets(
+    start_daemon: Callable[..., Daemon], tmp_path: Any
+) -> None:
+    with serve("echo") as echo:
+        daemon = start_daemon(CONFIG.format(port=echo.port, toxics=""))
+        port = daemon.ready()["db"]
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as live:
+            live.sendall(b"a")
+            assert live.recv(1) == b"a"
+            path = next(tmp_path.glob("portd-*.toml"))
+            path.write_text(CONFIG.format(port=echo.port, toxics="""
+[[listener.toxic]]
+type = "latency"
+latency = 150
+"""), encoding="utf-8")  # fmt: skip
+            daemon.signal(signal.SIGHUP)
+            done = daemon.wait_for("reload_complete")
+            started = time.perf_counter()
+            live.sendall(b"b")
+            assert live.recv(1) == b"b"  # the same connection, now late
+            assert time.perf_counter() - started >= 0.148
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait() == 0
+    assert (done["updated"], done["sockets_bound"], done["changed"]) == (1, 0, 0)
+
+
+def test_toxic_tables_with_bad_keys_are_config_errors(tmp_path: Any) -> None:
+    path = write_config(tmp_path, CONFIG.format(port=9, toxics="""
+[[listener.toxic]]
+type = "latency"
+latnecy = 5
+"""))  # fmt: skip
+    done = run_portd("check", str(path))
+    assert done.returncode == 78
+    (line,) = done.stderr.splitlines()
+    assert "toxic #1: 'latnecy' is not a latency key" in line
+
+
+def test_a_config_with_the_toxiproxy_api_and_no_listeners(
+    start_daemon: Callable[..., Daemon],
+) -> None:
+    daemon = start_daemon('[daemon]\ntoxiproxy_api = "127.0.0.1:0"\n')
+    ready = daemon.wait_for("toxiproxy_api_ready")
+    host, _, port = ready["address"].rpartition(":")
+    import http.client
+
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    connection.request("GET", "/version")
+    assert connection.getresponse().status == 200
+    connection.close()
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait() == 0
+
+
+def test_a_non_loopback_toxiproxy_api_in_a_config_is_refused(tmp_path: Any) -> None:
+    path = write_config(tmp_path, '[daemon]\ntoxiproxy_api = "0.0.0.0:8474"\n')
+    done = run_portd("check", str(path))
+    assert done.returncode == 78
+    assert "toxiproxy_api_remote = true" in done.stderr
