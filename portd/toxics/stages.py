@@ -24,7 +24,7 @@ CLOSE = "close"  # close the whole connection once everything before it is deliv
 Item = bytes | str
 PIECES_PER_TURN = 64  # a queue releases at most this many pieces before yielding
 CATCH_UP_S = 0.05  # a late queue may catch up this much, never bank idle time
-MAX_PIECE_BYTES = 64 * 1024
+MAX_PIECE_BYTES = 1 << 20  # a bandwidth piece: 10 ms worth, at most this (100 MB/s: 1 MB)
 
 
 class Ends(Protocol):
