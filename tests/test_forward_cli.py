@@ -185,3 +185,24 @@ def test_a_non_loopback_toxiproxy_api_in_a_config_is_refused(tmp_path: Any) -> N
     done = run_portd("check", str(path))
     assert done.returncode == 78
     assert "toxiproxy_api_remote = true" in done.stderr
+
+
+def test_readmes_first_forward_example_runs() -> None:
+    """README's ``portd forward 6000 127.0.0.1:5432 --toxic ...``, on port 0 in front of a
+    portd echo server instead of a database."""
+    import re
+    import shlex
+
+    from tests.test_readme_examples import README
+
+    line = re.search(r"^\$ portd forward 6000 127\.0\.0\.1:5432 (.*)$", README, flags=re.M)
+    assert line is not None
+    with serve("echo") as echo:
+        proxy = ForwardProcess("127.0.0.1:0", f"127.0.0.1:{echo.port}", *shlex.split(line[1]))
+        try:
+            port = proxy.ready()["forward"]
+            assert 89 <= ping_ms(port) <= 300  # latency 100 plus or minus 10
+            proxy.signal(signal.SIGTERM)
+            assert proxy.wait() == 0
+        finally:
+            proxy.stop()

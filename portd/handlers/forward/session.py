@@ -287,6 +287,7 @@ class ForwardSession(StreamSession):
     def close_both(self) -> None:
         """Close both sides after what is queued (FIN both ways)."""
         if self.transport is not None:
+            self.ended = self.ended or "closed"
             self.transport.close()
         self.conn.close()
 
@@ -300,8 +301,10 @@ class ForwardSession(StreamSession):
         if transport is None or transport.is_closing():
             return
         if exc is not None:  # the client reset (or portd cut it): reset the upstream too
+            self.ended = self.ended or "reset by portd"
             send_reset(transport)
         else:
+            self.ended = self.ended or "closed"
             transport.close()
 
     def log_fields(self) -> dict[str, Any]:
