@@ -31,7 +31,10 @@ class Ends(Protocol):
     """What a stage may do to its connection."""
 
     clock: Any  # time(), call_at(), call_later()
-    rng: random.Random
+
+    @property
+    def rng(self) -> random.Random:
+        """The connection's random source (jitter, slice sizes)."""
 
     def reset_connection(self, reason: str) -> None:
         """RST both sides now."""

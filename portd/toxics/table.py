@@ -14,7 +14,7 @@ added), ``nth`` (the Nth connection of the forward) and ``peer`` (the client's a
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from portd.toxics.spec import Toxic
@@ -140,7 +140,10 @@ class ToxicTable:
 class Targeting:
     """One connection's decisions: which toxics of a table it gets, decided once each."""
 
-    def __init__(self, table: ToxicTable, ordinal: int, source: str, rng: random.Random) -> None:
+    def __init__(
+        self, table: ToxicTable, ordinal: int, source: str, rng: Callable[[], random.Random]
+    ) -> None:
+        """``rng`` gives the connection's random source, made only if a draw needs it."""
         self.table = table
         self.ordinal = ordinal
         self.source = source
@@ -159,7 +162,7 @@ class Targeting:
             return True
         key = (toxic.name, toxic.toxicity)
         if key not in self._drawn:
-            self._drawn[key] = self.rng.random() < toxic.toxicity
+            self._drawn[key] = self.rng().random() < toxic.toxicity
         return self._drawn[key]
 
     def chosen(self, stream: str) -> list[Toxic]:

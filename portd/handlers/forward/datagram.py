@@ -2,7 +2,8 @@
 
 Each client address gets its own connected upstream socket, so the upstream's replies
 come back on that socket and go to that client. A session ends after
-``udp_session_timeout_s`` without a datagram either way; at most the listener's
+``udp_session_timeout_s`` without a datagram either way (checked four times per
+timeout, so it ends within a quarter timeout more); at most the listener's
 ``max_connections`` sessions exist, and a new client beyond that takes the place of
 the one quiet for longest. Nothing queues without a bound: a datagram the kernel will
 not take at once is dropped and counted, as datagrams may be.
@@ -18,17 +19,19 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from typing import TYPE_CHECKING, Any
 
+from portd.toxics.spec import Toxic
 from portd.toxics.table import Targeting
 
 if TYPE_CHECKING:
     from portd.endpoints.base import Peer
     from portd.handlers.base import DatagramEndpoint
     from portd.handlers.forward import ForwardHandler
-    from portd.toxics.spec import Toxic
 
 MAX_DATAGRAM_BYTES = 65536
 READ_BATCH = 64
 MAX_DELAYED = 1024  # datagrams held by latency per direction and session; more are dropped
+SWEEPS_PER_TIMEOUT = 4  # the idle sweep runs four times per udp_session_timeout_s
+STREAMS = ("upstream", "downstream")
 
 
 class Loss:
@@ -59,47 +62,62 @@ class ClientSession:
         self.peer = peer
         handler = forward.handler
         self.rng = handler.next_random(ordinal)
-        self.targeting = Targeting(handler.table, ordinal, peer.source, self.rng)
+        self.targeting = Targeting(handler.table, ordinal, peer.source, lambda: self.rng)
         self.sock = handler.endpoint("udp").connect_datagram()
-        self.last_active = forward.clock.time()
+        self.last_active = forward.tick  # sweeps seen; cheaper than a clock read per datagram
         self.losses = {"upstream": Loss(), "downstream": Loss()}
         self.delayed: dict[str, deque[Any]] = {"upstream": deque(), "downstream": deque()}
+        self.chosen: dict[str, list[Toxic]] = {}
+        self.plain = True  # no toxic applies and nothing is delayed: straight through
+        self.toxics_changed()
         forward.endpoint.watch(self.sock, self._readable)
+        self.send, self.deliver_to = self.sock.send, forward.endpoint.send
 
     def toxics_changed(self) -> None:
-        """Toxics are read per datagram: nothing to rebuild."""
+        """Read the table once per change, not once per datagram."""
+        self.chosen = {stream: self.targeting.chosen(stream) for stream in STREAMS}
+        self._check_plain()
+
+    def _check_plain(self) -> None:
+        self.plain = not any(self.chosen.values()) and not any(self.delayed.values())
 
     def send_up(self, data: bytes) -> None:
         """A datagram from the client."""
-        self.last_active = self.forward.clock.time()
-        self._through("upstream", data, self._to_upstream)
+        self.last_active = self.forward.tick
+        if self.plain:
+            self._to_upstream(data)
+        else:
+            self._through("upstream", data, self._to_upstream)
 
     def _to_upstream(self, data: bytes) -> None:
         try:
-            self.sock.send(data)
-            self.forward.sent_up += 1
+            self.send(data)
         except OSError:  # EAGAIN, or an ICMP error for an earlier datagram
             self.forward.dropped += 1
 
     def _readable(self) -> None:
+        recv, forward = self.sock.recv, self.forward
+        self.last_active = forward.tick
         for _ in range(READ_BATCH):
             try:
-                data = self.sock.recv(MAX_DATAGRAM_BYTES)
+                data = recv(MAX_DATAGRAM_BYTES)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:  # ECONNREFUSED: nobody listens upstream (ICMP)
-                self.forward.dropped += 1
+                forward.dropped += 1
                 continue
-            self.last_active = self.forward.clock.time()
-            self._through("downstream", data, self._to_client)
+            if self.plain:
+                self._to_client(data)
+            else:
+                self._through("downstream", data, self._to_client)
 
     def _to_client(self, data: bytes) -> None:
-        if not self.forward.endpoint.send(data, self.peer):
+        if not self.deliver_to(data, self.peer):
             self.forward.dropped += 1
 
     def _through(self, stream: str, data: bytes, deliver: Any) -> None:
         delay_ms = 0.0
-        for toxic in self.targeting.chosen(stream):
+        for toxic in self.chosen[stream]:
             if toxic.type == "packet_loss" and self.losses[stream].drop(toxic, self.rng):
                 self.forward.lost += 1
                 return
@@ -116,6 +134,7 @@ class ClientSession:
         clock = self.forward.clock
         due = max(clock.time() + delay_ms / 1000, queue[-1][0] if queue else 0.0)
         queue.append((due, data, deliver))
+        self.plain = False
         if len(queue) == 1:
             clock.call_at(due, self._release, stream)
 
@@ -127,6 +146,8 @@ class ClientSession:
             deliver(data)
         if queue and not self.closed:
             self.forward.clock.call_at(queue[0][0], self._release, stream)
+        elif not queue:
+            self._check_plain()
 
     @property
     def closed(self) -> bool:
@@ -151,8 +172,9 @@ class DatagramForward:
         self.endpoint = endpoint
         self.clock = endpoint.clock
         self.sessions: OrderedDict[Any, ClientSession] = OrderedDict()
-        self.sent_up = self.dropped = self.lost = self.failed = 0
+        self.dropped = self.lost = self.failed = 0
         self.timeout_s: float = handler.settings["udp_session_timeout_s"]
+        self.tick = 0  # sweeps so far: a session records the tick of its last datagram
         self._sweeper: Any = None
 
     def received(self, data: bytes, peer: Peer) -> None:
@@ -189,13 +211,15 @@ class DatagramForward:
 
     @property
     def _sweep_interval_s(self) -> float:
-        return min(max(self.timeout_s / 4, 0.001), 1.0)
+        return self.timeout_s / SWEEPS_PER_TIMEOUT
 
     def _sweep(self) -> None:
+        """A session quiet for SWEEPS_PER_TIMEOUT sweeps has been quiet for the timeout
+        (up to one interval more: a timeout of 60 s ends a session after 60 to 75 s)."""
         self._sweeper = None
-        deadline = self.clock.time() - self.timeout_s
+        self.tick += 1
         for peer, session in list(self.sessions.items()):
-            if session.last_active <= deadline:
+            if self.tick - session.last_active > SWEEPS_PER_TIMEOUT:
                 del self.sessions[peer]
                 session.close()
         if self.sessions:

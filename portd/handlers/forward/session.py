@@ -100,15 +100,28 @@ class ForwardSession(StreamSession):
         self.client_done = self.upstream_done = False  # each direction's EOF delivered
         self.bytes_up = self.bytes_down = 0
         self.ended = ""  # how the upstream side ended
-        self.rng = random.Random(f"{handler.settings.get('seed', 0)}:{ordinal}")  # noqa: S311
-        self.targeting = Targeting(handler.table, ordinal, conn.peer.source, self.rng)
+        self.ordinal = ordinal
+        self._rng: random.Random | None = None
+        self.targeting = Targeting(handler.table, ordinal, conn.peer.source, self._random)
         self.clock = conn.clock
         self.up_pipe: Pipe | None = None
         self.down_pipe: Pipe | None = None
         self.lost = False
         self.pause_client(PAUSE_CONNECTING, True)
-        self.toxics_changed()
+        if handler.table:  # no toxic: no pipe to build
+            self.toxics_changed()
         conn.start_task(self._connect())
+
+    @property
+    def rng(self) -> random.Random:
+        """This connection's random source (toxicity draws, jitter, slice sizes), made on
+        first use: seeding costs more than a whole untoxic connection's relaying."""
+        return self._random()
+
+    def _random(self) -> random.Random:
+        if self._rng is None:
+            self._rng = self.handler.next_random(self.ordinal)
+        return self._rng
 
     # Toxics.
 
@@ -230,10 +243,11 @@ class ForwardSession(StreamSession):
 
     async def _connect(self) -> None:
         handler = self.handler
-        slow_opens = [t for t in handler.table.toxics if t.type == "slow_open"]
-        delay_ms = sum(t["delay"] for t in slow_opens if self.targeting.applies(t))
-        if delay_ms:
-            await asyncio.sleep(delay_ms / 1000)
+        if handler.table:
+            slow_opens = [t for t in handler.table.toxics if t.type == "slow_open"]
+            delay_ms = sum(t["delay"] for t in slow_opens if self.targeting.applies(t))
+            if delay_ms:
+                await asyncio.sleep(delay_ms / 1000)
         try:
             async with asyncio.timeout(handler.settings["connect_timeout_s"] or None):
                 await self.conn.connect(handler.upstream, lambda: Upstream(self), ssl=handler.ssl)
