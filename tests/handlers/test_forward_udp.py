@@ -112,18 +112,18 @@ def test_bursty_loss_comes_in_runs() -> None:
 
 
 def test_udp_latency_delays_each_datagram(loop: str) -> None:
-    with (
-        serve("echo", protocol="udp") as echo,
-        forward(
-            echo.address, protocol="udp", loop=loop, toxic=[{"type": "latency", "latency": 50}]
-        ) as proxy,
-        udp_client() as client,
-    ):
-        started = time.perf_counter()
-        client.sendto(b"late", proxy.address)
-        assert client.recv(10) == b"late"
-        elapsed_ms = (time.perf_counter() - started) * 1000
-    assert 49 <= elapsed_ms <= 60
+    with serve("echo", protocol="udp") as echo, forward(
+        echo.address, protocol="udp", loop=loop, toxic=[{"type": "latency", "latency": 50}]
+    ) as proxy, udp_client() as client:
+        client.sendto(b"first", proxy.address)  # opens the session (a socket, a resolve)
+        assert client.recv(10) == b"first"
+        times = []
+        for _ in range(5):
+            started = time.perf_counter()
+            client.sendto(b"late", proxy.address)
+            assert client.recv(10) == b"late"
+            times.append((time.perf_counter() - started) * 1000)
+    assert 49 <= sorted(times)[2] <= 55
 
 
 def test_a_stream_toxic_on_a_udp_forward_is_a_config_error() -> None:
