@@ -46,22 +46,34 @@ class Side(asyncio.Protocol):
             self.pending.append(data)
             self.transport.pause_reading()
 
+    def _other(self) -> Any:
+        """The other side's transport while it is open, else None."""
+        peer = self.peer
+        if peer is None or peer.transport is None or peer.transport.is_closing():
+            return None
+        return peer.transport
+
     def eof_received(self) -> bool:
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.write_eof()
+        other = self._other()
+        if other is None:
+            return False
+        other.write_eof()
         return True
 
     def pause_writing(self) -> None:
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.pause_reading()
+        other = self._other()
+        if other is not None:
+            other.pause_reading()
 
     def resume_writing(self) -> None:
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.resume_reading()
+        other = self._other()
+        if other is not None:
+            other.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.close()
+        peer = self.peer
+        if peer is not None and peer.transport is not None and not peer.transport.is_closing():
+            peer.transport.close()
 
 
 class Client(Side):
@@ -73,8 +85,7 @@ class Client(Side):
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
-        transport.pause_reading()
-        asyncio.get_running_loop().create_task(self.connect())
+        self.connecting = asyncio.get_running_loop().create_task(self.connect())
 
     async def connect(self) -> None:
         loop = asyncio.get_running_loop()
@@ -84,11 +95,14 @@ class Client(Side):
         except OSError:
             self.transport.abort()
             return
+        if self.transport.is_closing():
+            upstream.transport.close()
+            return
         self.peer = upstream
         for data in self.pending:
             upstream.transport.write(data)
-        self.pending.clear()
-        if not self.transport.is_closing():
+        if self.pending:
+            self.pending.clear()
             self.transport.resume_reading()
 
 
