@@ -324,3 +324,28 @@ def test_toxics_change_under_load_without_a_hang_or_a_lost_byte(
     assert len(totals) == 50
     assert all(sent == received and count > 0 for sent, received, count in totals)
     assert slowest < 1.0
+
+
+@pytest.mark.parametrize("stream", ["downstream", "upstream"])
+def test_a_reader_that_stops_still_stops_the_sender_through_a_toxic(stream: str) -> None:
+    """A toxic's queue must not make the proxy buffer for a side that does not read:
+    the pipe's own flow control and the reader's must both hold the sender."""
+    from tests.handlers.test_forward import fill_without_reading
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        with forward(listener.getsockname()) as proxy:
+            proxy.add_toxic("latency", latency=1, stream=stream)
+            with socket.create_connection(proxy.address, timeout=WAIT_S) as client:
+                server, _ = listener.accept()
+                with server:
+                    sender = server if stream == "downstream" else client
+                    receiver = client if sender is server else server
+                    sent = fill_without_reading(sender)
+                    assert sent < 64 << 20
+                    receiver.settimeout(WAIT_S)
+                    got = 0
+                    while got < sent:
+                        got += len(receiver.recv(1 << 20))
+                    assert got == sent

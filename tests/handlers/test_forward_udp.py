@@ -112,9 +112,13 @@ def test_bursty_loss_comes_in_runs() -> None:
 
 
 def test_udp_latency_delays_each_datagram(loop: str) -> None:
-    with serve("echo", protocol="udp") as echo, forward(
-        echo.address, protocol="udp", loop=loop, toxic=[{"type": "latency", "latency": 50}]
-    ) as proxy, udp_client() as client:
+    with (
+        serve("echo", protocol="udp") as echo,
+        forward(
+            echo.address, protocol="udp", loop=loop, toxic=[{"type": "latency", "latency": 50}]
+        ) as proxy,
+        udp_client() as client,
+    ):
         client.sendto(b"first", proxy.address)  # opens the session (a socket, a resolve)
         assert client.recv(10) == b"first"
         times = []

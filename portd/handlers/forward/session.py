@@ -33,6 +33,7 @@ RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, zero timeout: close se
 PAUSE_UPSTREAM_FULL = 1  # why the client is not read: the upstream's buffer is full
 PAUSE_PIPE = 2  # the upstream pipe's stages hold too much
 PAUSE_CONNECTING = 4  # no upstream yet
+PAUSE_CLIENT_FULL = 1  # why the upstream is not read: the client's buffer is full
 
 
 def describe(exc: BaseException) -> str:
@@ -96,7 +97,8 @@ class ForwardSession(StreamSession):
         self.conn = conn
         self.transport: Any = None  # the upstream's, once connected
         self.pending: list[bytes] = []  # from the client before the upstream answered
-        self.paused = 0
+        self.paused = 0  # why the client is not read (PAUSE_* bits)
+        self.upstream_paused = 0  # why the upstream is not read
         self.client_done = self.upstream_done = False  # each direction's EOF delivered
         self.bytes_up = self.bytes_down = 0
         self.ended = ""  # how the upstream side ended
@@ -143,7 +145,7 @@ class ForwardSession(StreamSession):
             if stream == "upstream":
                 pipe = Pipe(self, self._to_upstream, self._pause_from_up_pipe)
             else:
-                pipe = Pipe(self, self._to_client, self._pause_upstream_reading)
+                pipe = Pipe(self, self._to_client, self._pause_from_down_pipe)
         pipe.set_toxics(chosen)
         return pipe
 
@@ -226,19 +228,26 @@ class ForwardSession(StreamSession):
             self.close_both()
 
     def pause_writing(self) -> None:  # the client does not read: stop reading upstream
-        self._pause_upstream_reading(True)
+        self.pause_upstream(PAUSE_CLIENT_FULL, True)
 
     def resume_writing(self) -> None:
-        self._pause_upstream_reading(False)
+        self.pause_upstream(PAUSE_CLIENT_FULL, False)
 
-    def _pause_upstream_reading(self, pause: bool) -> None:
+    def _pause_from_down_pipe(self, pause: bool) -> None:
+        self.pause_upstream(PAUSE_PIPE, pause)
+
+    def pause_upstream(self, reason: int, pause: bool) -> None:
+        """Stop (or resume) reading the upstream for ``reason``; it reads when none is
+        left (a pipe that drained must not resume a side whose client does not read)."""
+        before = self.upstream_paused
+        self.upstream_paused = before | reason if pause else before & ~reason
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        if pause:
-            transport.pause_reading()
-        else:
+        if before and not self.upstream_paused:
             transport.resume_reading()
+        elif self.upstream_paused and not before:
+            transport.pause_reading()
 
     # The upstream's life.
 
@@ -282,6 +291,8 @@ class ForwardSession(StreamSession):
         pending, self.pending = self.pending, []
         for data in pending:
             self._to_upstream(data if data else EOF)
+        if self.upstream_paused:  # the client stopped reading before the upstream answered
+            transport.pause_reading()
         self.pause_client(PAUSE_CONNECTING, False)
 
     def upstream_eof(self) -> None:
