@@ -170,6 +170,7 @@ class Daemon:
             daemon.toxiproxy_api,
             allow_remote=daemon.toxiproxy_api_remote,
             next_conn_id=self.supervisor.next_conn_id,
+            configured=lambda: self.supervisor.listeners,
         )
         self.log.info("toxiproxy_api_ready", address=self.api.address)
 

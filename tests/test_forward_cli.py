@@ -206,3 +206,36 @@ def test_readmes_first_forward_example_runs() -> None:
             assert proxy.wait() == 0
         finally:
             proxy.stop()
+
+
+def test_the_api_sees_the_configs_forwards_and_faults_them(
+    start_daemon: Callable[..., Daemon],
+) -> None:
+    import http.client
+    import json
+
+    with serve("echo") as echo:
+        config = CONFIG.format(port=echo.port, toxics="").replace(
+            'log_format = "json"', 'log_format = "json"\ntoxiproxy_api = "127.0.0.1:0"'
+        )
+        daemon = start_daemon(config)
+        port = daemon.ready()["db"]
+        host, _, api_port = daemon.wait_for("toxiproxy_api_ready")["address"].rpartition(":")
+
+        def call(method: str, path: str, body: Any = None) -> tuple[int, Any]:
+            connection = http.client.HTTPConnection(host, int(api_port), timeout=10)
+            connection.request(method, path, body=None if body is None else json.dumps(body))
+            answer = connection.getresponse()
+            raw = answer.read()
+            connection.close()
+            return answer.status, json.loads(raw) if raw else None
+
+        status, proxies = call("GET", "/proxies")
+        assert (status, proxies["db"]["listen"]) == (200, f"127.0.0.1:{port}")
+        call("POST", "/proxies/db/toxics", {"type": "latency", "attributes": {"latency": 150}})
+        assert ping_ms(port) >= 148
+        assert call("DELETE", "/proxies/db")[0] == 409  # the config owns it
+        assert call("DELETE", "/proxies/db/toxics/latency_downstream")[0] == 204
+        assert ping_ms(port) < 100
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait() == 0

@@ -69,9 +69,14 @@ class ToxiproxyApi:
 
 
 async def start_api(
-    where: str, *, allow_remote: bool, next_conn_id: Callable[[], int]
+    where: str,
+    *,
+    allow_remote: bool,
+    next_conn_id: Callable[[], int],
+    configured: Callable[[], list[Listener]] = list,
 ) -> ToxiproxyApi:
-    """Bind and serve the API at ``where``.
+    """Bind and serve the API at ``where``; ``configured`` gives the config's listeners
+    (their forwards are proxies of the API too).
 
     Raises:
         UsageError: a bad or non-loopback address (without allow_remote).
@@ -84,7 +89,7 @@ async def start_api(
              "log_connections": False}  # fmt: skip
     config = parse_config({"listener": [table]}, "toxiproxy API").listeners[0]
     config = replace(config, handler=ApiHandler, limits=config.limits._replace(idle_timeout_s=60.0))
-    registry = Registry(next_conn_id)
+    registry = Registry(next_conn_id, configured)
     sockets = config.endpoint.open_sockets(config.addresses, config.socket_options, config.label)
     log = get_logger(listener=config.name)
     listener = Listener(config, ApiHandler(Api(registry)), sockets, next_conn_id, log=log)

@@ -87,7 +87,7 @@ class Api:
                 return self._only(method, "POST") or await self.populate(body)
             case ["proxies"]:
                 if method == "GET":
-                    return 200, {n: p.as_json() for n, p in self.registry.proxies.items()}
+                    return 200, {n: p.as_json() for n, p in self.registry.all().items()}
                 return self._only(method, "POST") or await self.create(parse_body(body))
             case ["proxies", name]:
                 return await self.proxy(method, self.registry.get(name), body)
@@ -131,14 +131,14 @@ class Api:
         name, upstream = _text(value, "name"), _text(value, "upstream")
         listen = _text(value, "listen", "127.0.0.1:0") or "127.0.0.1:0"
         enabled = _flag(value, "enabled", True)
-        old = self.registry.proxies.get(name)
+        old = self.registry.all().get(name)
         if old is not None and (old.listen_text, old.upstream) == (listen, upstream):
-            return old
+            return old  # type: ignore[return-value]
         if old is not None:
             self.registry.remove(name)
         return await self.registry.create(name, listen, upstream, enabled)
 
-    async def proxy(self, method: str, proxy: ApiProxy, body: bytes) -> Answer:
+    async def proxy(self, method: str, proxy: Any, body: bytes) -> Answer:
         if method == "GET":
             return 200, proxy.as_json()
         if method == "DELETE":
@@ -154,7 +154,7 @@ class Api:
         )  # fmt: skip
         return 200, proxy.as_json()
 
-    def add_toxic(self, proxy: ApiProxy, value: dict[str, Any]) -> Answer:
+    def add_toxic(self, proxy: Any, value: dict[str, Any]) -> Answer:
         kind = value.get("type")
         if not isinstance(kind, str) or kind not in ATTRIBUTES:
             raise ProxyError(400, "invalid toxic type")
@@ -168,7 +168,7 @@ class Api:
             raise ProxyError(409, "toxic already exists") from None
         return 200, toxic.as_json()
 
-    def toxic(self, method: str, proxy: ApiProxy, name: str, body: bytes) -> Answer:
+    def toxic(self, method: str, proxy: Any, name: str, body: bytes) -> Answer:
         table = proxy.handler.table
         try:
             old = table.get(name)
@@ -188,7 +188,7 @@ class Api:
         return 200, table.update(self._build(old.type, common, attributes, proxy)).as_json()
 
     @staticmethod
-    def _build(kind: str, common: dict[str, Any], attributes: Any, proxy: ApiProxy) -> Any:
+    def _build(kind: str, common: dict[str, Any], attributes: Any, proxy: Any) -> Any:
         if not isinstance(attributes, dict):
             raise ProxyError(400, "bad request body: attributes must be an object")
         attributes = dict(attributes)
@@ -199,7 +199,7 @@ class Api:
             raise ProxyError(400, f"bad request body: {exc}") from None
 
     async def reset(self) -> Answer:
-        for proxy in self.registry.proxies.values():
+        for proxy in self.registry.all().values():
             await proxy.start()
             proxy.handler.table.clear()
         return 204, None

@@ -107,27 +107,88 @@ class ApiProxy:
 
     def as_json(self) -> dict[str, Any]:
         """toxiproxy's proxy shape, with its toxics."""
-        return {
-            "name": self.name,
-            "listen": self.listen_text,
-            "upstream": self.upstream,
-            "enabled": self.enabled,
-            "toxics": [toxic.as_json() for toxic in self.handler.table.toxics],
-        }
+        return proxy_json(self)
+
+
+def proxy_json(proxy: ApiProxy | ConfigProxy) -> dict[str, Any]:
+    """toxiproxy's proxy shape: name, listen, upstream, enabled, toxics."""
+    return {
+        "name": proxy.name,
+        "listen": proxy.listen_text,
+        "upstream": proxy.upstream,
+        "enabled": proxy.enabled,
+        "toxics": [toxic.as_json() for toxic in proxy.handler.table.toxics],
+    }
+
+
+class ConfigProxy:
+    """A config's forward listener seen through the API: its toxics and ``enabled`` can
+    be changed (a reload that changes its toxic tables sets them again); its address
+    belongs to the config, so it cannot be moved or deleted here."""
+
+    def __init__(self, listener: Listener) -> None:
+        self.listener = listener
+        self.name = listener.config.name
+        self.config = listener.config
+        self.handler: ForwardHandler = listener.handler  # type: ignore[assignment]
+        self.listen_text = listener.config.endpoint.describe_bound(listener.addresses)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether it forwards (down: connections are reset)."""
+        return self.handler.enabled
+
+    @property
+    def upstream(self) -> str:
+        """Where it forwards."""
+        return str(self.handler.settings["upstream"])
+
+    async def start(self) -> None:
+        """Up."""
+        self.handler.set_enabled(True)
+
+    def stop(self) -> None:
+        """Down: live connections are reset, new ones too."""
+        self.handler.set_enabled(False)
+
+    def as_json(self) -> dict[str, Any]:
+        """toxiproxy's proxy shape, with its toxics."""
+        return proxy_json(self)
+
+
+Proxies = Callable[[], list[Listener]]
 
 
 class Registry:
-    """Every proxy the API made, by name."""
+    """Every proxy the API made, by name, and the config's forward listeners."""
 
-    def __init__(self, next_conn_id: Callable[[], int]) -> None:
+    def __init__(self, next_conn_id: Callable[[], int], configured: Proxies = list) -> None:
         self.proxies: dict[str, ApiProxy] = {}
         self.next_conn_id = next_conn_id
+        self.configured = configured  # the supervisor's listeners, as they are now
 
-    def get(self, name: str) -> ApiProxy:
-        """Raises ProxyError 404."""
-        proxy = self.proxies.get(name)
+    def all(self) -> dict[str, ApiProxy | ConfigProxy]:
+        """The API's proxies and the config's forwards, by name."""
+        found: dict[str, ApiProxy | ConfigProxy] = {
+            listener.config.name: ConfigProxy(listener)
+            for listener in self.configured()
+            if isinstance(listener.handler, ForwardHandler)
+        }
+        found.update(self.proxies)
+        return found
+
+    def get(self, name: str) -> Any:
+        """An ApiProxy or a ConfigProxy. Raises ProxyError 404."""
+        proxy = self.all().get(name)
         if proxy is None:
             raise ProxyError(404, "proxy not found")
+        return proxy
+
+    @staticmethod
+    def own(proxy: Any) -> ApiProxy:
+        """The API's own proxy. Raises ProxyError 409 for a config's."""
+        if not isinstance(proxy, ApiProxy):
+            raise ProxyError(409, f"proxy {proxy.name} is defined in the config: edit it there")
         return proxy
 
     async def create(self, name: str, listen: str, upstream: str, enabled: bool) -> ApiProxy:
@@ -136,7 +197,7 @@ class Registry:
         Raises:
             ProxyError: 409 when the name is taken, 400 for bad fields, 500 for a bind.
         """
-        if name in self.proxies:
+        if name in self.all():
             raise ProxyError(409, "proxy already exists")
         proxy = ApiProxy(name, build_config(name, listen, upstream), self.next_conn_id)
         if enabled:
@@ -144,9 +205,10 @@ class Registry:
         self.proxies[name] = proxy
         return proxy
 
-    async def update(self, proxy: ApiProxy, listen: str, upstream: str, enabled: bool) -> None:
+    async def update(self, proxy: Any, listen: str, upstream: str, enabled: bool) -> None:
         """Change a proxy's addresses or state (a new address rebinds; toxics stay)."""
         if listen != proxy.listen_text or upstream != proxy.upstream:
+            proxy = self.own(proxy)
             config = build_config(proxy.name, listen, upstream)
             proxy.stop()
             toxics = proxy.handler.table.toxics
@@ -160,8 +222,8 @@ class Registry:
             proxy.stop()
 
     def remove(self, name: str) -> None:
-        """Stop and forget a proxy. Raises ProxyError 404."""
-        self.get(name).stop()
+        """Stop and forget a proxy. Raises ProxyError 404, or 409 for a config's."""
+        self.own(self.get(name)).stop()
         del self.proxies[name]
 
     def close(self) -> None:
