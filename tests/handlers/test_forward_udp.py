@@ -139,3 +139,20 @@ def test_a_stream_toxic_on_a_udp_forward_is_a_config_error() -> None:
     ):
         pass
     assert "a udp forward takes latency, packet_loss" in str(caught.value)
+
+
+def test_down_drops_datagrams_and_up_forwards_again(loop: str) -> None:
+    with (
+        serve("echo", protocol="udp") as echo,
+        forward(echo.address, protocol="udp", loop=loop) as proxy,
+        udp_client() as client,
+    ):
+        client.sendto(b"before", proxy.address)
+        assert client.recv(10) == b"before"
+        with proxy.down():
+            client.sendto(b"lost", proxy.address)
+            proxy.server.wait_datagrams(2)  # the proxy read it, and dropped it
+        client.sendto(b"after", proxy.address)
+        assert client.recv(10) == b"after"
+        payloads = [record.payload for record in echo.wait_datagrams(2)]
+    assert payloads == [b"before", b"after"]

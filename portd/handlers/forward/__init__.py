@@ -145,8 +145,10 @@ class ForwardHandler(Handler):
         self.enabled = enabled
         if not enabled:
             for session in list(self.sessions):
-                session.reset_connection("proxy disabled")  # type: ignore[attr-defined]
-            if self.udp is not None:
+                reset = getattr(session, "reset_connection", None)  # stream sessions
+                if reset is not None:
+                    reset("proxy disabled")
+            if self.udp is not None:  # datagram sessions: their sockets close
                 self.udp.close_all()
 
     def set_toxics(self, toxics: Sequence[Toxic]) -> None:
