@@ -14,6 +14,9 @@ Usage: ``python benchmarks/forward.py [--rounds N] [--duration S] [--only NAME .
 * **fwd-udp**: 64-byte datagrams, 8 outstanding, through the forwarder (clients.py
   ``udp``); round trips/s. portd, socat, minimal and direct.
 
+Every forwarder forwards to a ``reference_echo.py`` of its own (direct talks to its
+echo itself), so one peer's trouble never touches another's samples.
+
 Within each round every forwarder is measured once, in an order that rotates from
 round to round (run.py's run_benchmark); the table gives medians, median ratios and
 paired ratios (the median of the per-round ratios), the steadier figure on a shared
@@ -86,29 +89,54 @@ def load(kind: str, port: int, settings: Settings) -> Sample:
 
 
 def forward_session(kind: str, names: tuple[str, ...], transport: str = "tcp") -> Session:
-    """Every forwarder started once in front of one echo; one load per sample."""
+    """Each forwarder started once in front of an echo of its own; one load per sample.
+
+    uvloop 0.23's server aborts now and then ("double free or corruption") under the
+    minimal forwarder's connection churn; an echo of its own per forwarder keeps such a
+    crash to that forwarder, and a pair found dead before a sample is started again
+    (the sample says so in ``restarted``).
+    """
 
     @contextlib.contextmanager
     def session(settings: Settings) -> Iterator[Measure]:
-        echo = start_echo(transport)
-        peers: dict[str, Server | None] = {}
+        pairs: dict[str, tuple[Server, Server | None]] = {}
+
+        def start(name: str) -> tuple[Server, Server | None]:
+            echo = start_echo(transport)
+            try:
+                return echo, start_peer(name, transport, echo.port, settings.workdir)
+            except BaseException:
+                echo.stop()
+                raise
+
+        def alive(pair: tuple[Server, Server | None]) -> bool:
+            return all(p is None or p.proc.poll() is None for p in pair)
+
         try:
             for name in names:
-                peers[name] = start_peer(name, transport, echo.port, settings.workdir)
+                pairs[name] = start(name)
 
             def measure(name: str) -> Sample:
-                peer = peers[name]
+                restarted = 0.0
+                if not alive(pairs[name]):
+                    for server in pairs[name]:
+                        if server is not None:
+                            server.stop()
+                    pairs[name] = start(name)
+                    restarted = 1.0
+                echo, peer = pairs[name]
                 sample = load(kind, echo.port if peer is None else peer.port, settings)
-                if peer is not None:
-                    peer.check_alive()
-                return sample
+                for server in pairs[name]:
+                    if server is not None:
+                        server.check_alive()
+                return Sample(sample.value, {**sample.details, "restarted": restarted})
 
             yield measure
         finally:
-            for peer in peers.values():
-                if peer is not None:
-                    peer.stop()
-            echo.stop()
+            for pair in pairs.values():
+                for server in pair:
+                    if server is not None:
+                        server.stop()
 
     return session
 
