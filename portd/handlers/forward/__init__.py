@@ -12,6 +12,7 @@ handler and its live connections: no socket is touched.
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -117,6 +118,11 @@ class ForwardHandler(Handler):
     def upstream(self) -> Endpoint:
         """The stream upstream."""
         return self.endpoint("tcp")
+
+    @functools.cached_property
+    def upstream_name(self) -> str:
+        """The upstream as logs name it (``db.internal:5432``, ``unix:/run/db.sock``)."""
+        return str(self.upstream)
 
     def proxy_header(self, conn: Connection) -> bytes:
         """The PROXY header for this connection, or b"" when off."""

@@ -104,7 +104,7 @@ class ForwardSession(StreamSession):
         self.ended = ""  # how the upstream side ended
         self.ordinal = ordinal
         self._rng: random.Random | None = None
-        self.targeting = Targeting(handler.table, ordinal, conn.peer.source, self._random)
+        self._targeting: Targeting | None = None
         self.clock = conn.clock
         self.up_pipe: Pipe | None = None
         self.down_pipe: Pipe | None = None
@@ -120,6 +120,14 @@ class ForwardSession(StreamSession):
         """This connection's random source (toxicity draws, jitter, slice sizes), made on
         first use: seeding costs more than a whole untoxic connection's relaying."""
         return self._random()
+
+    @property
+    def targeting(self) -> Targeting:
+        """Which toxics this connection gets (made once a toxic exists)."""
+        if self._targeting is None:
+            peer = self.conn.peer
+            self._targeting = Targeting(self.handler.table, self.ordinal, peer.source, self._random)
+        return self._targeting
 
     def _random(self) -> random.Random:
         if self._rng is None:
@@ -276,7 +284,7 @@ class ForwardSession(StreamSession):
 
     def _failed(self, reason: str) -> None:
         self.ended = f"upstream_failed: {reason}"
-        self.conn.log.warning("upstream_failed", upstream=str(self.handler.upstream), error=reason)
+        self.conn.log.warning("upstream_failed", upstream=self.handler.upstream_name, error=reason)
         self.conn.reset(self.ended)
 
     def upstream_made(self, transport: Any) -> None:
@@ -346,4 +354,4 @@ class ForwardSession(StreamSession):
             transport.close()
 
     def log_fields(self) -> dict[str, Any]:
-        return {"upstream": str(self.handler.upstream), "upstream_ended": self.ended or None}
+        return {"upstream": self.handler.upstream_name, "upstream_ended": self.ended or None}
