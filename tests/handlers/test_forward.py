@@ -262,3 +262,21 @@ def test_down_resets_live_and_new_connections_and_up_serves_again(loop: str) -> 
         with socket.create_connection(proxy.address, timeout=WAIT_S) as again:
             again.sendall(b"up")
             assert again.recv(2) == b"up"
+
+
+def test_a_connection_portd_cuts_is_cut_on_both_sides(loop: str) -> None:
+    """The idle timeout ends the client's side with an RST; the upstream's gets one too."""
+    with (
+        upstream_socket() as listener,
+        forward(address(listener), idle_timeout_s=0.2, loop=loop) as proxy,
+        socket.create_connection(proxy.address, timeout=WAIT_S) as client,
+        accept(listener) as server,
+    ):
+        client.sendall(b"x")
+        assert server.recv(1) == b"x"
+        with pytest.raises(ConnectionResetError):
+            read_to_eof(client)
+        with pytest.raises(ConnectionResetError):
+            read_to_eof(server)
+        (record,) = proxy.wait_connections(1)
+    assert (record.how_it_ended, record.upstream_ended) == ("idle_timeout", "aborted")

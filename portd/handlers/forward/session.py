@@ -346,12 +346,11 @@ class ForwardSession(StreamSession):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        if exc is not None:  # the client reset (or portd cut it): reset the upstream too
-            self.ended = self.ended or "reset by portd"
-            send_reset(transport)
-        else:
-            self.ended = self.ended or "closed"
-            transport.close()
+        # A client's FIN comes as eof_received first, so a connection lost while the
+        # upstream is still open was reset by the client, or cut by portd (a timeout,
+        # the end of a drain, a test server stopping): the upstream gets an RST too.
+        self.ended = self.ended or "aborted"
+        send_reset(transport)
 
     def log_fields(self) -> dict[str, Any]:
         return {"upstream": self.handler.upstream_name, "upstream_ended": self.ended or None}
