@@ -239,3 +239,23 @@ def test_the_api_sees_the_configs_forwards_and_faults_them(
         assert ping_ms(port) < 100
         daemon.signal(signal.SIGTERM)
         assert daemon.wait() == 0
+
+
+def test_a_reload_that_changes_the_upstream_replaces_the_listener(
+    start_daemon: Callable[..., Daemon], tmp_path: Any
+) -> None:
+    """Only toxics and enabled apply in place; a new upstream is a new listener (on the
+    same socket), so live connections keep the upstream they had."""
+    with serve("echo") as first, serve("echo") as second:
+        daemon = start_daemon(CONFIG.format(port=first.port, toxics=""))
+        port = daemon.ready()["db"]
+        path = next(tmp_path.glob("portd-*.toml"))
+        path.write_text(CONFIG.format(port=second.port, toxics=""), encoding="utf-8")
+        daemon.signal(signal.SIGHUP)
+        done = daemon.wait_for("reload_complete")
+        assert ping_ms(port) < 1000
+        (record,) = second.wait_connections(1)
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait() == 0
+    assert (done["updated"], done["changed"], done["sockets_handed_over"]) == (0, 1, 1)
+    assert record.bytes_in == 4
