@@ -4,8 +4,11 @@ Two Protocols per connection, the client's and the upstream's, each writing what
 reads to the other's transport; flow control both ways (a side whose write buffer
 passes its high-water mark pauses reading on the other side until it drains). It is
 what portd's forward would be with nothing of its own on the data path (no byte
-counting, no toxics, no limits, no connection bookkeeping or log line). UDP: one
-connected upstream socket per client address, replies sent back to that client.
+counting, no toxics, no limits, no connection bookkeeping or log line). It accepts
+by hand (``add_reader`` + ``accept`` + ``connect_accepted_socket``), as portd does:
+uvloop 0.23's ``create_server`` aborted ("double free or corruption") within seconds of
+this benchmark's connection churn. UDP: one connected upstream socket per client
+address, replies sent back to that client.
 
 Run: ``python benchmarks/reference_forward.py {tcp,udp} PORT UPSTREAM_PORT`` on
 127.0.0.1 (PORT 0 lets the kernel choose). It prints one JSON line
@@ -18,6 +21,7 @@ import argparse
 import asyncio
 import json
 import signal
+import socket
 import sys
 from typing import Any
 
@@ -43,8 +47,7 @@ class Side(asyncio.Protocol):
         if peer is not None and peer.transport is not None:
             peer.transport.write(data)
         else:
-            self.pending.append(data)
-            self.transport.pause_reading()
+            self.pending.append(data)  # one chunk: the client sent before the upstream answered
 
     def _other(self) -> Any:
         """The other side's transport while it is open, else None."""
@@ -101,9 +104,7 @@ class Client(Side):
         self.peer = upstream
         for data in self.pending:
             upstream.transport.write(data)
-        if self.pending:
-            self.pending.clear()
-            self.transport.resume_reading()
+        self.pending.clear()
 
 
 class UdpUpstream(asyncio.DatagramProtocol):
@@ -145,15 +146,32 @@ class UdpListener(asyncio.DatagramProtocol):
         transport.sendto(data)
 
 
+def accept(loop: Any, listener: socket.socket, upstream_port: int) -> None:
+    """Accept what is waiting; each socket becomes a Client transport. (uvloop 0.23's
+    create_server aborted with "double free or corruption" under this benchmark's
+    connection churn; portd accepts this way too.)"""
+    for _ in range(64):
+        try:
+            sock, _ = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        sock.setblocking(False)
+        loop.create_task(loop.connect_accepted_socket(lambda: Client(upstream_port), sock))
+
+
 async def serve(kind: str, port: int, upstream_port: int) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     if kind == "tcp":
-        server = await loop.create_server(lambda: Client(upstream_port), HOST, port,
-                                          backlog=BACKLOG)  # fmt: skip
-        bound = server.sockets[0].getsockname()[1]
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((HOST, port))
+        listener.listen(BACKLOG)
+        listener.setblocking(False)
+        loop.add_reader(listener.fileno(), accept, loop, listener, upstream_port)
+        bound = listener.getsockname()[1]
     else:
         transport, _ = await loop.create_datagram_endpoint(
             lambda: UdpListener(upstream_port), local_addr=(HOST, port)
