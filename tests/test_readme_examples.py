@@ -20,7 +20,7 @@ import pytest
 
 from portd.cli import build_parser
 from portd.config import parse_config
-from portd.shell.ncargs import connect_target, listen_bind
+from portd.shell.ncargs import connect_target, listen_bind, unix_target
 from tests.processes import Spawner, read_to_eof, spawn, tcp_client
 from tests.support import Daemon, require_tool, run_portd
 
@@ -93,8 +93,8 @@ def test_every_portd_command_line_parses(line: str) -> None:
     args, extras = build_parser().parse_known_args(shlex.split(line))
     assert extras == []
     if args.command == "listen":
-        listen_bind(args.where, args.port, args.source)
-    if args.command == "connect":
+        listen_bind(args.where, args.port, args.source, args.unix)
+    if args.command == "connect" and unix_target(args.target, args.unix) is None:
         connect_target(args.target)
 
 

@@ -12,7 +12,8 @@ from dataclasses import replace
 from typing import Any
 
 from portd.errors import ConfigError, UsageError
-from portd.shell.listen import ListenOptions, announce
+from portd.shell.bound import announce
+from portd.shell.listen import ListenOptions, exit_on_sigterm
 
 SOURCE = "portd listen"
 LOCATION = '[[listener]] #1 "listen"'
@@ -70,7 +71,8 @@ def run_handler(options: ListenOptions, bind_text: str, handler: str, sets: Sequ
     except HandlerError as exc:
         raise UsageError(str(exc)) from None
     text_keys = {option.name for option in declared if option.kind is str}
-    table = {"name": "listen", "bind": bind_text, "protocol": options.protocol, "handler": handler}
+    bind = config_bind(bind_text, options.endpoint)
+    table = {"name": "listen", "bind": bind, "protocol": options.protocol, "handler": handler}
     try:
         sets_table = parse_sets(sets, text_keys)
         config = parse_config({"listener": [{**table, **sets_table}]}, SOURCE)
@@ -80,16 +82,28 @@ def run_handler(options: ListenOptions, bind_text: str, handler: str, sets: Sequ
     if options.families:  # -4/-6: the BindSyntaxError of an address left without sockets
         listener = replace(listener, addresses=listener.endpoint.resolve(options.families))
     configure_logging("auto", "info" if options.verbose else "warning")
+    exit_on_sigterm()  # as Ctrl-C: the supervisor's close removes a unix socket's file
     supervisor = Supervisor(replace(config, listeners=(listener,)))
     supervisor.bind_all()
     try:
-        announce(supervisor.listeners[0].addresses, options.protocol, options.port_file)
+        announce(supervisor.listeners[0].addresses, options.label, options.port_file)
         result: int = anyio.run(
             _serve, supervisor, options, backend="asyncio", backend_options=loop_options("auto")
         )
         return result
     finally:
         supervisor.close()
+
+
+def config_bind(bind_text: str, endpoint: Any) -> str:
+    """The bind as a config file takes it: a relative unix path anchored at the working
+    directory, where the shell user meant it (a config file takes absolute paths only)."""
+    path: str = getattr(endpoint, "path", "")
+    if endpoint.kind == "unix" and not path.startswith(("/", "@")):
+        import os
+
+        return "unix:" + os.path.abspath(path)  # noqa: PTH100
+    return bind_text
 
 
 def _as_argument(line: str) -> str:

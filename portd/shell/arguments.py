@@ -15,7 +15,7 @@ exit status:
   0    done (listen: the peer closed and stdin is sent; connect -z: a port accepted)
   1    connect refused or timed out, a host that does not resolve, a reset, stdout full
   64   bad arguments     69  address busy or not available     77  privileged port
-  130  interrupted (Ctrl-C)"""
+  130  interrupted (Ctrl-C)     143  terminated (SIGTERM; listen cleans up first)"""
 
 
 MAX_SECONDS = 31_536_000.0  # a year: longer waits overflow the kernel's timeouts (time_t)
@@ -71,7 +71,15 @@ def add_family_flags(parser: argparse.ArgumentParser) -> None:
 
 def _add_relay_flags(parser: argparse.ArgumentParser) -> None:
     """The flags listen and connect share: EOF rules, line shaping, -n, -N, -v."""
-    parser.add_argument("-u", "--udp", action="store_true", help="UDP")
+    parser.add_argument(
+        "-u", "--udp", action="store_true", help="UDP (with -U: a unix datagram socket)"
+    )
+    parser.add_argument(
+        "-U",
+        dest="unix",
+        action="store_true",
+        help="a unix-domain socket: the word is its PATH, or @NAME (nc -U; or unix:PATH)",
+    )
     add_family_flags(parser)
     parser.add_argument(
         "--close-on-eof",
@@ -133,7 +141,7 @@ def add_listen(commands: Any) -> None:
     """``portd listen``."""
     listen = commands.add_parser(
         "listen",
-        usage="%(prog)s [options] [HOST:]PORT | HOST PORT | -p PORT [HOST]",
+        usage="%(prog)s [options] [HOST:]PORT | HOST PORT | -p PORT [HOST] | -U PATH",
         help="nc -l: accept a connection, relay stdin/stdout",
         description="Listen like nc -l; stdout carries only data, everything else goes to "
         "stderr. nc's spellings work: -l (implied), -p PORT, HOST PORT, bundles (-lvnp 5555).",
@@ -141,6 +149,7 @@ def add_listen(commands: Any) -> None:
             "  portd listen 5555 > file.out         receive a file (nc -l 5555 > file.out)\n"
             "  portd listen -lvnp 5555              the same, as nc users type it\n"
             "  portd listen 127.0.0.1 0 --port-file p  kernel's choice of port, written to p\n"
+            "  portd listen -U app.sock             a unix-domain socket (nc -lU; or unix:PATH)\n"
             "  portd listen -k --echo 7000          an echo server, until Ctrl-C"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -149,7 +158,8 @@ def add_listen(commands: Any) -> None:
         "where",
         nargs="*",
         metavar="[HOST:]PORT",
-        help="where to listen: [HOST:]PORT, HOST PORT, or HOST with -p PORT",
+        help="where to listen: [HOST:]PORT, HOST PORT, HOST with -p PORT, unix:PATH, "
+        "or PATH with -U",
     )
     listen.add_argument(
         "-l", dest="listen", action="store_true", help="listen (implied; accepted for nc -l)"
@@ -174,7 +184,11 @@ def add_listen(commands: Any) -> None:
         help="close a connection idle for SECS (nc -w; listening waits on)",
     )
     _add_relay_flags(listen)
-    listen.add_argument("--port-file", metavar="FILE", help="write the bound port to FILE")
+    listen.add_argument(
+        "--port-file",
+        metavar="FILE",
+        help="write the bound port to FILE once listening (a unix socket: its absolute path)",
+    )
     handler = listen.add_mutually_exclusive_group()
     handler.add_argument("--handler", metavar="NAME", help="serve with a handler instead of stdio")
     handler.add_argument(
@@ -201,12 +215,13 @@ def add_connect(commands: Any) -> None:
     """``portd connect``."""
     connect = commands.add_parser(
         "connect",
-        usage="%(prog)s [options] HOST PORT | HOST:PORT",
+        usage="%(prog)s [options] HOST PORT | HOST:PORT | -U PATH",
         help="nc HOST PORT: connect, relay stdin/stdout",
         description="Connect like nc HOST PORT; stdout carries only data.",
         epilog=_epilog(
             "  portd connect host.example 5000 < file   send a file\n"
             "  portd connect 127.0.0.1:5000             HOST:PORT works too\n"
+            "  portd connect -U app.sock                a unix-domain socket (nc -U)\n"
             "  portd connect -zv 127.0.0.1 8000-8010    which ports accept (nc -z)\n"
             "  printf 'GET / HTTP/1.0\\n\\n' | portd connect -C example.org 80"
         ),
@@ -216,7 +231,8 @@ def add_connect(commands: Any) -> None:
         "target",
         nargs="+",
         metavar="HOST PORT",
-        help="HOST PORT or HOST:PORT ([IPv6]:PORT); with -z, PORT may be LOW-HIGH",
+        help="HOST PORT or HOST:PORT ([IPv6]:PORT), or unix:PATH (PATH with -U); "
+        "with -z, PORT may be LOW-HIGH",
     )
     connect.add_argument(
         "-w",
@@ -234,7 +250,10 @@ def add_connect(commands: Any) -> None:
         help="the local (source) port (nc -p)",
     )
     connect.add_argument(
-        "-s", dest="source", metavar="ADDR", help="the local (source) address (nc -s)"
+        "-s",
+        dest="source",
+        metavar="ADDR",
+        help="the local (source) address (nc -s); with -U, the client's own socket PATH",
     )
     connect.add_argument(
         "-z",

@@ -1,5 +1,6 @@
 """``portd connect HOST PORT``: the client side of ``listen`` (``nc HOST PORT``), with nc's
-``HOST:PORT``, ``-s ADDR``/``-p PORT`` (source), ``-n``, ``-w`` and ``-z``."""
+``HOST:PORT``, ``-s ADDR``/``-p PORT`` (source), ``-n``, ``-w`` and ``-z``; a unix socket
+(``-U PATH``, ``unix:PATH``) is portd.shell.unixconnect's."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from portd.endpoints.base import ProtocolName
 from portd.endpoints.inet import format_host_port, parse_port
 from portd.errors import ConnectError, HostNotFoundError, UsageError
 from portd.shell.listen import address_families, check_eof_flags, report_session
-from portd.shell.ncargs import connect_target, require_numeric
+from portd.shell.ncargs import connect_target, require_numeric, unix_target
 from portd.shell.relay import DatagramRelay, EofPolicy, RelayOptions, Session, StreamRelay
 from portd.shell.stats import Transfer
 
@@ -27,6 +28,11 @@ def run_connect(args: Any) -> int:
         HostNotFoundError: the host does not resolve, or -n and it is a name (exit 1).
         UsageError, BindSyntaxError: words that are not HOST PORT, a bad port (exit 64).
     """
+    path = unix_target(args.target, args.unix)
+    if path is not None:
+        from portd.shell.unixconnect import run_unix_connect
+
+        return run_unix_connect(args, path)
     protocol: ProtocolName = "udp" if args.udp else "tcp"
     host, port_text = connect_target(args.target)
     if args.numeric:
@@ -46,7 +52,7 @@ def run_connect(args: Any) -> int:
         if protocol == "tcp":
             StreamRelay(sock, session).run()
         else:
-            DatagramRelay([sock], session, connected=True).run()
+            DatagramRelay([sock], session).run()
     transfer.finish()
     return report_session(session, target, args.verbose, side="to")
 
