@@ -24,6 +24,7 @@ CLOSE = "close"  # close the whole connection once everything before it is deliv
 Item = bytes | str
 PIECES_PER_TURN = 64  # a queue releases at most this many pieces before yielding
 CATCH_UP_S = 0.05  # a late queue may catch up this much, never bank idle time
+BANDWIDTH_CATCH_UP_S = 0.25  # a starved loop must not cost a rate limit its accuracy
 MAX_PIECE_BYTES = 1 << 20  # a bandwidth piece: 10 ms worth, at most this (100 MB/s: 1 MB)
 
 
@@ -74,6 +75,8 @@ def _nowhere(item: Item) -> None:
 
 class QueueStage(Stage):
     """Holds items and releases them as :meth:`release_at` and :meth:`take` allow."""
+
+    catch_up_s = CATCH_UP_S
 
     def __init__(self, toxic: Toxic, ends: Ends) -> None:
         super().__init__(toxic, ends)
@@ -133,7 +136,7 @@ class QueueStage(Stage):
             self.queue[0] = (release_at, item[size:])
             piece = item[:size]
         self.held_bytes -= len(piece)
-        start = self.next_at if self.next_at > now - CATCH_UP_S else now
+        start = self.next_at if self.next_at > now - self.catch_up_s else now
         self.next_at = start + gap_s
         self.out(piece)
 
@@ -158,6 +161,8 @@ class Latency(QueueStage):
 
 class Bandwidth(QueueStage):
     """``rate`` KB/s (1 KB = 1000 bytes, as toxiproxy), in pieces of about 10 ms worth."""
+
+    catch_up_s = BANDWIDTH_CATCH_UP_S
 
     def take(self, available: int) -> tuple[int, float]:
         bytes_per_s = self.toxic["rate"] * 1000

@@ -40,16 +40,22 @@ def median_ping_ms(sock: socket.socket, count: int = 5) -> float:
     return statistics.median(ping_ms(sock) for _ in range(count))
 
 
+def least_ping_ms(sock: socket.socket, count: int = 7) -> float:
+    """The fastest of ``count`` round trips: a loaded host only ever adds time, so the
+    minimum is the steadiest measure of what a toxic adds."""
+    return min(ping_ms(sock) for _ in range(count))
+
+
 @pytest.mark.parametrize("latency_ms", [20, 100])
 def test_latency_is_its_milliseconds_within_ten_percent_or_two_ms(
     echo_proxy: tuple[Server, Proxy], latency_ms: int
 ) -> None:
     _, proxy = echo_proxy
     with socket.create_connection(proxy.address, timeout=WAIT_S) as client:
-        base = median_ping_ms(client)
+        base = least_ping_ms(client)
         with proxy.toxic("latency", latency=latency_ms):
-            added = median_ping_ms(client) - base
-        after = median_ping_ms(client)
+            added = least_ping_ms(client) - base
+        after = least_ping_ms(client)
     assert latency_ms - 2 <= added <= latency_ms + max(2, latency_ms * 0.1)
     assert after < base + 2  # removed: gone at once
 
@@ -57,12 +63,12 @@ def test_latency_is_its_milliseconds_within_ten_percent_or_two_ms(
 def test_upstream_and_downstream_latency_add_up(echo_proxy: tuple[Server, Proxy]) -> None:
     _, proxy = echo_proxy
     with socket.create_connection(proxy.address, timeout=WAIT_S) as client:
-        base = median_ping_ms(client)
+        base = least_ping_ms(client)
         with (
             proxy.toxic("latency", latency=30, stream="upstream"),
             proxy.toxic("latency", latency=20),
         ):
-            added = median_ping_ms(client) - base
+            added = least_ping_ms(client) - base
     assert 48 <= added <= 55
 
 
@@ -252,11 +258,16 @@ class Progress:
             self.streaming += first
             self.changed.notify_all()
 
-    def wait(self, streaming: int, more_than: int) -> None:
+    def wait(self, streaming: int, more_than: int, failures: list[BaseException]) -> None:
         with self.changed:
             assert self.changed.wait_for(
-                lambda: self.streaming >= streaming and self.received > more_than, WAIT_S
+                lambda: (
+                    bool(failures) or (self.streaming >= streaming and self.received > more_than)
+                ),
+                WAIT_S * 3,
             ), f"{self.streaming} clients streaming, {self.received} bytes echoed"
+        if failures:
+            raise failures[0]
 
 
 async def _stream(
@@ -301,11 +312,21 @@ def test_toxics_change_under_load_without_a_hang_or_a_lost_byte(
     async def clients() -> None:
         await asyncio.gather(*(_stream(proxy.port, stop, progress, totals) for _ in range(50)))
 
-    runner = threading.Thread(target=asyncio.run, args=(clients(),))
+    failures: list[BaseException] = []
+
+    def run_clients() -> None:
+        try:
+            asyncio.run(clients())
+        except BaseException as exc:  # noqa: BLE001 - the test fails with it, not a wait
+            failures.append(exc)
+            with progress.changed:
+                progress.changed.notify_all()
+
+    runner = threading.Thread(target=run_clients)
     runner.start()
     slowest = 0.0
     try:
-        progress.wait(streaming=50, more_than=0)
+        progress.wait(streaming=50, more_than=0, failures=failures)
         for round_ in range(30):
             kind = ("latency", "bandwidth", "slicer")[round_ % 3]
             attributes: dict[str, Any] = {"latency": {"latency": 5}, "bandwidth": {"rate": 5000},
@@ -313,7 +334,7 @@ def test_toxics_change_under_load_without_a_hang_or_a_lost_byte(
             started = time.perf_counter()
             proxy.add_toxic(kind, stream=("upstream", "downstream")[round_ % 2], **attributes)
             slowest = max(slowest, time.perf_counter() - started)
-            progress.wait(streaming=50, more_than=progress.received + 65536)
+            progress.wait(streaming=50, more_than=progress.received + 65536, failures=failures)
             started = time.perf_counter()
             proxy.remove_toxic(proxy.toxics[0].name)
             slowest = max(slowest, time.perf_counter() - started)
