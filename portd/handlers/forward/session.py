@@ -289,8 +289,8 @@ class ForwardSession(StreamSession):
 
     def upstream_made(self, transport: Any) -> None:
         """Connected: send the PROXY header and what the client sent meanwhile."""
-        if self.lost:
-            transport.abort()
+        if self.lost:  # the client was reset, or cut by portd, while this connected
+            send_reset(transport)
             return
         self.transport = transport
         header = self.handler.proxy_header(self.conn)
