@@ -145,8 +145,8 @@ class Daemon:
         with anyio.open_signal_receiver(*HANDLED_SIGNALS) as signals:
             async with anyio.create_task_group() as group:
                 supervisor.spawn = group.start_soon
+                await self._start_toxiproxy_api()  # before daemon_ready, which promises it
                 await supervisor.start()
-                await self._start_toxiproxy_api()
                 self.notifier.ready(supervisor.status())
                 if take_held_reloads():  # asked for while binding: the receiver was not there
                     await self.reload()
