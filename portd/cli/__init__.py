@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from portd import __version__
+from portd.cli.cert import add_cert_command
 from portd.cli.daemon import DAEMON_EXIT_CODES, RAW, add_daemon_commands
 from portd.cli.forward import add_forward_commands
 from portd.errors import EX_USAGE, PortdError, UsageError
@@ -79,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_shell_commands(commands)
     add_inspect_commands(commands)
     add_forward_commands(commands)
+    add_cert_command(commands)
     return parser
 
 

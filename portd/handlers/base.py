@@ -18,10 +18,13 @@ handler that is naturally sequential (a proxy, a program on a port) subclasses
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from portd.endpoints.base import Endpoint, Peer, ProtocolName
 from portd.options import Option, Settings
+
+if TYPE_CHECKING:
+    from portd.tls.info import TLSInfo
 
 
 class TimerHandle(Protocol):
@@ -140,6 +143,12 @@ class Connection(Protocol):
             OSError: refused, unreachable, or the name does not resolve.
         """
 
+    @property
+    def tls(self) -> TLSInfo | None:
+        """The TLS session (version, cipher, ALPN, the client certificate's subject) of
+        a TLS connection, None for plaintext: the socket under a TLS connection carries
+        ciphertext, so never hand it to anything that expects the peer's bytes."""
+
 
 class DatagramEndpoint(Protocol):
     """What the server offers a datagram handler."""
@@ -218,6 +227,9 @@ class Handler:
     # Limits this handler is safe with when the listener table does not set them, such
     # as {"idle_timeout_s": 60.0}: a listener key always wins.
     default_limits: ClassVar[Mapping[str, Any]] = {}
+    # ALPN protocols a TLS listener offers for this handler unless its tls_alpn says
+    # otherwise (http-hello: http/1.1, so curl and browsers know what they speak).
+    alpn: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, settings: Settings) -> None:
         """Take the validated settings and acquire what serving needs (files, threads).

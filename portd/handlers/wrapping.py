@@ -100,6 +100,11 @@ class ConnectionProxy:
         """Read from the peer again."""
         self.conn.resume_reading()
 
+    @property
+    def tls(self) -> Any:
+        """The wrapped connection's TLS session (None for plaintext)."""
+        return self.conn.tls
+
 
 class SessionProxy(StreamSession):
     """The session the server drives: forwards every callback to the inner session."""

@@ -104,6 +104,10 @@ class Listener:
         self.refusal_log = RefusalLog(self.log)
         self.datagram_gate = DatagramGate(config.limits)
         self.datagram_log = RefusalLog(self.log, "datagram_dropped")
+        self.tls = config.tls  # a TLS layer: each connection is adopted through a handshake
+        self.handshake_failures: Counter[str] = Counter()
+        self.handshake_log = RefusalLog(self.log, "tls_handshake_failed")
+        self._handshakes: set[asyncio.Task[None]] = set()
         self._adopting = 0  # accepted, transport not made yet: live for draining
         self._aborted = False
         self._endpoints: list[DatagramServer] = []
@@ -153,7 +157,11 @@ class Listener:
                 )
                 endpoint.start(loop)
                 self._endpoints.append(endpoint)
-        fields = {"port": self.port} if self.port else {}
+        fields: dict[str, Any] = {"port": self.port} if self.port else {}
+        if self.tls is not None:
+            fields.update(tls=True, tls_min_version=self.tls.min_version)
+            for warning in self.tls.warnings:  # expired: said, and served (the operator decides)
+                self.log.warning("tls_certificate_not_valid", message=warning)
         self.log.info(
             "listener_started",
             bind=self.config.endpoint.describe_bound(self.addresses),
@@ -178,7 +186,10 @@ class Listener:
         conn.setblocking(False)
         self._adopting += 1
         assert self._loop is not None
-        self._loop.create_task(self._adopt(conn, peer))
+        task = self._loop.create_task(self._adopt(conn, peer))
+        if self.tls is not None:  # a handshake may take seconds: cancelled on abort
+            self._handshakes.add(task)
+            task.add_done_callback(self._handshakes.discard)
         self.accepted += 1
         if self.accepted == self.accept_limit:
             self.stop_accepting()  # later clients in the backlog are reset, as nc -l does
@@ -187,7 +198,7 @@ class Listener:
 
     def _refuse(self, conn: socket.socket, reason: str, peer: Peer) -> None:
         """Close a refused peer at once; a full listener may first say so (HTTP 503)."""
-        if reason == "max_connections":
+        if reason == "max_connections" and self.tls is None:  # never plaintext to TLS
             busy = self.handler.busy_response()
             if busy:
                 with contextlib.suppress(OSError):
@@ -198,6 +209,9 @@ class Listener:
     async def _adopt(self, conn: socket.socket, peer: Peer) -> None:
         assert self._loop is not None
         host = self.host
+        if self.tls is not None:
+            await self._adopt_tls(conn, peer)
+            return
         try:
             await self._loop.connect_accepted_socket(lambda: StreamConnection(host, peer), conn)
         except OSError as exc:  # the peer left before the transport was made
@@ -207,6 +221,27 @@ class Listener:
         finally:
             self._adopting -= 1
             self._check_idle()
+
+    async def _adopt_tls(self, conn: socket.socket, peer: Peer) -> None:
+        from portd.tls.accept import adopt_tls, logged
+
+        assert self._loop is not None
+        assert self.tls is not None
+        host = self.host
+        failed: str | None = "cancelled"  # aborted mid-handshake: released, not counted
+        try:
+            failed = await adopt_tls(
+                self._loop, conn, lambda: StreamConnection(host, peer), self.tls
+            )
+        finally:
+            self._adopting -= 1
+            if failed is not None:
+                self.gate.release(peer)
+            self._check_idle()
+        if failed is not None:
+            self.handshake_failures[failed] += 1
+            if logged(failed):
+                self.handshake_log.refused(failed, str(peer))
 
     @property
     def live(self) -> int:
@@ -239,6 +274,7 @@ class Listener:
         self.bytes_out += conn.bytes_out
         self.endings[conn.how_it_ended] += 1
         if self.config.log_connections:  # off for busy listeners; the counts stay
+            client = conn.tls.peer_subject if self.tls is not None and conn.tls else None
             self.log.info(
                 "connection_closed",
                 conn_id=conn.conn_id,
@@ -248,6 +284,7 @@ class Listener:
                 duration_ms=round((time.monotonic() - conn.started) * 1000, 1),
                 error=str(exc) if exc and conn.reason is None else conn.error,
                 **conn.session.log_fields(),
+                **({"tls_client": client} if client else {}),
             )
         for observer in self.observers:
             observer.connection_closed(conn)
@@ -292,6 +329,8 @@ class Listener:
                 cut), or a plain close (a test server stopping).
         """
         self._aborted = True
+        for task in list(self._handshakes):  # not connections yet: nothing to cut
+            task.cancel()
         live = list(self.connections)
         for conn in live:
             if reset:
@@ -322,6 +361,7 @@ class Listener:
             "datagrams_in": sum(e.datagrams_in for e in endpoints),
             "datagrams_dropped": sum(e.dropped for e in endpoints),
             "refusals": dict(refusals),
+            "tls_handshake_failed": dict(self.handshake_failures),
             "closed": dict(self.endings),
             "uptime_s": round(time.monotonic() - self.started_at, 3),
         }
@@ -341,6 +381,7 @@ class Listener:
         """Release the sockets and whatever the handler holds (idempotent)."""
         self.refusal_log.flush()  # refusals counted since the last line are logged too
         self.datagram_log.flush()
+        self.handshake_log.flush()
         self.close_sockets()
         self.close_handler()
 

@@ -6,6 +6,7 @@ asked for, so plain ``portd listen`` keeps its fast start.
 
 from __future__ import annotations
 
+import contextlib
 import tomllib
 from collections.abc import Collection, Sequence
 from dataclasses import replace
@@ -57,14 +58,9 @@ def run_handler(options: ListenOptions, bind_text: str, handler: str, sets: Sequ
         UsageError: unknown handler or a bad ``--set`` (each problem named, on one line).
         BindError: the same messages and exit codes as the daemon.
     """
-    import anyio
-
-    from portd.config import LISTENER_OPTIONS, parse_config
-    from portd.daemon import loop_options
+    from portd.config import LISTENER_OPTIONS
     from portd.errors import HandlerError
     from portd.handlers.registry import load_handler
-    from portd.logging import configure_logging
-    from portd.supervisor import Supervisor
 
     try:
         declared = (*LISTENER_OPTIONS, *load_handler(handler).options)
@@ -73,6 +69,39 @@ def run_handler(options: ListenOptions, bind_text: str, handler: str, sets: Sequ
     text_keys = {option.name for option in declared if option.kind is str}
     bind = config_bind(bind_text, options.endpoint)
     table = {"name": "listen", "bind": bind, "protocol": options.protocol, "handler": handler}
+    with contextlib.ExitStack() as stack:
+        if options.tls:
+            table.update(_tls_keys(options, stack))
+        return _run(options, table, sets, text_keys)
+
+
+def _tls_keys(options: ListenOptions, stack: contextlib.ExitStack) -> dict[str, str]:
+    """--tls: the listener's tls_cert/tls_key: --cert/--key (checked now: 78 as for
+    connect), or an ephemeral certificate in a private directory kept while serving."""
+    import tempfile
+
+    from portd.shell.tls import listen_context, write_ephemeral
+
+    cert, key = options.tls_files
+    if cert:
+        listen_context(cert, key, ())
+        return {"tls_cert": cert, "tls_key": key or cert}
+    directory = stack.enter_context(tempfile.TemporaryDirectory(prefix="portd-listen-tls-"))
+    hosts = [getattr(a, "host", "") for a in options.endpoint.resolve(options.families)]
+    cert, key = write_ephemeral(hosts, directory)
+    return {"tls_cert": cert, "tls_key": key}
+
+
+def _run(
+    options: ListenOptions, table: dict[str, Any], sets: Sequence[str], text_keys: set[str]
+) -> int:
+    import anyio
+
+    from portd.config import parse_config
+    from portd.daemon import loop_options
+    from portd.logging import configure_logging
+    from portd.supervisor import Supervisor
+
     try:
         sets_table = parse_sets(sets, text_keys)
         config = parse_config({"listener": [{**table, **sets_table}]}, SOURCE)
@@ -115,11 +144,13 @@ async def _serve(supervisor: Any, options: ListenOptions) -> int:
     import anyio
 
     listener = supervisor.listeners[0]
-    if not (options.keep or options.protocol == "udp"):
+    if not (options.keep or options.protocol == "udp" or options.tls):
         listener.accept_limit = 1  # like nc -l: one connection, then no more listening
     await supervisor.start()
     if options.keep or options.protocol == "udp":
         await anyio.sleep_forever()
     await listener.wait_for_connection()
+    if options.tls:  # the first connection whose handshake succeeded: a failed one
+        listener.stop_accepting()  # does not end listen (as in stdio mode)
     await listener.wait_idle()
     return 0

@@ -42,19 +42,34 @@ def run_connect(args: Any) -> int:
         return _check_ports(args, host, port_text, protocol)
     port = parse_port(port_text, protocol)
     target = format_host_port(host, port)
+    context: Any = None
+    if getattr(args, "tls", False):  # files are loaded (78) before anything connects
+        from portd.shell.tls import connect_context, connect_tls
+
+        context = connect_context(args)
     sock = open_connection(args, host, port, protocol)
+    bridge: Any = None
+    if context is not None:
+        sock, bridge = connect_tls(sock, context, args.servername or host, target)
     transfer = Transfer(args.verbose)
     policy = EofPolicy(args.close_on_eof, args.quit_after, not args.no_stdin)
     session = Session(transfer, policy, RelayOptions(args.crlf, args.interval, args.wait))
     with sock:
         if args.verbose:
             print(f"connected to {target} ({protocol})", file=sys.stderr, flush=True)
+            if bridge is not None:
+                print(f"tls: {bridge.describe()}", file=sys.stderr, flush=True)
         if protocol == "tcp":
             StreamRelay(sock, session).run()
         else:
             DatagramRelay([sock], session).run()
     transfer.finish()
-    return report_session(session, target, args.verbose, side="to")
+    status = report_session(session, target, args.verbose, side="to")
+    if bridge is not None:
+        from portd.shell.tls import finish
+
+        status = finish(bridge, status, target)
+    return status
 
 
 def _check_ports(args: Any, host: str, ports: str, protocol: ProtocolName) -> int:

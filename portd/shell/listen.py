@@ -69,6 +69,9 @@ class ListenOptions:
         if args.handler and (args.crlf or args.interval or args.wait):
             raise UsageError("-C, -i and -w shape the stdio relay; a handler takes --set "
                              "options instead (idle_timeout_s=SECS for -w)")  # fmt: skip
+        self.tls: bool = getattr(args, "tls", False)  # portd.shell.tls, imported only then
+        self.tls_files: tuple[str | None, str | None] = (
+            getattr(args, "cert", None), getattr(args, "key", None))  # fmt: skip
         self.gate: Any = None
         if args.set and args.keep and not args.handler:
             from portd.shell.admission import stdio_gate
@@ -108,17 +111,39 @@ def run_listen(options: ListenOptions) -> int:
     exit_on_sigterm()
     listening = Listening.open(options.endpoint, options.families)
     sockets = listening.sockets
+    bridge: Any = None
     try:
         listening.announce(options.label, options.port_file)
+        context = tls_context(options, sockets) if options.tls else None
         if options.protocol == "udp":
             return _relay_datagrams(sockets, options)
         if options.keep:
-            return _serve_many(sockets, options)
-        conn, peer = _accept_one(sockets, options.endpoint)
+            return _serve_many(sockets, options, context)
+        if context is not None:
+            from portd.shell.tls import accept_tls
+
+            accept = lambda: _accept_one(sockets, options.endpoint)  # noqa: E731
+            conn, peer, bridge = accept_tls(accept, context)
+        else:
+            conn, peer = _accept_one(sockets, options.endpoint)
     finally:
         listening.close()  # like nc -l: one connection, no further listening
     with conn:
-        return _relay_stream(conn, str(peer), options)
+        status = _relay_stream(conn, str(peer), options, bridge)
+    if bridge is not None:
+        from portd.shell.tls import finish
+
+        status = finish(bridge, status, str(peer))
+    return status
+
+
+def tls_context(options: ListenOptions, sockets: list[socket.socket]) -> Any:
+    """--tls: the server context (--cert/--key, or an ephemeral certificate for the
+    bound addresses)."""
+    from portd.shell.tls import listen_context
+
+    addresses = options.endpoint.bound_addresses(sockets)
+    return listen_context(*options.tls_files, [getattr(a, "host", "") for a in addresses])
 
 
 def exit_on_sigterm() -> None:
@@ -151,9 +176,11 @@ def _accept_one(sockets: list[socket.socket], endpoint: Any) -> tuple[socket.soc
                 conn.close()
 
 
-def _relay_stream(conn: socket.socket, peer: str, options: ListenOptions) -> int:
+def _relay_stream(conn: socket.socket, peer: str, options: ListenOptions, bridge: Any) -> int:
     if options.verbose:
         print(f"connection from {peer}", file=sys.stderr, flush=True)
+        if bridge is not None:
+            print(f"tls: {bridge.describe()}", file=sys.stderr, flush=True)
     transfer = Transfer(options.verbose)
     session = Session(transfer, options.policy, options.relay)
     StreamRelay(conn, session).run()
@@ -199,6 +226,7 @@ class _Clients:
         self.ended = threading.Event()
         self.status = 0
         self.message: str | None = None
+        self.tls_context: Any = None  # --tls: each client's handshake runs in its own thread
 
     def accept_forever(self, sockets: list[socket.socket]) -> None:
         """Accept and serve until the process ends (the sockets may close under us then).
@@ -215,7 +243,23 @@ class _Clients:
                 self._report(f"portd: accept failed: {exc.strerror}; retrying", always=True)
                 time.sleep(ACCEPT_RETRY_S)  # a back-off, not a readiness wait
                 continue
-            self.add(conn, peer)
+            if self.tls_context is not None:
+                threading.Thread(target=self._add_tls, args=(conn, peer), daemon=True).start()
+            else:
+                self.add(conn, peer)
+
+    def _add_tls(self, conn: socket.socket, client: Any) -> None:
+        from portd.errors import TLSHandshakeError
+        from portd.shell.tls import handshake
+
+        try:
+            bridge = handshake(conn, self.tls_context, server_side=True)
+        except TLSHandshakeError as exc:
+            conn.close()
+            self._report(f"portd: TLS handshake with {client} failed: {exc}", always=True)
+            return
+        self._report(f"tls: {client}: {bridge.describe()}")
+        self.add(bridge.start(), client)
 
     def add(self, conn: socket.socket, client: Any) -> None:
         """Serve a new client, or refuse it (RST and a line): at --max-clients, when a
@@ -312,10 +356,11 @@ def _half_close(conn: socket.socket) -> None:
         conn.shutdown(socket.SHUT_WR)
 
 
-def _serve_many(sockets: list[socket.socket], options: ListenOptions) -> int:
+def _serve_many(sockets: list[socket.socket], options: ListenOptions, tls: Any = None) -> int:
     """-k: serve clients concurrently until interrupted or stdout fails (nc -lk takes
     them one at a time)."""
     clients = _Clients(options)
+    clients.tls_context = tls
     if options.policy.read_stdin:
         threading.Thread(target=clients.broadcast_stdin, daemon=True).start()
     threading.Thread(target=clients.accept_forever, args=(sockets,), daemon=True).start()

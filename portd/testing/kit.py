@@ -171,6 +171,7 @@ class FakeConnection:
         self.ending: str | None = None
         self.reason = ""  # what reset() was told
         self.tasks: list[asyncio.Task[Any]] = []
+        self.tls: Any = None  # a TLSInfo to play a TLS connection
 
     @property
     def writes(self) -> int:

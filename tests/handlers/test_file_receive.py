@@ -65,7 +65,7 @@ def upload_refused(port: int, data: bytes) -> None:
             ended_cleanly = sock.recv(1) == b""
     except (ConnectionResetError, BrokenPipeError):
         ended_cleanly = False
-    except OSError as exc:  # shutdown() after the RST arrived: ENOTCONN, the reset seen
+    except OSError as exc:  # the RST came first: shutdown() finds the socket unconnected
         if exc.errno != errno.ENOTCONN:
             raise
         ended_cleanly = False

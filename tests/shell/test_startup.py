@@ -1,5 +1,6 @@
 """Start-up guard, not a timing test: the shell commands never import the daemon's heavy
-machinery (asyncio, anyio, structlog, uvloop), psutil, dataclasses or entry points.
+machinery (asyncio, anyio, structlog, uvloop), psutil, dataclasses, entry points, or
+ssl and cryptography unless --tls asks for them.
 
 Each command runs as a real process under ``python -X importtime``, which names every
 module imported on stderr, through a whole session (for listen: accept, relay, -v).
@@ -19,8 +20,9 @@ import pytest
 from tests.processes import Process, Spawner, tcp_client
 
 HEAVY = frozenset(
-    {"asyncio", "anyio", "structlog", "uvloop", "psutil", "dataclasses", "importlib.metadata"}
-)
+    {"asyncio", "anyio", "structlog", "uvloop", "psutil", "dataclasses", "importlib.metadata",
+     "ssl", "cryptography"}  # TLS: only when --tls is given
+)  # fmt: skip
 IMPORT_LINE = re.compile(r"^import time:\s+\d+ \|\s+\d+ \|\s+(\S+)$")
 
 
@@ -108,3 +110,23 @@ def test_unix_datagram_listen_and_connect_stay_light(spawn: Spawner, tmp_path: P
     assert listen.wait() == 130
     assert imported(listen) & HEAVY == set()
     assert imported(connect) & HEAVY == set()
+
+
+def test_listen_tls_imports_ssl_and_no_daemon_machinery(spawn: Spawner) -> None:
+    """--tls pays for ssl and cryptography (an ephemeral certificate), nothing more."""
+    listen = spawn(sys.executable, "-X", "importtime", "-m", "portd", "listen", "--tls",
+                   "127.0.0.1:0")  # fmt: skip
+    port = listen.port()
+    import ssl
+
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    with tcp_client(port) as raw, context.wrap_socket(raw) as client:
+        client.sendall(b"hello")
+        client.unwrap()
+    assert listen.wait() == 0
+    assert listen.output == b"hello"
+    names = imported(listen)
+    assert {"ssl", "cryptography"} <= names
+    # cryptography's own serialization module imports dataclasses: allowed with --tls.
+    assert names & HEAVY - {"dataclasses"} == {"ssl", "cryptography"}

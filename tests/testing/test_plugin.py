@@ -344,6 +344,8 @@ def test_a_fixture_that_fails_in_setup_gets_no_second_leak_report(
     project: pytest.Pytester,
 ) -> None:
     project.makepyfile(test_setup=SETUP_FAILS)
+    # In a subprocess: the socket left open on purpose must not outlive the inner run,
+    # or its ResourceWarning surfaces in whichever later test the collector runs in.
     result = project.runpytest_subprocess()
     result.assert_outcomes(errors=1)
     assert "setup went wrong" in result.stdout.str()
