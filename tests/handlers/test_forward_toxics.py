@@ -107,7 +107,8 @@ def test_slicer_delivers_pieces_of_the_average_size_plus_or_minus_the_variation(
     echo_proxy: tuple[Server, Proxy],
 ) -> None:
     _, proxy = echo_proxy
-    proxy.add_toxic("slicer", average_size=200, size_variation=50, delay=3000)
+    # 20 ms apart: a client on a loaded host rarely sleeps long enough to read two at once
+    proxy.add_toxic("slicer", average_size=200, size_variation=50, delay=20_000)
     with socket.create_connection(proxy.address, timeout=WAIT_S) as client:
         client.sendall(b"s" * 10_000)
         sizes: list[int] = []
