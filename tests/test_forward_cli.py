@@ -219,8 +219,9 @@ def test_the_api_sees_the_configs_forwards_and_faults_them(
             'log_format = "json"', 'log_format = "json"\ntoxiproxy_api = "127.0.0.1:0"'
         )
         daemon = start_daemon(config)
-        port = daemon.ready()["db"]
-        host, _, api_port = daemon.wait_for("toxiproxy_api_ready")["address"].rpartition(":")
+        port = daemon.ready()["db"]  # the API is up before daemon_ready: a client may call it
+        (api,) = (e for e in daemon.events if e.get("event") == "toxiproxy_api_ready")
+        host, _, api_port = api["address"].rpartition(":")
 
         def call(method: str, path: str, body: Any = None) -> tuple[int, Any]:
             connection = http.client.HTTPConnection(host, int(api_port), timeout=10)

@@ -137,10 +137,16 @@ class Endpoint(Protocol):
         """Why this endpoint cannot be connected to as an upstream (``*:80``), or None."""
 
     async def open_stream(
-        self, loop: Any, protocol_factory: Callable[[], Any], *, ssl: Any = None
+        self,
+        loop: Any,
+        protocol_factory: Callable[[], Any],
+        *,
+        ssl: Any = None,
+        server_hostname: str | None = None,
     ) -> tuple[Any, Any]:
         """Connect to this endpoint as a client: ``(transport, protocol)`` from the loop's
-        ``create_connection`` family; ``ssl`` (an SSLContext) originates TLS.
+        ``create_connection`` family; ``ssl`` (an SSLContext) originates TLS, checked
+        against ``server_hostname`` (default: the host; ``localhost`` for a path).
 
         Raises:
             OSError: refused, unreachable, or the name does not resolve.

@@ -246,9 +246,11 @@ class InetEndpoint(NamedTuple):
             return f"expected HOST:PORT to connect to, not {self}"
         return None
 
-    async def open_stream(self, loop: Any, protocol_factory: Any, *, ssl: Any = None) -> Any:
+    async def open_stream(
+        self, loop: Any, protocol_factory: Any, *, ssl: Any = None, server_hostname: Any = None
+    ) -> Any:
         """``loop.create_connection`` (TCP_NODELAY is set by the loop)."""
-        hostname = self.host if ssl is not None else None
+        hostname = (server_hostname or self.host) if ssl is not None else None
         return await loop.create_connection(
             protocol_factory, self.host, self.port, ssl=ssl, server_hostname=hostname
         )

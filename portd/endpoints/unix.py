@@ -247,10 +247,12 @@ class UnixEndpoint(NamedTuple):
         """Any path or name can be connected to."""
         return None
 
-    async def open_stream(self, loop: Any, protocol_factory: Any, *, ssl: Any = None) -> Any:
+    async def open_stream(
+        self, loop: Any, protocol_factory: Any, *, ssl: Any = None, server_hostname: Any = None
+    ) -> Any:
         """``loop.create_unix_connection`` to the path or abstract name."""
         sockaddr = UnixAddress(self.path).sockaddr
-        hostname = "localhost" if ssl is not None else None
+        hostname = (server_hostname or "localhost") if ssl is not None else None
         return await loop.create_unix_connection(
             protocol_factory, sockaddr, ssl=ssl, server_hostname=hostname
         )

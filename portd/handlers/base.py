@@ -134,10 +134,17 @@ class Connection(Protocol):
         that tells its upstream who connected where (the PROXY protocol)."""
 
     def connect(
-        self, endpoint: Endpoint, protocol_factory: Callable[[], Any], *, ssl: Any = None
+        self,
+        endpoint: Endpoint,
+        protocol_factory: Callable[[], Any],
+        *,
+        ssl: Any = None,
+        server_hostname: str | None = None,
     ) -> Awaitable[tuple[Any, Any]]:
         """Open a client connection to ``endpoint`` on the connection's loop (a proxy's
-        upstream): ``(transport, protocol)``. The caller owns the transport.
+        upstream): ``(transport, protocol)``; with ``ssl`` (an SSLContext) over TLS,
+        verified for ``server_hostname`` (default: the endpoint's host). The caller owns
+        the transport.
 
         Raises (when awaited):
             OSError: refused, unreachable, or the name does not resolve.

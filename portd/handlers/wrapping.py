@@ -88,9 +88,13 @@ class ConnectionProxy:
         """The real connection's local address."""
         return self.conn.sockname
 
-    def connect(self, endpoint: Any, protocol_factory: Any, *, ssl: Any = None) -> Any:
+    def connect(
+        self, endpoint: Any, protocol_factory: Any, *, ssl: Any = None, server_hostname: Any = None
+    ) -> Any:
         """A client connection on the real connection's loop."""
-        return self.conn.connect(endpoint, protocol_factory, ssl=ssl)
+        return self.conn.connect(
+            endpoint, protocol_factory, ssl=ssl, server_hostname=server_hostname
+        )
 
     def pause_reading(self) -> None:
         """Stop reading from the peer."""

@@ -248,8 +248,10 @@ class StreamConnection(asyncio.Protocol):
                 self.transport.write_eof()
 
     def close(self) -> None:
-        """Close after queued data."""
-        self.transport.close()
+        """Close after queued data (idempotent: asyncio's TLS transport forgets its
+        protocol on a second close(), and then fails every get_extra_info())."""
+        if not self.transport.is_closing():
+            self.transport.close()
 
     def abort(self) -> None:
         """Close now, dropping queued data."""
@@ -268,9 +270,18 @@ class StreamConnection(asyncio.Protocol):
         """The local address of the accepted socket."""
         return self.transport.get_extra_info("sockname")
 
-    def connect(self, endpoint: Endpoint, protocol_factory: Any, *, ssl: Any = None) -> Any:
+    def connect(
+        self,
+        endpoint: Endpoint,
+        protocol_factory: Any,
+        *,
+        ssl: Any = None,
+        server_hostname: str | None = None,
+    ) -> Any:
         """A client connection to ``endpoint`` on this connection's loop."""
-        return endpoint.open_stream(self.clock, protocol_factory, ssl=ssl)
+        return endpoint.open_stream(
+            self.clock, protocol_factory, ssl=ssl, server_hostname=server_hostname
+        )
 
     def pause_reading(self) -> None:
         """Stop reading from the peer."""

@@ -255,10 +255,18 @@ class FakeConnection:
     sockname: Any = ("127.0.0.1", 7000)  # where the fake client connected
 
     def connect(
-        self, endpoint: Any, protocol_factory: Callable[[], Any], *, ssl: Any = None
+        self,
+        endpoint: Any,
+        protocol_factory: Callable[[], Any],
+        *,
+        ssl: Any = None,
+        server_hostname: str | None = None,
     ) -> Any:
         """Connect for real, on the running loop (tests of a proxy's session are async)."""
-        return endpoint.open_stream(asyncio.get_running_loop(), protocol_factory, ssl=ssl)
+        loop = asyncio.get_running_loop()
+        return endpoint.open_stream(
+            loop, protocol_factory, ssl=ssl, server_hostname=server_hostname
+        )
 
 
 class RecordingEndpoint:

@@ -133,15 +133,15 @@ def _stop_all(started: list[ServeContext], failed: bool) -> None:
 def portd_forward(request: pytest.FixtureRequest) -> Iterator[Callable[..., Proxy]]:
     """A factory of forwarding proxies: ``portd_forward(upstream, **options)`` returns a
     started Proxy; all are stopped (and checked for leaks) at teardown."""
-    from portd.testing.proxy import Proxy, upstream_text
+    from portd.testing.proxy import Proxy, upstream_options
     from portd.testing.server import serve
 
     started: list[ServeContext] = []
 
     def start(upstream: Any, bind: str = "127.0.0.1:0", protocol: Any = "tcp", **options: Any
               ) -> Proxy:  # fmt: skip
-        context = serve("forward", bind, protocol, upstream=upstream_text(upstream),
-                        **{**_serve_defaults(request), **options})  # fmt: skip
+        chosen = upstream_options(upstream, {**_serve_defaults(request), **options})
+        context = serve("forward", bind, protocol, **chosen)
         proxy = Proxy(context.__enter__())
         started.append(context)
         return proxy

@@ -47,6 +47,15 @@ def upstream_text(upstream: Any) -> str:
     raise TypeError(f"upstream {upstream!r}: expected 'HOST:PORT', (host, port) or a Server")
 
 
+def upstream_options(upstream: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """The forward's options for ``upstream``: its text, and for a portd TLS test
+    server, TLS to it verified by the test CA (``options`` override both)."""
+    found: dict[str, Any] = {"upstream": upstream_text(upstream)}
+    if isinstance(upstream, Server) and upstream.tls is not None:
+        found |= {"upstream_tls": True, "upstream_ca": upstream.ca_path}
+    return found | options
+
+
 def _host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -61,17 +70,17 @@ def forward(
 
     Args:
         upstream: ``"HOST:PORT"``, ``"unix:/path"``, a ``(host, port)`` tuple, or a
-            portd test Server.
+            portd test Server (one serving TLS is reached over TLS, trusting the test CA).
         bind: where the proxy listens (port 0: the kernel's choice).
         protocol: tcp, or udp for a datagram forward.
         **options: the forward handler's options (``connect_timeout_s``,
-            ``proxy_protocol``, ``toxic=[{...}]``) and serve()'s (``check_leaks``, ...).
+            ``proxy_protocol``, ``upstream_tls``, ``toxic=[{...}]``) and serve()'s
+            (``check_leaks``, ``tls=True`` to terminate TLS on the proxy, ...).
 
     Raises (on entering the block):
         ConfigError: a bad option or upstream.
     """
-    return ForwardContext(serve("forward", bind, protocol, upstream=upstream_text(upstream),
-                                **options))  # fmt: skip
+    return ForwardContext(serve("forward", bind, protocol, **upstream_options(upstream, options)))
 
 
 class ForwardContext:
@@ -123,8 +132,18 @@ class Proxy:
 
     @property
     def url(self) -> str:
-        """``http://host:port`` of the proxy."""
+        """``http://host:port`` of the proxy (``https://`` when it serves TLS)."""
         return self.server.url
+
+    def ssl_context(self) -> Any:
+        """A client SSLContext trusting the test CA, for a proxy that terminates TLS
+        (``forward(..., tls=True)``)."""
+        return self.server.ssl_context()
+
+    @property
+    def ca_path(self) -> str:
+        """The test CA's PEM file (curl ``--cacert``) for a proxy that terminates TLS."""
+        return self.server.ca_path
 
     @property
     def upstream(self) -> str:

@@ -343,6 +343,8 @@ def test_toxics_change_under_load_without_a_hang_or_a_lost_byte(
         stop.set()
         runner.join(60)
     assert not runner.is_alive()
+    if failures:
+        raise failures[0]
     assert len(totals) == 50
     assert all(sent == received and count > 0 for sent, received, count in totals)
     assert slowest < 1.0

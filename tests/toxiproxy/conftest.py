@@ -43,20 +43,15 @@ class ToxiproxyDaemon(Daemon):
 
     def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         """One API request; the status and the JSON answer (None when empty)."""
-        return api_request(self.host, self.port, method, path, body)
-
-
-def api_request(host: str, port: int, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    """One request to a toxiproxy API; the status and the JSON answer (None when empty)."""
-    connection = http.client.HTTPConnection(host, port, timeout=10)
-    try:
-        data = body if isinstance(body, bytes | None) else json.dumps(body).encode()
-        connection.request(method, path, body=data)
-        response = connection.getresponse()
-        raw = response.read()
-    finally:
-        connection.close()
-    return response.status, json.loads(raw) if raw else None
+        connection = http.client.HTTPConnection(self.host, self.port, timeout=10)
+        try:
+            data = body if isinstance(body, bytes | None) else json.dumps(body).encode()
+            connection.request(method, path, body=data)
+            response = connection.getresponse()
+            raw = response.read()
+        finally:
+            connection.close()
+        return response.status, json.loads(raw) if raw else None
 
 
 @pytest.fixture

@@ -20,8 +20,9 @@ from typing import Any, ClassVar
 from portd.endpoints.base import Endpoint, Peer, ProtocolName
 from portd.endpoints.parse import parse_endpoint
 from portd.endpoints.proxy_header import VERSIONS, proxy_header
-from portd.errors import BindSyntaxError, OptionError
+from portd.errors import BindSyntaxError, ConfigError, OptionError
 from portd.handlers.base import Connection, DatagramEndpoint, Handler, StreamSession
+from portd.handlers.forward.tls import UPSTREAM_TLS_OPTIONS, upstream_context, upstream_tls_problems
 from portd.options import Option, Settings
 from portd.toxics.spec import Toxic, parse_toxic, protocol_problem
 from portd.toxics.table import ToxicTable
@@ -85,16 +86,25 @@ class ForwardHandler(Handler):
         Option("toxic", list, (), "[[listener.toxic]] tables: type, name, stream, toxicity, "
                "attributes, only_new, nth, peer", convert=parse_toxics),
         Option("seed", int, 0, "seeds toxicity draws and jitter: the same seed, the same run"),
+        *UPSTREAM_TLS_OPTIONS,
     )  # fmt: skip
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
         self.table = ToxicTable(settings["toxic"])
         self.enabled: bool = settings["enabled"]
-        self.ssl: Any = None  # an SSLContext once upstream TLS exists
+        try:
+            self.ssl: Any = upstream_context(settings)  # None: plaintext to the upstream
+        except OptionError as exc:  # a file changed since the config was checked
+            raise ConfigError([str(exc)]) from None
+        self.server_hostname: str | None = settings["upstream_servername"] or None
         self._upstreams: dict[str, Endpoint] = {}
         self.sessions = self.table.subscribers
         self.udp: Any = None  # the datagram side, made on the first datagram
+
+    @classmethod
+    def check_settings(cls, settings: Settings) -> list[str]:
+        return upstream_tls_problems(settings)
 
     @classmethod
     def check_protocol(cls, settings: Settings, protocol: ProtocolName) -> list[str]:
@@ -105,6 +115,8 @@ class ForwardHandler(Handler):
             problems.append(f"upstream = {settings['upstream']!r}: {exc}")
         if protocol == "udp" and settings["proxy_protocol"]:
             problems.append("proxy_protocol applies to stream forwards only")
+        if protocol == "udp" and settings["upstream_tls"]:
+            problems.append("upstream_tls applies to stream forwards only (no DTLS)")
         return problems
 
     def endpoint(self, protocol: ProtocolName) -> Endpoint:

@@ -18,6 +18,7 @@ import contextlib
 import os
 import random
 import socket
+import ssl
 import struct
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +41,10 @@ def describe(exc: BaseException) -> str:
     """An OSError's reason as a user reads it: ``Connection refused``, ``timed out``."""
     if isinstance(exc, TimeoutError):
         return "timed out"
+    if isinstance(exc, ssl.SSLCertVerificationError):  # its errno is OpenSSL's, not the OS's
+        return f"TLS: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS: {exc.reason or exc}"
     if isinstance(exc, OSError) and exc.errno:  # asyncio's text wraps the address around it
         return os.strerror(exc.errno)
     if isinstance(exc, OSError) and exc.strerror:
@@ -77,7 +82,9 @@ class Upstream(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self.session.upstream_eof()
-        return True  # the session closes once both directions ended
+        # The session closes once both directions ended; TLS closes on its own (asyncio
+        # warns when asked to keep it open).
+        return self.session.handler.ssl is None
 
     def pause_writing(self) -> None:
         self.session.pause_client(PAUSE_UPSTREAM_FULL, True)
@@ -100,6 +107,8 @@ class ForwardSession(StreamSession):
         self.paused = 0  # why the client is not read (PAUSE_* bits)
         self.upstream_paused = 0  # why the upstream is not read
         self.client_done = self.upstream_done = False  # each direction's EOF delivered
+        self.client_eof = False  # the client's FIN (or TLS close_notify) arrived
+        self._client_tls: bool | None = None
         self.bytes_up = self.bytes_down = 0
         self.ended = ""  # how the upstream side ended
         self.ordinal = ordinal
@@ -181,13 +190,21 @@ class ForwardSession(StreamSession):
             self.pending.append(data)  # uvloop reads one chunk past pause_reading
 
     def eof_received(self) -> bool:
+        self.client_eof = True
         if self.up_pipe is not None:
             self.up_pipe.push(EOF)
         elif self.transport is not None:
             self._to_upstream(EOF)
         else:
             self.pending.append(b"")
-        return True
+        return not self.client_tls  # TLS closes on its own after close_notify
+
+    @property
+    def client_tls(self) -> bool:
+        """Whether the client speaks TLS (asyncio's TLS has no half-close)."""
+        if self._client_tls is None:
+            self._client_tls = self.conn.tls is not None
+        return self._client_tls
 
     def _to_upstream(self, item: Item) -> None:
         transport = self.transport
@@ -205,6 +222,8 @@ class ForwardSession(StreamSession):
         elif item == EOF:
             if transport.can_write_eof():
                 transport.write_eof()
+            else:  # TLS: close_notify after what is queued; it ends both directions
+                transport.close()
             self.client_done = True
             self._maybe_close()
         elif item == CLOSE:
@@ -229,8 +248,11 @@ class ForwardSession(StreamSession):
         if isinstance(item, bytes):
             conn.write(item)
         elif item == EOF:
-            conn.write_eof()
             self.upstream_done = True
+            if self.client_tls:  # no half-close over TLS: close_notify ends both ways
+                self.close_both()
+                return
+            conn.write_eof()
             self._maybe_close()
         elif item == CLOSE:
             self.close_both()
@@ -270,7 +292,8 @@ class ForwardSession(StreamSession):
         # A timer, not asyncio.timeout(): a third of the cost, on every connection.
         timer = self.clock.call_later(timeout_s, self._timed_out) if timeout_s else None
         try:
-            await self.conn.connect(handler.upstream, lambda: Upstream(self), ssl=handler.ssl)
+            await self.conn.connect(handler.upstream, lambda: Upstream(self), ssl=handler.ssl,
+                                    server_hostname=handler.server_hostname)  # fmt: skip
         except OSError as exc:
             self._failed(describe(exc))
         finally:
@@ -334,7 +357,8 @@ class ForwardSession(StreamSession):
         """Close both sides after what is queued (FIN both ways)."""
         if self.transport is not None:
             self.ended = self.ended or "closed"
-            self.transport.close()
+            if not self.transport.is_closing():  # a second close() breaks a TLS transport
+                self.transport.close()
         self.conn.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -345,6 +369,12 @@ class ForwardSession(StreamSession):
                 pipe.close()
         transport = self.transport
         if transport is None or transport.is_closing():
+            return
+        if exc is None and self.client_eof and self.client_tls:
+            # The TLS client's close_notify ended both directions (asyncio's TLS has no
+            # half-close): a clean end, passed on as one.
+            self.ended = self.ended or "closed"
+            transport.close()
             return
         # A client's FIN comes as eof_received first, so a connection lost while the
         # upstream is still open was reset by the client, or cut by portd (a timeout,
