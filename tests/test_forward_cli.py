@@ -105,6 +105,47 @@ def test_an_upstream_without_a_host_is_a_config_error() -> None:
     assert "expected HOST:PORT to connect to" in line
 
 
+def test_curl_crosses_a_forward_that_terminates_and_originates_tls(tmp_path: Any) -> None:
+    """curl -> TLS (portd cert's leaf) -> portd forward -> TLS (the test CA) -> http-hello."""
+    from tests.support import require_tool
+
+    assert run_portd("cert", "--out", str(tmp_path), "localhost", "127.0.0.1").returncode == 0
+    with serve("http-hello", tls=True) as echo:
+        proxy = ForwardProcess(
+            "127.0.0.1:0", f"127.0.0.1:{echo.port}", "--tls-cert", f"{tmp_path}/cert.pem",
+            "--tls-key", f"{tmp_path}/key.pem", "--upstream-tls", "--upstream-ca", echo.ca_path,
+            "--upstream-servername", "localhost",
+        )  # fmt: skip
+        try:
+            port = proxy.ready()["forward"]
+            done = subprocess.run(
+                [require_tool("curl"), "-sS", "--cacert", f"{tmp_path}/ca.pem",
+                 f"https://127.0.0.1:{port}/"],
+                capture_output=True, text=True, timeout=30, check=False,
+            )  # fmt: skip
+            closed = proxy.wait_for("connection_closed")
+            proxy.signal(signal.SIGTERM)
+            assert proxy.wait() == 0
+        finally:
+            proxy.stop()
+    assert (done.returncode, done.stdout, done.stderr) == (0, "Hello from portd\n", "")
+    assert closed["upstream_ended"] == "closed"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--upstream-ca", "ca.pem"], "upstream_ca: needs upstream_tls = true"),
+    (["--upstream-tls", "--upstream-ca", "/no/such/ca.pem"],
+     'upstream_ca = "/no/such/ca.pem": cannot read: No such file or directory (errno 2)'),
+    (["--tls-cert", "/no/such/cert.pem"], "tls_cert: TLS needs both tls_cert and tls_key"),
+    (["-u", "--upstream-tls"], "upstream_tls applies to stream forwards only"),
+])  # fmt: skip
+def test_bad_tls_options_are_one_line_and_exit_78(args: list[str], message: str) -> None:
+    done = run_portd("forward", "127.0.0.1:0", "127.0.0.1:9", *args)
+    assert done.returncode == 78
+    (line,) = done.stderr.splitlines()
+    assert message in line
+
+
 def test_forward_help_names_the_toxics_and_exit_codes() -> None:
     done = run_portd("forward", "--help")
     assert done.returncode == 0

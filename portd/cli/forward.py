@@ -40,7 +40,8 @@ def add_forward_commands(commands: Any) -> None:
         "  every toxic: name=, stream=upstream|downstream, toxicity=P, only_new=true,\n"
         "  nth=N, peer=ADDRESS\n\n"
         "examples:\n  portd forward 6000 127.0.0.1:5432 --toxic latency:latency=100\n"
-        "  portd forward -u 5353 127.0.0.1:53 --toxic packet_loss:loss=0.1\n\n"
+        "  portd forward -u 5353 127.0.0.1:53 --toxic packet_loss:loss=0.1\n"
+        "  portd forward 6443 db.internal:5432 --upstream-tls --upstream-ca ca.pem\n\n"
         + FORWARD_EXIT_CODES,
         formatter_class=RAW,
     )  # fmt: skip
@@ -53,10 +54,31 @@ def add_forward_commands(commands: Any) -> None:
                          help="upstream connect timeout in seconds (default 5)")  # fmt: skip
     forward.add_argument("--proxy-protocol", choices=("v1", "v2"),
                          help="send a PROXY header to the upstream")  # fmt: skip
+    _add_tls_options(forward)
     forward.add_argument("--log-level", default="info",
                          choices=("debug", "info", "warning", "error", "critical"))  # fmt: skip
     forward.set_defaults(run=run_forward)
     _add_toxiproxy(commands)
+
+
+TLS_FLAGS = {  # flag -> the listener key it sets
+    "tls_cert": "tls_cert", "tls_key": "tls_key", "upstream_tls": "upstream_tls",
+    "upstream_ca": "upstream_ca", "upstream_servername": "upstream_servername",
+}  # fmt: skip
+
+
+def _add_tls_options(forward: Any) -> None:
+    tls = forward.add_argument_group("TLS (keys as in a config: tls_*, upstream_*)")
+    tls.add_argument("--tls-cert", metavar="PEM", help="terminate TLS from clients with this "
+                     "certificate (and --tls-key)")  # fmt: skip
+    tls.add_argument("--tls-key", metavar="PEM", help="the key of --tls-cert")
+    tls.add_argument("--upstream-tls", action="store_true", help="originate TLS to UPSTREAM")
+    tls.add_argument("--upstream-ca", metavar="PEM",
+                     help="trust this CA for the upstream (default: the system's)")  # fmt: skip
+    tls.add_argument("--upstream-servername", metavar="NAME", help="the name the upstream's "
+                     "certificate must carry, sent as SNI (default: UPSTREAM's host)")  # fmt: skip
+    tls.add_argument("--upstream-insecure", action="store_true",
+                     help="accept any upstream certificate")  # fmt: skip
 
 
 def _add_toxiproxy(commands: Any) -> None:
@@ -104,6 +126,9 @@ def forward_config(args: argparse.Namespace) -> Any:
     }  # fmt: skip
     if args.proxy_protocol:
         table["proxy_protocol"] = args.proxy_protocol
+    table |= {key: value for flag, key in TLS_FLAGS.items() if (value := getattr(args, flag))}
+    if args.upstream_insecure:
+        table["upstream_verify"] = False
     daemon = {"log_level": args.log_level, "control_socket": ""}
     return parse_config({"daemon": daemon, "listener": [table]}, "portd forward")
 

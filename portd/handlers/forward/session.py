@@ -223,6 +223,7 @@ class ForwardSession(StreamSession):
             if transport.can_write_eof():
                 transport.write_eof()
             else:  # TLS: close_notify after what is queued; it ends both directions
+                self.ended = self.ended or "closed"
                 transport.close()
             self.client_done = True
             self._maybe_close()
