@@ -296,5 +296,10 @@ class Handler:
         """Apply ``settings`` in place (after :meth:`updatable` said True), to this
         handler and its live connections."""
 
+    def abort_connections(self) -> None:
+        """The listener aborts its connections (a drain's end, a test server's stop):
+        abort what the handler opened beside them that outlives them (a proxy's
+        upstream still closing after its client left). On the loop."""
+
     def close(self) -> None:
         """The listener stopped for good: release what the handler holds (files, fds)."""

@@ -159,5 +159,8 @@ class WrappingHandler(Handler):
     def busy_response(self) -> bytes | None:
         return self.inner.busy_response()  # a full listener answers as the inner would
 
+    def abort_connections(self) -> None:
+        self.inner.abort_connections()
+
     def close(self) -> None:
         self.inner.close()

@@ -337,6 +337,7 @@ class Listener:
                 conn.cut("aborted", "cut at the end of the drain")
             else:
                 conn.abort()
+        self.handler.abort_connections()
         return len(live) + self._adopting
 
     def stats(self) -> dict[str, Any]:

@@ -98,6 +98,9 @@ class ForwardHandler(Handler):
         except OptionError as exc:  # a file changed since the config was checked
             raise ConfigError([str(exc)]) from None
         self.server_hostname: str | None = settings["upstream_servername"] or None
+        # Sessions whose client is gone while their upstream still closes (a TLS
+        # shutdown waits for the peer's close_notify): aborted if the listener stops.
+        self.lingering: set[Any] = set()
         self._upstreams: dict[str, Endpoint] = {}
         self.sessions = self.table.subscribers
         self.udp: Any = None  # the datagram side, made on the first datagram
@@ -187,6 +190,12 @@ class ForwardHandler(Handler):
         """A reproducible random source for client ``index``."""
         return random.Random(f"{self.settings['seed']}:{index}")  # noqa: S311 - fault timings
 
+    def abort_connections(self) -> None:
+        for session in list(self.lingering):
+            session.transport.abort()
+        self.lingering.clear()
+
     def close(self) -> None:
+        self.abort_connections()
         if self.udp is not None:
             self.udp.close_all()

@@ -337,6 +337,7 @@ class ForwardSession(StreamSession):
     def upstream_lost(self, exc: Exception | None) -> None:
         """The upstream connection is gone: a reset is passed on as a reset."""
         if self.lost:
+            self.handler.lingering.discard(self)
             return
         if isinstance(exc, ConnectionResetError):
             self.ended = "reset"
@@ -369,13 +370,17 @@ class ForwardSession(StreamSession):
             if pipe is not None:
                 pipe.close()
         transport = self.transport
-        if transport is None or transport.is_closing():
+        if transport is None:
+            return
+        if transport.is_closing():  # closing after its last bytes: abort it at the stop
+            self.handler.lingering.add(self)
             return
         if exc is None and self.client_eof and self.client_tls:
             # The TLS client's close_notify ended both directions (asyncio's TLS has no
             # half-close): a clean end, passed on as one.
             self.ended = self.ended or "closed"
             transport.close()
+            self.handler.lingering.add(self)
             return
         # A client's FIN comes as eof_received first, so a connection lost while the
         # upstream is still open was reset by the client, or cut by portd (a timeout,
