@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Protocol
 
-from portd.errors import PortdError
+from portd.errors import ConfigError, PortdError
 
 if TYPE_CHECKING:
     from portd.config import Config
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from portd.privileges import Identity
     from portd.supervisor import Supervisor
     from portd.systemd import InheritedSocket
+    from portd.toxiproxy import ToxiproxyApi
 
 
 class ServiceManager(Protocol):
@@ -90,11 +91,15 @@ def run_daemon(
 
     Raises:
         BindError: a listener could not be bound (nothing stays open).
-        ConfigError: --activation-only without a socket for every listener.
+        ConfigError: --activation-only without a socket for every listener; --workers
+            above 1 with [daemon] toxiproxy_api.
         PortdError: the event loop asked for is not installed, or dropping privileges failed.
     """
-    from portd.config.daemon import worker_count
+    from portd.config.daemon import api_workers_problem, worker_count
 
+    problem = api_workers_problem(config.daemon.workers, config.daemon.toxiproxy_api)
+    if problem:  # --workers over a config with toxiproxy_api (check refuses the file's own)
+        raise ConfigError([f"--workers {config.daemon.workers}: {problem}"])
     if worker_count(config.daemon.workers) > 1:
         from portd.workers.parent import run_workers
 
@@ -167,6 +172,7 @@ class Daemon:
         self.metrics_sockets = list(metrics_sockets)
         self.worker = worker
         self.log = supervisor.log
+        self.api: ToxiproxyApi | None = None  # [daemon] toxiproxy_api, once serving
 
     async def run(self) -> int:
         """Serve until a stop signal, reloading on SIGHUP, then drain.
@@ -224,6 +230,7 @@ class Daemon:
         with anyio.open_signal_receiver(*handled) as signals:
             async with anyio.create_task_group() as group:
                 supervisor.spawn = group.start_soon
+                await self._start_toxiproxy_api()  # before daemon_ready, which promises it
                 await supervisor.start()
                 metrics = self._serve_metrics()
                 if self.worker is not None:
@@ -253,6 +260,21 @@ class Daemon:
         announce(self.supervisor.config.daemon.metrics, self.metrics_sockets, self.log)
         return server
 
+    async def _start_toxiproxy_api(self) -> None:
+        """``[daemon] toxiproxy_api``: serve toxiproxy's HTTP API beside the listeners."""
+        daemon = self.supervisor.config.daemon
+        if not daemon.toxiproxy_api:
+            return
+        from portd.toxiproxy import start_api
+
+        self.api = await start_api(
+            daemon.toxiproxy_api,
+            allow_remote=daemon.toxiproxy_api_remote,
+            next_conn_id=self.supervisor.next_conn_id,
+            configured=lambda: self.supervisor.listeners,
+        )
+        self.log.info("toxiproxy_api_ready", address=self.api.address)
+
     async def reload(self) -> ReloadFailure | None:
         """Reload the config, telling the service manager; None or why it failed."""
         self.notifier.reloading()
@@ -275,6 +297,8 @@ class Daemon:
         supervisor = self.supervisor
         supervisor.stop_accepting()
         self.notifier.stopping()  # after: a worker's parent reads it as "accepts no more"
+        if self.api is not None:
+            self.api.stop_accepting()
         everyone = [*supervisor.listeners, *supervisor.retiring]
         timeout_s = supervisor.config.daemon.shutdown_timeout_s
         self.log.info(
@@ -296,6 +320,8 @@ class Daemon:
             group.start_soon(cut_short_on_second_signal)
             await supervisor.drain(timeout_s)
             group.cancel_scope.cancel()
+        if self.api is not None:
+            self.api.close()
         aborted = await supervisor.abort_connections()
         self.log.info("shutdown_complete", aborted=aborted, exit_code=exit_code)
         return exit_code

@@ -35,6 +35,7 @@ class ReloadPlan(NamedTuple):
     kept: list[Listener]
     started: list[Start]
     retired: list[Listener]
+    updated: tuple[tuple[Listener, ListenerConfig], ...] = ()  # kept; handlers take new settings
 
     @property
     def handed_over(self) -> set[socket.socket]:
@@ -56,6 +57,13 @@ def unchanged(old: ListenerConfig, new: ListenerConfig) -> bool:
     return dataclasses.replace(new, index=old.index) == old
 
 
+def updatable(old: Listener, new: ListenerConfig) -> bool:
+    """True when only the handler's settings differ and the running handler takes them
+    in place (a forward's toxics): its connections and sockets stay untouched."""
+    same = dataclasses.replace(new, index=old.config.index, settings=old.config.settings)
+    return same == old.config and old.handler.updatable(new.settings)
+
+
 def plan_reload(running: Sequence[Listener], configs: Sequence[ListenerConfig]) -> ReloadPlan:
     """Compare the running listeners with a new, validated config."""
     by_name = {listener.config.name: listener for listener in running}
@@ -64,6 +72,14 @@ def plan_reload(running: Sequence[Listener], configs: Sequence[ListenerConfig]) 
         for config in configs
         if config.name in by_name and unchanged(by_name[config.name].config, config)
     ]
+    updated = [
+        (by_name[config.name], config)
+        for config in configs
+        if config.name in by_name
+        and by_name[config.name] not in kept
+        and updatable(by_name[config.name], config)
+    ]
+    kept += [listener for listener, _ in updated]
     pool: dict[SocketKey, tuple[socket.socket, bool]] = {}  # -> (socket, portd made its file)
     for listener in running:
         if listener not in kept:
@@ -75,7 +91,7 @@ def plan_reload(running: Sequence[Listener], configs: Sequence[ListenerConfig]) 
         if not (config.name in by_name and by_name[config.name] in kept)
     ]
     retired = [listener for listener in running if listener not in kept]
-    return ReloadPlan(kept, started, retired)
+    return ReloadPlan(kept, started, retired, tuple(updated))
 
 
 def _start(

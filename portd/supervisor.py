@@ -35,6 +35,7 @@ from portd.systemd import InheritedSocket, match_inherited
 RESTART_ONLY_SETTINGS = (
     "log_format", "log_level", "loop", "user", "group", "control_socket", "control_socket_abstract",
     "workers", "metrics",
+    "toxiproxy_api", "toxiproxy_api_remote",
 )  # fmt: skip
 Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], object]
 
@@ -152,6 +153,11 @@ class Supervisor:
             for listener in made:
                 listener.durations = Histogram()
         return made
+
+    def next_conn_id(self) -> int:
+        """The next connection id (listeners made outside the config share the count,
+        unique across the daemon's workers)."""
+        return self._next_conn_id()
 
     def _close_inherited(self) -> None:
         for inherited in self._inherited:
@@ -322,6 +328,9 @@ class Supervisor:
             self.retiring.append(listener)
             if self.spawn is not None:  # in-process callers without a daemon close at close()
                 self.spawn(partial(self._retire, listener, listener.name in replaced))
+        for listener, new_config in plan.updated:  # toxics and such, applied in place
+            listener.handler.update(new_config.settings)
+            listener.config = new_config
         by_name = {listener.config.name: listener for listener in [*plan.kept, *started]}
         for listener in started if serve else ():
             await listener.start()
@@ -330,7 +339,8 @@ class Supervisor:
         self.listeners = [by_name[c.name] for c in config.listeners]
         self.log.info(
             "reload_complete",
-            unchanged=len(plan.kept),
+            unchanged=len(plan.kept) - len(plan.updated),
+            updated=len(plan.updated),
             changed=len(replaced),
             added=len(started) - len(replaced),
             removed=len(plan.retired) - len(replaced),

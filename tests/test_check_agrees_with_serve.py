@@ -57,6 +57,30 @@ def _tls(kind: str) -> Callable[[Path], str]:
     return build
 
 
+FORWARD = '[[listener]]\nname = "f"\nbind = "127.0.0.1:0"\nhandler = "forward"\n'
+
+
+def _upstream_tls(kind: str) -> Callable[[Path], str]:
+    """A forward that originates TLS: good, or with a key that cannot work."""
+
+    def build(tmp: Path) -> str:
+        from portd.tls.certs import Authority
+
+        ca = tmp / "ca.pem"
+        ca.write_bytes(Authority("corpus CA").cert_pem)
+        keys = {
+            "ok": f'upstream_tls = true\nupstream_ca = "{ca}"\n',
+            "missing-ca": f'upstream_tls = true\nupstream_ca = "{tmp}/missing.pem"\n',
+            "not-a-ca": f'upstream_tls = true\nupstream_ca = "{tmp}"\n',
+            "without-tls": f'upstream_ca = "{ca}"\nupstream_servername = "db"\n',
+            "key-only": f'upstream_tls = true\nupstream_key = "{ca}"\n',
+            "udp": 'upstream_tls = true\nprotocol = "udp"\n',
+        }
+        return FORWARD + 'upstream = "127.0.0.1:9"\n' + keys[kind]
+
+    return build
+
+
 CORPUS: dict[str, Callable[[Path], str]] = {
     "echo-tcp-udp": lambda tmp: ECHO + ECHO.replace('"e"', '"u"') + 'protocol = "udp"\n',
     "unix-stream-and-datagram": lambda tmp: (
@@ -101,6 +125,10 @@ CORPUS: dict[str, Callable[[Path], str]] = {
             "udp",
             "half-pair",
         )
+    },
+    **{
+        f"upstream-tls-{kind}": _upstream_tls(kind)
+        for kind in ("ok", "missing-ca", "not-a-ca", "without-tls", "key-only", "udp")
     },
 }
 

@@ -362,7 +362,8 @@ def test_config_error_carries_exit_code_78_and_joins_lines() -> None:
             "[daemon]\ncolour = 'red'\n" + ECHO,
             '[daemon]: colour = "red": unknown key; '
             "allowed keys: control_socket, control_socket_abstract, group, log_format, "
-            "log_level, loop, metrics, shutdown_timeout_s, user, workers",
+            "log_level, loop, metrics, shutdown_timeout_s, toxiproxy_api, toxiproxy_api_remote,"
+            " user, workers",
             id="daemon-unknown-key",
         ),
         pytest.param(

@@ -70,6 +70,7 @@ def test_every_toml_block_is_valid(tmp_path: Path) -> None:
     write_pair(tls, Authority("readme CA").issue(["localhost"]), "x")
     (tls / "x-cert.pem").rename(tls / "cert.pem")
     (tls / "x-key.pem").rename(tls / "key.pem")
+    (tls / "ca.pem").write_bytes(Authority("readme upstream CA").cert_pem)
     checked = 0
     for block in blocks("toml"):
         # README's upload directory is under /var/lib/portd, which this host may lack:

@@ -3,7 +3,8 @@ and exit codes.
 
 Each group of commands declares its own arguments and the small function that runs
 each: the daemon's in ``portd.cli.daemon``, the netcat commands' in
-``portd.shell.arguments``, the inspect commands' in ``portd.inspect.arguments``. The
+``portd.shell.arguments``, the inspect commands' in ``portd.inspect.arguments``, the
+proxy commands' (forward, toxiproxy) in ``portd.cli.forward``. The
 modules that do the work are imported inside those functions, so each command loads
 only what it uses.
 """
@@ -18,6 +19,7 @@ from typing import Any, NoReturn
 from portd import __version__
 from portd.cli.cert import add_cert_command
 from portd.cli.daemon import DAEMON_EXIT_CODES, RAW, add_daemon_commands
+from portd.cli.forward import add_forward_commands
 from portd.errors import EX_USAGE, PortdError, UsageError
 from portd.inspect.arguments import add_inspect_commands
 from portd.shell.arguments import add_shell_commands
@@ -77,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_daemon_commands(commands)
     add_shell_commands(commands)
     add_inspect_commands(commands)
+    add_forward_commands(commands)
     add_cert_command(commands)
     return parser
 

@@ -155,7 +155,8 @@ def parse_config(data: Mapping[str, Any], source: str) -> Config:
             problems.add("top level", f"unknown table [{key}]; expected [daemon] and [[listener]]")
     daemon = build_daemon(data.get("daemon", {}), problems)
     tables = data.get("listener", [])
-    if not isinstance(tables, list) or not tables:
+    if not isinstance(tables, list) or (not tables and not daemon.toxiproxy_api):
+        # The toxiproxy API makes listeners of its own: a config may have none then.
         problems.add("top level", "no [[listener]] tables; declare at least one listener")
         tables = []
     listeners = [

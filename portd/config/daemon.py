@@ -80,6 +80,11 @@ DAEMON_OPTIONS = (
            convert=parse_workers),
     Option("metrics", str, "", 'serve /metrics at [HOST:]PORT (HOST defaults to 127.0.0.1); '
            '"" off', convert=check_metrics_address),
+    Option("toxiproxy_api", str, "", 'serve toxiproxy\'s HTTP API here, e.g. "127.0.0.1:8474"; '
+           '"" off'),
+    Option("toxiproxy_api_remote", bool, False,
+           "allow a toxiproxy_api address that is not loopback (anyone reaching it can "
+           "open ports and redirect traffic)"),
 )  # fmt: skip
 
 
@@ -97,6 +102,8 @@ class DaemonConfig:
     control_socket_abstract: bool = False
     workers: int | str = 1  # or "auto": see worker_count()
     metrics: str = ""
+    toxiproxy_api: str = ""
+    toxiproxy_api_remote: bool = False
 
 
 def build_daemon(table: Any, problems: Problems) -> DaemonConfig:
@@ -106,11 +113,28 @@ def build_daemon(table: Any, problems: Problems) -> DaemonConfig:
         return DaemonConfig()
     values = check_options(table, DAEMON_OPTIONS, "[daemon]", problems)
     _check_control_socket(values, problems)
+    if values["toxiproxy_api"]:
+        from portd.toxiproxy.address import api_address_problem
+
+        reason = api_address_problem(values["toxiproxy_api"], values["toxiproxy_api_remote"])
+        if reason:
+            problems.add("[daemon]", reason, "toxiproxy_api", values["toxiproxy_api"])
+        reason = api_workers_problem(values["workers"], values["toxiproxy_api"])
+        if reason:
+            problems.add("[daemon]", reason, "workers", values["workers"])
     for key in ("user", "group"):
         reason = account_problem(values[key])
         if reason:
             problems.add("[daemon]", reason, key, values[key])
     return DaemonConfig(**values)
+
+
+def api_workers_problem(workers: int | str, toxiproxy_api: str) -> str | None:
+    """Why ``workers`` cannot go with ``toxiproxy_api`` (proxies the API makes live in
+    one process: each worker would bind the API's address and keep proxies of its own)."""
+    if toxiproxy_api and workers != 1:
+        return "toxiproxy_api needs workers = 1: proxies made through the API live in one process"
+    return None
 
 
 MAX_ACCOUNT_ID = 4294967294  # (uid_t)-1 = 4294967295 tells setresuid "leave unchanged"

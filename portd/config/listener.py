@@ -88,7 +88,7 @@ def build_listener(index: int, table: Any, problems: Problems) -> ListenerConfig
     if handler and protocol not in handler.protocols:
         allowed = ", ".join(sorted(handler.protocols))
         problems.add(where, f"handler {handler.name!r} serves {allowed} only", "protocol", protocol)
-    _check_applicable(table, protocol, endpoint, where, problems)
+    _check_applicable(table, protocol, endpoint, where, problems, handler=handler)
     if bind_problem:
         problems.add(where, bind_problem, "bind", table.get("bind"))
     name = values["name"]
@@ -122,6 +122,7 @@ def _complete(
         return None
     settings = {option.name: values[option.name] for option in handler.options}
     refused = handler.check_settings(settings)  # what serve would refuse, found here too
+    refused += handler.check_protocol(settings, endpoint.protocol)
     for problem in refused:
         problems.add(where, problem)
     name = values["name"] or default_name(handler.name, endpoint)
@@ -151,10 +152,14 @@ def _check_applicable(
     endpoint: Endpoint | None,
     where: str,
     problems: Problems,
+    *,
+    handler: type[Handler] | None = None,
 ) -> None:
     """Keys of the other protocol, or of another endpoint kind, are problems."""
     if protocol == "udp":
         foreign, other = TCP_ONLY | STREAM_ONLY_KEYS | TLS_KEYS, "tcp"
+        if handler is not None and handler.datagram_sessions:  # a forward's NAT table
+            foreign = foreign - {"max_connections"}
     else:
         foreign, other = UDP_ONLY, "udp"
     for key in sorted(set(table) & foreign):

@@ -136,3 +136,30 @@ class Endpoint(Protocol):
     def release(self, sockets: Sequence[socket.socket]) -> None:
         """After the listener's sockets closed for good: remove what binding left behind
         (a unix socket's file), never anything else."""
+
+    def upstream_problem(self) -> str | None:
+        """Why this endpoint cannot be connected to as an upstream (``*:80``), or None."""
+
+    async def open_stream(
+        self,
+        loop: Any,
+        protocol_factory: Callable[[], Any],
+        *,
+        ssl: Any = None,
+        server_hostname: str | None = None,
+    ) -> tuple[Any, Any]:
+        """Connect to this endpoint as a client: ``(transport, protocol)`` from the loop's
+        ``create_connection`` family; ``ssl`` (an SSLContext) originates TLS, checked
+        against ``server_hostname`` (default: the host; ``localhost`` for a path).
+
+        Raises:
+            OSError: refused, unreachable, or the name does not resolve.
+        """
+
+    def connect_datagram(self) -> socket.socket:
+        """A non-blocking datagram socket connected to this endpoint (may resolve a host
+        name: blocking). The caller owns it.
+
+        Raises:
+            OSError, BindSyntaxError: it cannot be made or connected.
+        """

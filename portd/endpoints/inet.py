@@ -249,6 +249,33 @@ class InetEndpoint(NamedTuple):
     def release(self, sockets: Sequence[socket.socket]) -> None:
         """Nothing is left behind by an IP socket."""
 
+    def upstream_problem(self) -> str | None:
+        """An upstream names a host: ``*:PORT`` (or a bare PORT) is every interface."""
+        if self.is_wildcard:
+            return f"expected HOST:PORT to connect to, not {self}"
+        return None
+
+    async def open_stream(
+        self, loop: Any, protocol_factory: Any, *, ssl: Any = None, server_hostname: Any = None
+    ) -> Any:
+        """``loop.create_connection`` (TCP_NODELAY is set by the loop)."""
+        hostname = (server_hostname or self.host) if ssl is not None else None
+        return await loop.create_connection(
+            protocol_factory, self.host, self.port, ssl=ssl, server_hostname=hostname
+        )
+
+    def connect_datagram(self) -> socket.socket:
+        """A UDP socket connected to the first address the host resolves to."""
+        address = self.resolve()[0]
+        sock = socket.socket(address.family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            sock.connect(address.sockaddr)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
 
 def format_host_port(host: str, port: int) -> str:
     """``host:port`` with IPv6 literals in brackets."""

@@ -248,6 +248,33 @@ class UnixEndpoint(NamedTuple):
         with contextlib.suppress(BindError):
             clear_stale_socket(self.path, str(self))
 
+    def upstream_problem(self) -> str | None:
+        """Any path or name can be connected to."""
+        return None
+
+    async def open_stream(
+        self, loop: Any, protocol_factory: Any, *, ssl: Any = None, server_hostname: Any = None
+    ) -> Any:
+        """``loop.create_unix_connection`` to the path or abstract name."""
+        sockaddr = UnixAddress(self.path).sockaddr
+        hostname = (server_hostname or "localhost") if ssl is not None else None
+        return await loop.create_unix_connection(
+            protocol_factory, sockaddr, ssl=ssl, server_hostname=hostname
+        )
+
+    def connect_datagram(self) -> socket.socket:
+        """A unix datagram socket, autobound to an abstract name (so replies have
+        somewhere to go), connected to the path or name."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            sock.bind("")  # Linux autobind: a unique abstract name
+            sock.setblocking(False)
+            sock.connect(UnixAddress(self.path).sockaddr)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
 
 def parse_unix(
     text: str, protocol: ProtocolName = "tcp", *, absolute: bool = False

@@ -17,10 +17,10 @@ handler that is naturally sequential (a proxy, a program on a port) subclasses
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from portd.endpoints.base import Peer, ProtocolName
+from portd.endpoints.base import Endpoint, Peer, ProtocolName
 from portd.options import Option, Settings
 
 if TYPE_CHECKING:
@@ -129,6 +129,28 @@ class Connection(Protocol):
         """Undo pause_reading."""
 
     @property
+    def sockname(self) -> Any:
+        """The local address the client connected to (``getsockname()``), for a proxy
+        that tells its upstream who connected where (the PROXY protocol)."""
+
+    def connect(
+        self,
+        endpoint: Endpoint,
+        protocol_factory: Callable[[], Any],
+        *,
+        ssl: Any = None,
+        server_hostname: str | None = None,
+    ) -> Awaitable[tuple[Any, Any]]:
+        """Open a client connection to ``endpoint`` on the connection's loop (a proxy's
+        upstream): ``(transport, protocol)``; with ``ssl`` (an SSLContext) over TLS,
+        verified for ``server_hostname`` (default: the endpoint's host). The caller owns
+        the transport.
+
+        Raises (when awaited):
+            OSError: refused, unreachable, or the name does not resolve.
+        """
+
+    @property
     def tls(self) -> TLSInfo | None:
         """The TLS session (version, cipher, ALPN, the client certificate's subject) of
         a TLS connection, None for plaintext: the socket under a TLS connection carries
@@ -145,6 +167,22 @@ class DatagramEndpoint(Protocol):
     def send(self, data: bytes, peer: Peer) -> bool:
         """Send one datagram to ``peer``; False when it was dropped (the socket's send
         buffer is full, or the peer cannot be reached)."""
+
+    @property
+    def clock(self) -> Clock:
+        """The loop's clock and timers."""
+
+    @property
+    def max_sessions(self) -> int:
+        """How many clients a handler may keep state for (the listener's
+        ``max_connections``): a forward's NAT table stays within it."""
+
+    def watch(self, sock: Any, readable: Callable[[], object]) -> None:
+        """Call ``readable()`` whenever ``sock`` (a handler's own non-blocking socket,
+        such as a forward's upstream socket) has something to read."""
+
+    def unwatch(self, sock: Any) -> None:
+        """Stop watching ``sock`` (before closing it)."""
 
 
 class StreamSession:
@@ -173,6 +211,10 @@ class StreamSession:
     def connection_lost(self, exc: Exception | None) -> None:
         """The connection is closed; release what the session holds."""
 
+    def log_fields(self) -> Mapping[str, Any]:
+        """Fields the session adds to the ``connection_closed`` line (a proxy's upstream)."""
+        return {}
+
 
 class Handler:
     """Base class for handlers.
@@ -186,6 +228,9 @@ class Handler:
     protocols: ClassVar[frozenset[ProtocolName]]
     options: ClassVar[tuple[Option, ...]] = ()
     listens: ClassVar[bool] = True  # False: stream sockets are bound and never listen (refuse)
+    # True: the datagram side keeps state per client (a forward's NAT table), bounded by
+    # max_connections, which a UDP listener of this handler then takes.
+    datagram_sessions: ClassVar[bool] = False
     # Limits this handler is safe with when the listener table does not set them, such
     # as {"idle_timeout_s": 60.0}: a listener key always wins.
     default_limits: ClassVar[Mapping[str, Any]] = {}
@@ -207,6 +252,12 @@ class Handler:
         """The problems ``__init__`` would raise for these settings, found without side
         effects (no directory created, no lock taken), so ``portd check`` reports every
         config ``portd serve`` refuses. One message per problem; empty when fine."""
+        return []
+
+    @classmethod
+    def check_protocol(cls, settings: Settings, protocol: ProtocolName) -> list[str]:
+        """The problems of these settings on a listener of ``protocol`` (an option that
+        only one of the protocols the handler serves can take); empty when fine."""
         return []
 
     def open_session(self, conn: Connection) -> StreamSession:
@@ -242,6 +293,21 @@ class Handler:
         Raises:
             PortdError: something is out of reach (one line; the daemon exits).
         """
+
+    def updatable(self, settings: Settings) -> bool:
+        """True when this running handler can take ``settings`` in place (a reload that
+        changes only those: a forward's toxics), without side effects; False (the
+        default) has the listener replaced by a new one with the new settings."""
+        return False
+
+    def update(self, settings: Settings) -> None:
+        """Apply ``settings`` in place (after :meth:`updatable` said True), to this
+        handler and its live connections."""
+
+    def abort_connections(self) -> None:
+        """The listener aborts its connections (a drain's end, a test server's stop):
+        abort what the handler opened beside them that outlives them (a proxy's
+        upstream still closing after its client left). On the loop."""
 
     def close(self) -> None:
         """The listener stopped for good: release what the handler holds (files, fds)."""

@@ -83,6 +83,19 @@ class ConnectionProxy:
         """Close now with an RST."""
         self.conn.reset(reason)
 
+    @property
+    def sockname(self) -> Any:
+        """The real connection's local address."""
+        return self.conn.sockname
+
+    def connect(
+        self, endpoint: Any, protocol_factory: Any, *, ssl: Any = None, server_hostname: Any = None
+    ) -> Any:
+        """A client connection on the real connection's loop."""
+        return self.conn.connect(
+            endpoint, protocol_factory, ssl=ssl, server_hostname=server_hostname
+        )
+
     def pause_reading(self) -> None:
         """Stop reading from the peer."""
         self.conn.pause_reading()
@@ -145,6 +158,9 @@ class WrappingHandler(Handler):
 
     def busy_response(self) -> bytes | None:
         return self.inner.busy_response()  # a full listener answers as the inner would
+
+    def abort_connections(self) -> None:
+        self.inner.abort_connections()
 
     def close(self) -> None:
         self.inner.close()

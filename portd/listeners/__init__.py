@@ -296,6 +296,7 @@ class Listener:
                 bytes_out=conn.bytes_out,
                 duration_ms=round((time.monotonic() - conn.started) * 1000, 1),
                 error=str(exc) if exc and conn.reason is None else conn.error,
+                **conn.session.log_fields(),
                 **({"tls_client": client} if client else {}),
             )
         for observer in self.observers:
@@ -349,6 +350,7 @@ class Listener:
                 conn.cut("aborted", "cut at the end of the drain")
             else:
                 conn.abort()
+        self.handler.abort_connections()
         return len(live) + self._adopting
 
     def stats(self) -> dict[str, Any]:

@@ -124,6 +124,26 @@ class DatagramServer:
         self.bytes_out += len(data)
         return True
 
+    @property
+    def clock(self) -> Any:
+        """The loop serving this socket."""
+        return self._loop
+
+    @property
+    def max_sessions(self) -> int:
+        """The listener's max_connections."""
+        return self.gate.limits.max_connections
+
+    def watch(self, sock: socket.socket, readable: Callable[[], object]) -> None:
+        """Read a handler's own socket on this loop."""
+        if self._loop is not None:
+            self._loop.add_reader(sock.fileno(), readable)
+
+    def unwatch(self, sock: socket.socket) -> None:
+        """Stop reading a handler's own socket."""
+        if self._loop is not None:
+            self._loop.remove_reader(sock.fileno())
+
     def _handler_failed(self, exc: Exception, peer: Peer) -> None:
         self.failures += 1
         self.failed(exc)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 from portd.handlers.base import StreamSession
 
 if TYPE_CHECKING:
-    from portd.endpoints.base import Peer
+    from portd.endpoints.base import Endpoint, Peer
     from portd.listeners.host import ConnectionHost
     from portd.tls.info import TLSInfo
 
@@ -244,8 +244,10 @@ class StreamConnection(asyncio.Protocol):
                 self.transport.write_eof()
 
     def close(self) -> None:
-        """Close after queued data."""
-        self.transport.close()
+        """Close after queued data (idempotent: asyncio's TLS transport forgets its
+        protocol on a second close(), and then fails every get_extra_info())."""
+        if not self.transport.is_closing():
+            self.transport.close()
 
     def abort(self) -> None:
         """Close now, dropping queued data."""
@@ -258,6 +260,24 @@ class StreamConnection(asyncio.Protocol):
         failed exchange (an upload that was not stored) from a finished one; ``reason``
         goes to the ``connection_closed`` line. Harmless once closed."""
         self.cut("aborted", reason or None)
+
+    @property
+    def sockname(self) -> Any:
+        """The local address of the accepted socket."""
+        return self.transport.get_extra_info("sockname")
+
+    def connect(
+        self,
+        endpoint: Endpoint,
+        protocol_factory: Any,
+        *,
+        ssl: Any = None,
+        server_hostname: str | None = None,
+    ) -> Any:
+        """A client connection to ``endpoint`` on this connection's loop."""
+        return endpoint.open_stream(
+            self.clock, protocol_factory, ssl=ssl, server_hostname=server_hostname
+        )
 
     def pause_reading(self) -> None:
         """Stop reading from the peer."""

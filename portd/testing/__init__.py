@@ -8,6 +8,8 @@ without pulling in the server machinery until a fixture is used.
   (:class:`ConnectionRecord`, :class:`DatagramRecord`).
 * :func:`bound_socket` and :func:`listen_fds`: pass a bound socket to a child process
   the systemd way (LISTEN_FDS), so a server under test needs no port of its own.
+* :func:`forward`: a forwarding proxy to a real dependency, with toxics added and
+  removed while the test runs (:class:`Proxy`).
 * :class:`LeakError`: what ``serve(check_leaks=True)`` and the fixtures raise.
 * :class:`HandlerFailedError`: what leaving the block raises when the handler raised.
 * :class:`ServerFactory`: the type of the ``portd_server`` fixture, for annotations.
@@ -34,6 +36,8 @@ _EXPORTS = {
     "LeakError": "portd.testing.leaks",
     "LeakReport": "portd.testing.leaks",
     "ListenFds": "portd.testing.fds",
+    "Proxy": "portd.testing.proxy",
+    "forward": "portd.testing.proxy",
     "ServeContext": "portd.testing.server",
     "Server": "portd.testing.server",
     "ServerFactory": "portd.testing.plugin",
@@ -50,6 +54,7 @@ __all__ = [
     "LeakError",
     "LeakReport",
     "ListenFds",
+    "Proxy",
     "ManualClock",
     "RecordingEndpoint",
     "RecordingLog",
@@ -57,6 +62,7 @@ __all__ = [
     "Server",
     "ServerFactory",
     "bound_socket",
+    "forward",
     "listen_fds",
     "serve",
 ]
@@ -66,6 +72,7 @@ if TYPE_CHECKING:
     from portd.testing.kit import FakeConnection, ManualClock, RecordingEndpoint, RecordingLog
     from portd.testing.leaks import LeakError, LeakReport
     from portd.testing.plugin import ServerFactory
+    from portd.testing.proxy import Proxy, forward
     from portd.testing.records import ConnectionRecord, DatagramRecord, HandlerFailedError
     from portd.testing.server import ServeContext, Server, serve
 

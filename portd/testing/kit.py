@@ -252,6 +252,22 @@ class FakeConnection:
         self.tasks.append(task)
         return task
 
+    sockname: Any = ("127.0.0.1", 7000)  # where the fake client connected
+
+    def connect(
+        self,
+        endpoint: Any,
+        protocol_factory: Callable[[], Any],
+        *,
+        ssl: Any = None,
+        server_hostname: str | None = None,
+    ) -> Any:
+        """Connect for real, on the running loop (tests of a proxy's session are async)."""
+        loop = asyncio.get_running_loop()
+        return endpoint.open_stream(
+            loop, protocol_factory, ssl=ssl, server_hostname=server_hostname
+        )
+
 
 class RecordingEndpoint:
     """A DatagramEndpoint that records what a handler sends."""
@@ -266,3 +282,15 @@ class RecordingEndpoint:
         if self.accept:
             self.sent.append((bytes(data), peer))
         return self.accept
+
+    clock: Any = None  # set one (a ManualClock) for handlers that keep timers
+    max_sessions = 1024
+    watched: dict[Any, Callable[[], object]]
+
+    def watch(self, sock: Any, readable: Callable[[], object]) -> None:
+        """Record the watch: call ``watched[sock]()`` to play its readiness."""
+        self.__dict__.setdefault("watched", {})[sock] = readable
+
+    def unwatch(self, sock: Any) -> None:
+        """Forget the watch."""
+        self.__dict__.setdefault("watched", {}).pop(sock, None)

@@ -3,6 +3,8 @@
 Fixtures (function scope; each server on its own kernel-chosen port, so pytest-xdist
 workers share nothing):
 
+* ``portd_forward``: a factory of forwarding proxies with live toxics,
+  ``portd_forward(upstream).add_toxic("latency", latency=100)``;
 * ``portd_server``: a factory, ``portd_server("latency", delay_s=0.5, wraps="http-hello")``
   takes serve()'s arguments and returns a started Server;
 * ready-made: ``echo_server``, ``udp_echo_server``, ``http_server`` (http-hello),
@@ -34,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import pytest
 
 if TYPE_CHECKING:
+    from portd.testing.proxy import Proxy
     from portd.testing.server import ServeContext, Server
 
 CALL_FAILED = pytest.StashKey[bool]()
@@ -124,6 +127,35 @@ def _stop_all(started: list[ServeContext], failed: bool) -> None:
         raise errors[0]
     if leaks:
         pytest.fail("\n".join(leaks), pytrace=False)
+
+
+@pytest.fixture
+def portd_forward(request: pytest.FixtureRequest) -> Iterator[Callable[..., Proxy]]:
+    """A factory of forwarding proxies: ``portd_forward(upstream, **options)`` returns a
+    started Proxy; all are stopped (and checked for leaks) at teardown."""
+    from portd.testing.proxy import Proxy, upstream_options
+    from portd.testing.server import serve
+
+    started: list[ServeContext] = []
+
+    def start(upstream: Any, bind: str = "127.0.0.1:0", protocol: Any = "tcp", **options: Any
+              ) -> Proxy:  # fmt: skip
+        chosen = upstream_options(upstream, {**_serve_defaults(request), **options})
+        context = serve("forward", bind, protocol, **chosen)
+        proxy = Proxy(context.__enter__())
+        started.append(context)
+        return proxy
+
+    yield start
+    _stop_all(started, failed=request.node.stash.get(CALL_FAILED, False))
+
+
+def _serve_defaults(request: pytest.FixtureRequest) -> dict[str, Any]:
+    return {
+        "check_leaks": request.config.getini("portd_check_leaks"),
+        "leak_grace_s": float(request.config.getini("portd_leak_grace_s")),
+        "raise_handler_errors": request.config.getini("portd_raise_handler_errors"),
+    }
 
 
 def _ready_made(handler: str, protocol: str = "tcp", **tls: Any) -> Callable[..., Server]:

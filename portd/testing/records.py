@@ -51,6 +51,10 @@ class ConnectionRecord:
         duration_s: from accept to close.
         received: the bytes the client sent, for handlers that keep them (``recorder``,
             up to its ``max_bytes``); None for the others.
+        upstream: a forward's upstream address; None for other handlers.
+        upstream_ended: how a forward's upstream side ended: ``closed``, ``reset``,
+            ``upstream_failed: Connection refused``, ...; None when it never ended or
+            for other handlers.
     """
 
     conn_id: int
@@ -60,6 +64,8 @@ class ConnectionRecord:
     how_it_ended: str
     duration_s: float
     received: bytes | None = None
+    upstream: str | None = None
+    upstream_ended: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +97,7 @@ class Records:
 
         session = conn.session
         received = session.received if isinstance(session, RecorderSession) else None
+        fields = session.log_fields()
         record = ConnectionRecord(
             conn.conn_id,
             str(conn.peer),
@@ -99,6 +106,8 @@ class Records:
             conn.how_it_ended,
             round(time.monotonic() - conn.started, 6),
             received,
+            fields.get("upstream"),
+            fields.get("upstream_ended"),
         )
         self._add(self._connections, record)
 

@@ -285,6 +285,29 @@ class LoopThread:
 
         return threads_named(self.name)
 
+    def call(self, function: Callable[[], Any], timeout_s: float = STOP_TIMEOUT_S) -> Any:
+        """Run ``function()`` on the server's loop and return what it returned (or raise
+        what it raised), waiting at most ``timeout_s``.
+
+        Raises:
+            RuntimeError: the server is not running.
+        """
+        import concurrent.futures
+
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError(f"{self.running.label} is not running")
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                future.set_result(function())
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+                future.set_exception(exc)
+
+        loop.call_soon_threadsafe(run)
+        return future.result(timeout_s)
+
     def _run(self) -> None:
         loop = self._factory()
         from concurrent.futures import ThreadPoolExecutor

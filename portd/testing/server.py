@@ -10,6 +10,7 @@ thread the server opened.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -339,6 +340,13 @@ class Server:
             "datagrams", count, timeout_s
         )
         return records
+
+    def call_in_loop(self, function: Callable[[], Any]) -> Any:
+        """Run ``function()`` on the server's event loop and return its result: at once
+        in async mode (the caller's loop), handed over and waited for in sync mode."""
+        if self._thread is None:
+            return function()
+        return self._thread.call(function)
 
     def _check_blocking_allowed(self, method: str) -> None:
         if self._thread is not None or self.running.listener is None:

@@ -28,6 +28,11 @@ MAX_PEM_BYTES = 1 << 20  # a chain of a dozen certificates is ~20 KiB
 VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
 
+def label(key: str, path: str) -> str:
+    """An option's label (``--ca PATH``) or a config key's (``upstream_ca = "PATH"``)."""
+    return option_label(key, path) if key.startswith("--") else config_label(key, path)
+
+
 def config_label(key: str, path: str) -> str:
     """How a config key names its file in messages: ``tls_cert = "/etc/x.pem"``."""
     return f"{key} = {_quote(path)}"
@@ -191,13 +196,16 @@ def _load_chain(context: ssl.SSLContext, cert: str, key: str, where: str) -> Non
         raise OptionError(f"{where}: cannot be loaded: {reason}") from None
 
 
-def load_pair(context: ssl.SSLContext, cert: str, key: str) -> Any:
-    """Load ``--cert``/``--key`` files into ``context``; returns the leaf certificate.
+def load_pair(
+    context: ssl.SSLContext, cert: str, key: str, keys: tuple[str, str] = ("--cert", "--key")
+) -> Any:
+    """Load a certificate and key file into ``context`` (``keys`` name them in messages:
+    options such as ``--cert`` or config keys); returns the leaf certificate.
 
     Raises:
         OptionError: either file cannot be read or loaded, or they do not match.
     """
-    cert_where, key_where = option_label("--cert", cert), option_label("--key", key)
+    cert_where, key_where = label(keys[0], cert), label(keys[1], key)
     leaf = check_pair(cert_where, read_pem(cert_where, cert), key_where, read_pem(key_where, key))
     _load_chain(context, cert, key, cert_where)
     return leaf
@@ -211,6 +219,7 @@ def client_context(
     verify: bool = True,
     min_version: str = "1.2",
     alpn: Sequence[str] = (),
+    keys: tuple[str, str, str] = ("--ca", "--cert", "--key"),
 ) -> ssl.SSLContext:
     """The context of a TLS client: verifies the server against the system's trust
     store (or ``ca_file``) and its name, unless ``verify`` is False.
@@ -222,6 +231,8 @@ def client_context(
         verify: False skips every check of the server (``--insecure``).
         min_version: "1.2" or "1.3".
         alpn: protocols to offer.
+        keys: how messages name the CA, certificate and key files (the options, or
+            config keys such as ``upstream_ca``).
 
     Raises:
         TLSConfigError: a file that cannot be read or loaded (one line, exit 78).
@@ -229,12 +240,12 @@ def client_context(
     try:
         context = ssl.create_default_context()
         if ca_file:
-            where = option_label("--ca", ca_file)
+            where = label(keys[0], ca_file)
             pem = read_pem(where, ca_file)
             parse_certificates(where, pem)
             context = ssl.create_default_context(cadata=pem.decode("ascii", "replace"))
         if cert:
-            load_pair(context, cert, key or cert)
+            load_pair(context, cert, key or cert, keys[1:])
     except OptionError as exc:
         raise TLSConfigError(str(exc)) from None
     context.minimum_version = VERSIONS.get(min_version, ssl.TLSVersion.TLSv1_2)

@@ -46,3 +46,15 @@ def test_the_unittest_example_passes(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "OK" in done.stderr
+
+
+def test_the_forward_examples_pass(pytester: pytest.Pytester) -> None:
+    (forward,) = [block for block in readme_examples() if "portd_forward" in block]
+    pytester.makeini(
+        "[pytest]\naddopts = -p no:cacheprovider -p no:hypothesispytest\n"
+        "asyncio_default_fixture_loop_scope = function\nfilterwarnings = error\n"
+    )
+    pytester.makepyfile(test_forward=forward)
+    result = pytester.runpytest()
+    assert result.ret == 0, result.stdout.str()
+    assert result.parseoutcomes()["passed"] == 4

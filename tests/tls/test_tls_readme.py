@@ -31,7 +31,7 @@ def test_portd_cert_then_serve_then_curl(tmp_path: Path) -> None:
     made = run_portd(*shlex.split(lines[0][2:])[1:], cwd=tmp_path)
     assert made.returncode == 0, made.stderr
     assert made.stdout.splitlines() == lines[1:3]
-    (table,) = [block for block in blocks("toml") if "tls_cert" in block]
+    (table,) = [b for b in blocks("toml") if "tls_cert" in b and "upstream" not in b]
     text = table.replace("/etc/portd/tls", str(tmp_path / "tls")).replace(":8443", ":0")
     config = tmp_path / "tls.toml"
     config.write_text(text)
