@@ -13,10 +13,17 @@ uses the connection's ``clock`` (timers) or ``start_task`` (a task the connectio
 if it raises, the failure is ``handler_failed`` and the connection is aborted). A
 handler that is naturally sequential (a proxy, a program on a port) subclasses
 :class:`portd.handlers.streams.StreamHandler` and writes ``async def serve(stream)``.
+
+A handler that runs a program per connection declares ``takes_sockets``: its
+connections start without portd reading a byte, ``conn.lend_socket()`` gives it the
+socket for the program's stdin and stdout, ``conn.hold()`` keeps the connection counted
+until the program is reaped, ``conn.watch(fd, callback)`` watches the program's
+descriptors, and ``conn.annotate(...)`` adds its exit status to ``connection_closed``.
 """
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, ClassVar, Protocol
 
@@ -64,6 +71,13 @@ class Logger(Protocol):
 
     def error(self, event: str, **fields: Any) -> Any:
         """Log at error level."""
+
+
+class FdWatch(Protocol):
+    """A descriptor a connection watches for its handler."""
+
+    def cancel(self) -> None:
+        """Stop watching (idempotent)."""
 
 
 class Connection(Protocol):
@@ -125,6 +139,35 @@ class Connection(Protocol):
     def resume_reading(self) -> None:
         """Undo pause_reading."""
 
+    @property
+    def local_address(self) -> Any:
+        """The address the peer connected to, as getsockname() gives it."""
+
+    def lend_socket(self) -> socket.socket | None:
+        """For a handler that ``takes_sockets``: a duplicate of the connection's socket,
+        blocking, for a program to use as its stdin and stdout while portd reads nothing
+        (the caller closes the duplicate once the program has it). None when the bytes
+        must pass through portd: a TLS layer, a limit that watches the bytes, a handler
+        that does not take sockets, or a connection portd already read from. The
+        connection stays the server's: counted, drained, closed and logged as any other;
+        the peer's reset still ends it (``connection_lost``)."""
+
+    def reclaim_socket(self) -> None:
+        """The program that had the lent socket is gone: portd may read it again (to
+        drain what the peer still sends before a clean close)."""
+
+    def hold(self) -> Callable[[], None]:
+        """Keep the connection counted (its ``max_connections`` slot, the drain, ``portd
+        status``) until the returned release is called, even after its transport is
+        gone: a program outliving its client. ``connection_closed`` is written then."""
+
+    def annotate(self, **fields: Any) -> None:
+        """Add ``fields`` (an exit status) to the connection's ``connection_closed`` line."""
+
+    def watch(self, fd: int, callback: Callable[[], object], writable: bool = False) -> FdWatch:
+        """Call ``callback()`` while ``fd`` is readable (or writable), until cancelled or
+        the connection is over for good; the caller owns ``fd`` (cancel, then close)."""
+
 
 class DatagramEndpoint(Protocol):
     """What the server offers a datagram handler."""
@@ -177,6 +220,8 @@ class Handler:
     protocols: ClassVar[frozenset[ProtocolName]]
     options: ClassVar[tuple[Option, ...]] = ()
     listens: ClassVar[bool] = True  # False: stream sockets are bound and never listen (refuse)
+    # True: connections start unread so conn.lend_socket() can give a program the socket.
+    takes_sockets: ClassVar[bool] = False
     # Limits this handler is safe with when the listener table does not set them, such
     # as {"idle_timeout_s": 60.0}: a listener key always wins.
     default_limits: ClassVar[Mapping[str, Any]] = {}
@@ -204,6 +249,12 @@ class Handler:
     def datagram_received(self, data: bytes, peer: Peer, endpoint: DatagramEndpoint) -> None:
         """One datagram from ``peer``."""
         raise NotImplementedError(f"handler {self.name!r} does not serve UDP")
+
+    def start_fields(self, relay_reason: str | None) -> Mapping[str, Any]:
+        """Fields for the listener's ``listener_started`` line. ``relay_reason`` names the
+        listener feature that makes every byte pass through portd (``tls``,
+        ``idle_timeout_s``), None when a program may hold the socket itself."""
+        return {}
 
     def busy_response(self) -> bytes | None:
         """A few bytes to send a client turned away because the listener is full (an

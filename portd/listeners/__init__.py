@@ -2,7 +2,8 @@
 
 * ``accept``: the accept loop (batches, back-off, which errnos mean what);
 * ``host``: the narrow host every connection of the listener sees;
-* ``stream`` / ``datagram``: one stream connection, one datagram socket.
+* ``stream`` / ``datagram``: one stream connection, one datagram socket;
+* ``lending``: the transport of a connection whose socket a program may hold.
 
 The Listener owns its sockets from the moment it is made (the assembly made its
 handler and bound them), admits each peer through its gate before any transport or
@@ -23,6 +24,7 @@ from portd.limits import ConnectionGate, DatagramGate, RefusalLog
 from portd.listeners.accept import AcceptLoop
 from portd.listeners.datagram import DatagramServer
 from portd.listeners.host import ConnectionHost
+from portd.listeners.lending import LendingTransport
 from portd.listeners.stream import StreamConnection
 from portd.logging import get_logger
 
@@ -43,6 +45,17 @@ class Observer(Protocol):
 
     def handler_failed(self, exc: BaseException) -> None:
         """The handler raised (already logged as ``handler_failed``)."""
+
+
+def bytes_seen_by_portd(config: ListenerConfig) -> str | None:
+    """The listener feature that needs every byte to pass through portd, so no program
+    may hold the socket itself, or None. A TLS layer belongs here too (its bytes are
+    not the program's), as does any limit that watches the bytes."""
+    if getattr(config, "tls", None):
+        return "tls"
+    if config.limits.idle_timeout_s:
+        return "idle_timeout_s"
+    return None
 
 
 class Listener:
@@ -89,6 +102,10 @@ class Listener:
             closed=self.connection_closed,
             failed=self.handler_failed,
         )
+        # A handler that may give a program the socket gets a transport that has read
+        # nothing when it decides, unless a listener feature must see the bytes.
+        self.relay_reason = bytes_seen_by_portd(config)
+        self.lends_sockets = handler.takes_sockets and self.relay_reason is None
         self.connections: set[StreamConnection] = set()
         self.observers: list[Observer] = []
         self.total_connections = 0
@@ -153,7 +170,8 @@ class Listener:
                 )
                 endpoint.start(loop)
                 self._endpoints.append(endpoint)
-        fields = {"port": self.port} if self.port else {}
+        fields: dict[str, Any] = {"port": self.port} if self.port else {}
+        fields.update(self.handler.start_fields(self.relay_reason))
         self.log.info(
             "listener_started",
             bind=self.config.endpoint.describe_bound(self.addresses),
@@ -176,9 +194,13 @@ class Listener:
             self._refuse(conn, refusal, peer)
             return True
         conn.setblocking(False)
-        self._adopting += 1
         assert self._loop is not None
-        self._loop.create_task(self._adopt(conn, peer))
+        if self.lends_sockets:
+            protocol = StreamConnection(self.host, peer)
+            protocol.connection_made(LendingTransport(self._loop, conn, protocol))
+        else:
+            self._adopting += 1
+            self._loop.create_task(self._adopt(conn, peer))
         self.accepted += 1
         if self.accepted == self.accept_limit:
             self.stop_accepting()  # later clients in the backlog are reset, as nc -l does
@@ -247,6 +269,7 @@ class Listener:
                 bytes_out=conn.bytes_out,
                 duration_ms=round((time.monotonic() - conn.started) * 1000, 1),
                 error=str(exc) if exc and conn.reason is None else conn.error,
+                **(conn.fields or {}),
             )
         for observer in self.observers:
             observer.connection_closed(conn)

@@ -4,6 +4,13 @@ This asyncio protocol sits between the event loop and a handler's session: it co
 bytes, owns closing, runs the idle and send timeouts, contains handler crashes (logged
 once, that connection only) and has its host write the one ``connection_closed`` line.
 It stays thin because every received chunk passes through it.
+
+For a handler that runs a program per connection it also lends the socket (see
+portd.listeners.lending), keeps the connection counted while a *hold* is taken (a
+program that outlives its client still holds a ``max_connections`` slot, is waited for
+by the drain, and has its exit status in the ``connection_closed`` line), carries the
+fields a handler adds to that line, and watches the descriptors a handler asks it to
+(a program's pipes, its pidfd) until the connection is over.
 """
 
 from __future__ import annotations
@@ -13,9 +20,10 @@ import contextlib
 import socket
 import struct
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, cast
 
+from portd.endpoints.counters import kernel_byte_counts
 from portd.handlers.base import StreamSession
 
 if TYPE_CHECKING:
@@ -36,8 +44,9 @@ class StreamConnection(asyncio.Protocol):
     """One accepted stream connection (TCP or unix), offered to the handler as a Connection."""
 
     __slots__ = (
-        "_idle_timer", "_send_timer", "_tasks", "bytes_in", "bytes_out", "conn_id", "ending",
-        "failed", "host", "last_active", "peer", "reason", "session", "started", "transport",
+        "_holds", "_idle_timer", "_lost", "_send_timer", "_tasks", "_watches", "bytes_in",
+        "bytes_out", "conn_id", "ending", "failed", "fields", "host", "last_active", "peer",
+        "reason", "session", "started", "transport",
     )  # fmt: skip
 
     def __init__(self, host: ConnectionHost, peer: Peer) -> None:
@@ -55,6 +64,10 @@ class StreamConnection(asyncio.Protocol):
         self.session: StreamSession = StreamSession()
         self.conn_id = 0
         self.started = 0.0
+        self.fields: dict[str, Any] | None = None  # a handler's additions to connection_closed
+        self._holds = 0
+        self._lost: tuple[Exception | None] | None = None  # (how the transport ended,)
+        self._watches: set[FdWatch] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement the interface without subclassing asyncio's.
@@ -110,6 +123,10 @@ class StreamConnection(asyncio.Protocol):
         for timer in (self._idle_timer, self._send_timer):
             if timer is not None:
                 timer.cancel()
+        if getattr(self.transport, "lent", False):  # portd did not carry the bytes: ask
+            counts = kernel_byte_counts(self.transport.get_extra_info("socket"))
+            if counts is not None:
+                self.bytes_in, self.bytes_out = counts
         try:
             self.session.connection_lost(exc)
         except Exception as error:  # noqa: BLE001
@@ -119,6 +136,15 @@ class StreamConnection(asyncio.Protocol):
                 task.cancel()
         if self.ending is None:
             self.ending = "closed" if exc is None else _describe_loss(exc)
+        self._lost = (exc,)
+        if self._holds:  # closed for good once the last hold is released
+            return
+        self._closed_for_good(exc)
+
+    def _closed_for_good(self, exc: Exception | None) -> None:
+        if self._watches:
+            for watch in list(self._watches):
+                watch.cancel()
         self.host.closed(self, exc)
 
     @property
@@ -224,6 +250,57 @@ class StreamConnection(asyncio.Protocol):
         if error is not None:
             self._handler_failed(error)
 
+    @property
+    def local_address(self) -> Any:
+        """The address the peer connected to (getsockname())."""
+        return self.transport.get_extra_info("sockname")
+
+    def lend_socket(self) -> socket.socket | None:
+        """A duplicate of the socket for a program's stdin and stdout, or None when the
+        bytes must pass through portd (see the Connection protocol)."""
+        lend = getattr(self.transport, "lend", None)
+        return lend() if lend is not None else None
+
+    def reclaim_socket(self) -> None:
+        """The program that had the socket is gone: portd may read it again."""
+        reclaim = getattr(self.transport, "reclaim", None)
+        if reclaim is not None:
+            reclaim()
+
+    def hold(self) -> Callable[[], None]:
+        """Keep the connection counted until the returned release is called, even once
+        its transport is gone (see the Connection protocol)."""
+        if self._lost is not None and not self._holds:
+            return _nothing  # already closed for good
+        self._holds += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
+            self._holds -= 1
+            if not self._holds and self._lost is not None:
+                self._closed_for_good(self._lost[0])
+
+        return release
+
+    def annotate(self, **fields: Any) -> None:
+        """Add ``fields`` to this connection's ``connection_closed`` line."""
+        if self.fields is None:
+            self.fields = {}
+        self.fields.update(fields)
+
+    def watch(self, fd: int, callback: Callable[[], object], writable: bool = False) -> FdWatch:
+        """Call ``callback()`` whenever ``fd`` is readable (writable), until the watch is
+        cancelled or the connection is over; the caller owns ``fd`` (cancel, then close)."""
+        watch = FdWatch(self.clock, fd, callback, writable, self)
+        if self._watches is None:
+            self._watches = set()
+        self._watches.add(watch)
+        return watch
+
     def write(self, data: bytes) -> None:
         """Queue ``data`` for the peer."""
         self.bytes_out += len(data)
@@ -268,3 +345,32 @@ class StreamConnection(asyncio.Protocol):
         """Read from the peer again."""
         if not self.transport.is_closing():
             self.transport.resume_reading()
+
+
+def _nothing() -> None:
+    """The release of a hold taken too late to matter."""
+
+
+class FdWatch:
+    """One descriptor a connection watches for a handler (``loop.add_reader``/``writer``)."""
+
+    __slots__ = ("conn", "fd", "loop", "writable")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        fd: int,
+        callback: Callable[[], object],
+        writable: bool,
+        conn: StreamConnection,
+    ) -> None:
+        self.loop, self.fd, self.writable, self.conn = loop, fd, writable, conn
+        (loop.add_writer if writable else loop.add_reader)(fd, callback)
+
+    def cancel(self) -> None:
+        """Stop watching (idempotent)."""
+        watches = self.conn._watches
+        if watches is None or self not in watches:
+            return
+        watches.discard(self)
+        (self.loop.remove_writer if self.writable else self.loop.remove_reader)(self.fd)

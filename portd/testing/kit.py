@@ -171,6 +171,10 @@ class FakeConnection:
         self.ending: str | None = None
         self.reason = ""  # what reset() was told
         self.tasks: list[asyncio.Task[Any]] = []
+        self.local_address: Any = ("127.0.0.1", 7)
+        self.fields: dict[str, Any] = {}  # what annotate() added
+        self.holds = 0  # holds taken and not released
+        self.watches: dict[tuple[int, bool], Callable[[], object]] = {}
 
     @property
     def writes(self) -> int:
@@ -250,6 +254,50 @@ class FakeConnection:
         task = asyncio.get_running_loop().create_task(coro)
         self.tasks.append(task)
         return task
+
+    def lend_socket(self) -> None:
+        """A fake has no socket to lend: the session relays."""
+        return
+
+    def reclaim_socket(self) -> None:
+        """Nothing was lent."""
+
+    def hold(self) -> Callable[[], None]:
+        """Count a hold (``holds``) until the returned release is called."""
+        self.holds += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.holds -= 1
+
+        return release
+
+    def annotate(self, **fields: Any) -> None:
+        """Record the fields for the connection_closed line (``fields``)."""
+        self.fields.update(fields)
+
+    def watch(self, fd: int, callback: Callable[[], object], writable: bool = False) -> FakeWatch:
+        """Record the watch (``watches``); :meth:`fire` calls its callback."""
+        self.watches[(fd, writable)] = callback
+        return FakeWatch(self.watches, (fd, writable))
+
+    def fire(self, fd: int, writable: bool = False) -> None:
+        """Play ``fd`` becoming readable (writable): call its watch's callback."""
+        self.watches[(fd, writable)]()
+
+
+class FakeWatch:
+    """A watch of a FakeConnection: cancelling forgets it."""
+
+    def __init__(self, watches: dict[tuple[int, bool], Any], key: tuple[int, bool]) -> None:
+        self.watches, self.key = watches, key
+
+    def cancel(self) -> None:
+        """Forget the watch."""
+        self.watches.pop(self.key, None)
 
 
 class RecordingEndpoint:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -51,6 +52,8 @@ class ConnectionRecord:
         duration_s: from accept to close.
         received: the bytes the client sent, for handlers that keep them (``recorder``,
             up to its ``max_bytes``); None for the others.
+        fields: what the handler added to the connection's ``connection_closed`` line
+            (``exec``: ``exit_code``, ``exit_signal``, ``program_ms``).
     """
 
     conn_id: int
@@ -60,6 +63,7 @@ class ConnectionRecord:
     how_it_ended: str
     duration_s: float
     received: bytes | None = None
+    fields: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +103,7 @@ class Records:
             conn.how_it_ended,
             round(time.monotonic() - conn.started, 6),
             received,
+            dict(conn.fields or {}),
         )
         self._add(self._connections, record)
 
