@@ -71,6 +71,11 @@ class Peer(Protocol):
     def source(self) -> str:
         """What per-source limits count by (an IP address, or a unix uid)."""
 
+    def environment(self, protocol: str, local: Any) -> dict[str, str]:
+        """The variables a program serving this peer gets, named as ucspi-tcp and
+        ucspi-unix name them (``PROTO``, ``TCPREMOTEIP``, ``UNIXREMOTEPID``, ...);
+        ``local`` is the socket's own address (getsockname())."""
+
     def __str__(self) -> str:
         """How logs name it: ``127.0.0.1:50000``, ``pid 42 uid 1000``."""
 

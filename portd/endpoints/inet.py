@@ -103,6 +103,16 @@ class InetPeer(tuple[Any, ...]):
         """The address per-source limits count by (IPv4-mapped IPv6 as IPv4)."""
         return source_key(self[0])
 
+    def environment(self, protocol: str, local: Any) -> dict[str, str]:
+        """ucspi-tcp's variables for a program serving this peer (``local``: the socket's
+        own address, from getsockname()): ``PROTO=TCP``, ``TCPREMOTEIP``, ... (UDP:
+        ``PROTO=UDP`` and ``UDP...``, the peer being the datagram's sender)."""
+        proto = protocol.upper()
+        env = {"PROTO": proto, f"{proto}REMOTEIP": self[0], f"{proto}REMOTEPORT": str(self[1])}
+        if local:
+            env[f"{proto}LOCALIP"], env[f"{proto}LOCALPORT"] = local[0], str(local[1])
+        return env
+
     def __str__(self) -> str:
         return format_host_port(self[0], self[1])
 

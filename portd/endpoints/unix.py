@@ -98,6 +98,18 @@ class UnixPeer:
         """Where replies go (a datagram peer must have bound a path to get them)."""
         return "\0" + self.path[1:] if self.path.startswith(ABSTRACT) else self.path
 
+    def environment(self, protocol: str, local: Any) -> dict[str, str]:
+        """ucspi-unix's variables for a program serving this peer (``local``: the
+        socket's own address, from getsockname())."""
+        env = {"PROTO": "UNIX", "UNIXLOCALPATH": unix_address(local).path if local else ""}
+        if self.pid >= 0:
+            env.update(UNIXREMOTEPID=str(self.pid), UNIXREMOTEUID=str(self.uid),
+                       UNIXREMOTEGID=str(self.gid), UNIXREMOTEEUID=str(self.uid),
+                       UNIXREMOTEEGID=str(self.gid))  # fmt: skip
+        if self.path:
+            env["UNIXREMOTEPATH"] = self.path
+        return env
+
     def __str__(self) -> str:
         who = f"pid {self.pid} uid {self.uid}" if self.pid >= 0 else "unknown process"
         return f"{who} ({self.path})" if self.path else who

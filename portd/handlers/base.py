@@ -242,6 +242,13 @@ class Handler:
         config ``portd serve`` refuses. One message per problem; empty when fine."""
         return []
 
+    @classmethod
+    def needs_root(cls, settings: Settings) -> str | None:
+        """Why serving with these settings needs portd to stay root after binding (a
+        program run as another user), or None. A config whose ``[daemon] user`` drops
+        root is then refused at load, by ``portd check`` as by ``portd serve``."""
+        return None
+
     def open_session(self, conn: Connection) -> StreamSession:
         """A session for a new stream connection."""
         raise NotImplementedError(f"handler {self.name!r} does not serve TCP")

@@ -26,6 +26,7 @@ BUILTIN_HANDLERS = {
     "latency": "portd.handlers.shaping:LatencyHandler",
     "bandwidth": "portd.handlers.shaping:BandwidthHandler",
     "slicer": "portd.handlers.shaping:SlicerHandler",
+    "exec": "portd.handlers.exec.handler:ExecHandler",
 }
 
 

@@ -11,11 +11,13 @@ cut sends an RST, the one ``connection_closed`` line is written by the listener.
 
 While lent, the socket is blocking (a program expects a blocking stdin; the flag
 belongs to the socket, shared by every descriptor of it) and portd does not read it,
-but it still watches it for errors (an epoll set holding only the socket, with no
-event asked: the kernel reports EPOLLERR and EPOLLHUP anyway): the peer's reset, or a
-keepalive that failed, ends the connection as a transport's read error would, so the
-handler can hang the program up. ``reclaim`` makes the socket portd's again
-(non-blocking, read by this transport) once the program is gone.
+but it still watches it for errors (no event asked: the kernel reports EPOLLERR and
+EPOLLHUP anyway): the peer's reset, or a keepalive that failed, ends the connection as
+a transport's read error would, so the handler can hang the program up. ``reclaim``
+makes the socket portd's again (non-blocking, read by this transport) once the program
+is gone. The socket is watched through the connection's own epoll set (see
+portd.listeners.readiness: uvloop's add_reader goes deaf on a reset socket), which
+outlives the transport for the descriptors the handler watches.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ import os
 import select
 import socket
 from typing import Any
+
+from portd.listeners.readiness import Readiness
 
 READ_BYTES = 256 * 1024  # per recv(), as asyncio's selector transport reads
 WRITE_HIGH_WATER = 64 * 1024  # queued in portd: pause the protocol (asyncio's default)
@@ -48,7 +52,10 @@ class LendingTransport(asyncio.Transport):
         self._eof_asked = False
         self._buffer = bytearray()
         self._protocol_paused = False
-        self._errors: select.epoll | None = None
+        self._watching_errors = False
+        self._writing = False
+        self.readiness = Readiness(loop)  # the connection closes it, once over for good
+        self._held = False  # lent and not reclaimed: a program reads the socket, not portd
         self.lent = False
         self.has_read = False
 
@@ -62,7 +69,7 @@ class LendingTransport(asyncio.Transport):
         duplicate = socket.socket(self._sock.family, self._sock.type, self._sock.proto,
                                   fileno=os.dup(self._fd))  # fmt: skip
         duplicate.setblocking(True)
-        self.lent = True
+        self.lent = self._held = True
         self._watch_errors()
         return duplicate
 
@@ -70,34 +77,26 @@ class LendingTransport(asyncio.Transport):
         """The program is gone: the socket is portd's again (non-blocking, not watched
         for errors only); reading resumes when the protocol asks."""
         self._unwatch_errors()
+        self._held = False
         if not self._closing:
             os.set_blocking(self._fd, False)
 
     def _watch_errors(self) -> None:
-        errors = select.epoll(1)
-        errors.register(self._fd, 0)  # no event asked: EPOLLERR and EPOLLHUP still come
-        self._errors = errors
-        self._loop.add_reader(errors.fileno(), self._error_ready)
+        self._watching_errors = True
+        self.readiness.watch_errors(self._fd, self._error_event)
 
     def _unwatch_errors(self) -> None:
-        errors, self._errors = self._errors, None
-        if errors is not None:
-            self._loop.remove_reader(errors.fileno())
-            errors.close()
+        if self._watching_errors:
+            self._watching_errors = False
+            self.readiness.unwatch_errors(self._fd)
 
-    def _error_ready(self) -> None:
-        if self._errors is None:
-            return
-        events = self._errors.poll(0)
-        flags = events[0][1] if events else 0
-        if flags & select.EPOLLERR:
+    def _error_event(self, events: int) -> None:
+        self._watching_errors = False  # a watch fires once
+        if events & select.EPOLLERR:
             code = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) or errno.ECONNRESET
-            self._unwatch_errors()
             self._force_close(ConnectionResetError(code, os.strerror(code)))
-        elif flags:
-            # Closed both ways without an error (the program shut its side down and the
-            # peer closed): nothing left to watch, and a level-triggered HUP would spin.
-            self._unwatch_errors()
+        # EPOLLHUP alone: closed both ways without an error (the program shut its side
+        # down and the peer closed): nothing is left to watch.
 
     # The asyncio transport interface StreamConnection uses.
 
@@ -122,13 +121,13 @@ class LendingTransport(asyncio.Transport):
         """Stop reading."""
         if self._reading:
             self._reading = False
-            self._loop.remove_reader(self._fd)
+            self.readiness.unwatch(self._fd)
 
     def resume_reading(self) -> None:
         """Read again (never while the socket is lent)."""
-        if not self._reading and not self._closing and self._errors is None:
+        if not self._reading and not self._closing and not self._held:
             self._reading = True
-            self._loop.add_reader(self._fd, self._read_ready)
+            self.readiness.watch(self._fd, self._read_ready)
 
     def _read_ready(self) -> None:
         try:
@@ -161,7 +160,8 @@ class LendingTransport(asyncio.Transport):
             data = data[sent:]
             if not data:
                 return
-            self._loop.add_writer(self._fd, self._write_ready)
+            self._writing = True
+            self.readiness.watch(self._fd, self._write_ready, writable=True)
         self._buffer += data
         if len(self._buffer) > WRITE_HIGH_WATER and not self._protocol_paused:
             self._protocol_paused = True
@@ -181,11 +181,16 @@ class LendingTransport(asyncio.Transport):
             self._protocol.resume_writing()
         if self._buffer:
             return
-        self._loop.remove_writer(self._fd)
+        self._stop_writing()
         if self._closing:
             self._schedule_lost(None)
         elif self._eof_asked:
             self._shutdown_write()
+
+    def _stop_writing(self) -> None:
+        if self._writing:
+            self._writing = False
+            self.readiness.unwatch(self._fd, writable=True)
 
     def get_write_buffer_size(self) -> int:
         """Bytes queued in portd."""
@@ -227,9 +232,8 @@ class LendingTransport(asyncio.Transport):
     def _force_close(self, exc: Exception | None) -> None:
         if self._lost:
             return
-        if self._buffer:
-            self._buffer.clear()
-            self._loop.remove_writer(self._fd)
+        self._buffer.clear()
+        self._stop_writing()
         self._closing = True
         self.pause_reading()
         self._schedule_lost(exc)
@@ -241,6 +245,8 @@ class LendingTransport(asyncio.Transport):
 
     def _call_lost(self, exc: Exception | None) -> None:
         self._unwatch_errors()
+        self.pause_reading()
+        self._stop_writing()
         try:
             self._protocol.connection_lost(exc)
         finally:

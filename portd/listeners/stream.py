@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from portd.endpoints.counters import kernel_byte_counts
 from portd.handlers.base import StreamSession
+from portd.listeners.readiness import Readiness
 
 if TYPE_CHECKING:
     from portd.endpoints.base import Peer
@@ -44,7 +45,8 @@ class StreamConnection(asyncio.Protocol):
     """One accepted stream connection (TCP or unix), offered to the handler as a Connection."""
 
     __slots__ = (
-        "_holds", "_idle_timer", "_lost", "_send_timer", "_tasks", "_watches", "bytes_in",
+        "_holds", "_idle_timer", "_lost", "_readiness", "_send_timer", "_tasks", "_watches",
+        "bytes_in",
         "bytes_out", "conn_id", "ending", "failed", "fields", "host", "last_active", "peer",
         "reason", "session", "started", "transport",
     )  # fmt: skip
@@ -68,10 +70,12 @@ class StreamConnection(asyncio.Protocol):
         self._holds = 0
         self._lost: tuple[Exception | None] | None = None  # (how the transport ended,)
         self._watches: set[FdWatch] | None = None
+        self._readiness: Readiness | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement the interface without subclassing asyncio's.
         self.transport = cast(asyncio.Transport, transport)
+        self._readiness = getattr(transport, "readiness", None)  # a lending transport's
         self.started = self.last_active = time.monotonic()
         host = self.host
         self.conn_id = host.next_conn_id()
@@ -145,6 +149,8 @@ class StreamConnection(asyncio.Protocol):
         if self._watches:
             for watch in list(self._watches):
                 watch.cancel()
+        if self._readiness is not None:
+            self._readiness.close()
         self.host.closed(self, exc)
 
     @property
@@ -295,7 +301,9 @@ class StreamConnection(asyncio.Protocol):
     def watch(self, fd: int, callback: Callable[[], object], writable: bool = False) -> FdWatch:
         """Call ``callback()`` whenever ``fd`` is readable (writable), until the watch is
         cancelled or the connection is over; the caller owns ``fd`` (cancel, then close)."""
-        watch = FdWatch(self.clock, fd, callback, writable, self)
+        if self._readiness is None:
+            self._readiness = Readiness(self.clock)
+        watch = FdWatch(self._readiness, fd, callback, writable, self)
         if self._watches is None:
             self._watches = set()
         self._watches.add(watch)
@@ -352,20 +360,20 @@ def _nothing() -> None:
 
 
 class FdWatch:
-    """One descriptor a connection watches for a handler (``loop.add_reader``/``writer``)."""
+    """One descriptor a connection watches for a handler (see portd.listeners.readiness)."""
 
-    __slots__ = ("conn", "fd", "loop", "writable")
+    __slots__ = ("conn", "fd", "readiness", "writable")
 
     def __init__(
         self,
-        loop: asyncio.AbstractEventLoop,
+        readiness: Readiness,
         fd: int,
         callback: Callable[[], object],
         writable: bool,
         conn: StreamConnection,
     ) -> None:
-        self.loop, self.fd, self.writable, self.conn = loop, fd, writable, conn
-        (loop.add_writer if writable else loop.add_reader)(fd, callback)
+        self.readiness, self.fd, self.writable, self.conn = readiness, fd, writable, conn
+        readiness.watch(fd, callback, writable)
 
     def cancel(self) -> None:
         """Stop watching (idempotent)."""
@@ -373,4 +381,4 @@ class FdWatch:
         if watches is None or self not in watches:
             return
         watches.discard(self)
-        (self.loop.remove_writer if self.writable else self.loop.remove_reader)(self.fd)
+        self.readiness.unwatch(self.fd, self.writable)
