@@ -119,6 +119,7 @@ def _complete(
         return None
     settings = {option.name: values[option.name] for option in handler.options}
     refused = handler.check_settings(settings)  # what serve would refuse, found here too
+    refused += handler.check_protocol(settings, endpoint.protocol)
     for problem in refused:
         problems.add(where, problem)
     name = values["name"] or default_name(handler.name, endpoint)

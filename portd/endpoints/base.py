@@ -134,6 +134,10 @@ class Endpoint(Protocol):
         datagram into ``buffer`` and returns its size and typed sender; ``send(data,
         peer)`` sends one. Both raise OSError (BlockingIOError when nothing is there)."""
 
+    def datagram_peek(self, sock: socket.socket) -> Callable[[memoryview], tuple[int, Peer]]:
+        """``peek(buffer)`` for a datagram socket: like ``receive``, but the datagram stays
+        in the socket (a program given the socket reads it itself)."""
+
     def release(self, sockets: Sequence[socket.socket]) -> None:
         """After the listener's sockets closed for good: remove what binding left behind
         (a unix socket's file), never anything else."""

@@ -247,6 +247,16 @@ class InetEndpoint(NamedTuple):
 
         return receive, sock.sendto
 
+    def datagram_peek(self, sock: socket.socket) -> Any:
+        """``peek(buffer)``: the next datagram's size and sender, left in the socket."""
+        recvfrom_into, make, flags = sock.recvfrom_into, tuple.__new__, socket.MSG_PEEK
+
+        def peek(buffer: memoryview) -> tuple[int, InetPeer]:
+            size, addr = recvfrom_into(buffer, 0, flags)
+            return size, make(InetPeer, addr)
+
+        return peek
+
     def release(self, sockets: Sequence[socket.socket]) -> None:
         """Nothing is left behind by an IP socket."""
 

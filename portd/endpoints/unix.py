@@ -234,8 +234,8 @@ class UnixEndpoint(NamedTuple):
         the sender bound (an unbound sender cannot be answered: the send fails)."""
         space = socket.CMSG_SPACE(PEERCRED.size)
 
-        def receive(buffer: memoryview) -> tuple[int, UnixPeer]:
-            size, ancillary, _flags, addr = sock.recvmsg_into([buffer], space)
+        def receive(buffer: memoryview, flags: int = 0) -> tuple[int, UnixPeer]:
+            size, ancillary, _flags, addr = sock.recvmsg_into([buffer], space, flags)
             pid = uid = gid = -1
             for level, kind, data in ancillary:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
@@ -246,6 +246,11 @@ class UnixEndpoint(NamedTuple):
             sock.sendto(data, peer.sockaddr)
 
         return receive, send
+
+    def datagram_peek(self, sock: socket.socket) -> Any:
+        """``peek(buffer)``: the next datagram's size and sender, left in the socket."""
+        receive, _send = self.datagram_io(sock)
+        return lambda buffer: receive(buffer, socket.MSG_PEEK)
 
     def release(self, sockets: Sequence[socket.socket]) -> None:
         """Remove the socket file if it is stale: the listener's sockets have closed, and a

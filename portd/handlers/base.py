@@ -181,6 +181,32 @@ class DatagramEndpoint(Protocol):
         buffer is full, or the peer cannot be reached)."""
 
 
+class LendingEndpoint(DatagramEndpoint, Protocol):
+    """What the server offers a handler that takes a datagram socket (inetd's ``wait``)."""
+
+    listener: str  # the listener's name
+
+    @property
+    def clock(self) -> Clock:
+        """The loop's clock and timers."""
+
+    @property
+    def local_address(self) -> Any:
+        """The socket's own address."""
+
+    def lend_socket(
+        self, shutdown: Callable[[], object], abort: Callable[[], object]
+    ) -> tuple[socket.socket, Callable[[], None]]:
+        """A duplicate of the socket (blocking) for a program, and the release to call
+        once it is gone; the caller closes the duplicate once the program has it. Until
+        the release portd reads nothing, and the drain counts the socket as live:
+        ``shutdown()`` is called when it starts, ``abort()`` when it ends."""
+
+    def watch(self, fd: int, callback: Callable[[], object], writable: bool = False) -> FdWatch:
+        """Call ``callback()`` while ``fd`` is readable (a program's pidfd), until the
+        returned watch is cancelled."""
+
+
 class StreamSession:
     """Per-connection logic. Every method is optional; the defaults do nothing."""
 
@@ -249,6 +275,12 @@ class Handler:
         root is then refused at load, by ``portd check`` as by ``portd serve``."""
         return None
 
+    @classmethod
+    def check_protocol(cls, settings: Settings, protocol: ProtocolName) -> list[str]:
+        """The problems of these settings on a ``protocol`` listener (an option that
+        means nothing on datagrams), found at load; empty when fine."""
+        return []
+
     def open_session(self, conn: Connection) -> StreamSession:
         """A session for a new stream connection."""
         raise NotImplementedError(f"handler {self.name!r} does not serve TCP")
@@ -256,6 +288,13 @@ class Handler:
     def datagram_received(self, data: bytes, peer: Peer, endpoint: DatagramEndpoint) -> None:
         """One datagram from ``peer``."""
         raise NotImplementedError(f"handler {self.name!r} does not serve UDP")
+
+    def datagram_socket_ready(self, peer: Peer, endpoint: LendingEndpoint) -> None:
+        """For a handler that ``takes_sockets``, on a datagram listener: a datagram from
+        ``peer`` waits in the socket, unread. Take the socket with
+        ``endpoint.lend_socket()`` (portd reads nothing until it is released), or return
+        without taking it and the datagram is dropped."""
+        raise NotImplementedError(f"handler {self.name!r} does not take datagram sockets")
 
     def start_fields(self, relay_reason: str | None) -> Mapping[str, Any]:
         """Fields for the listener's ``listener_started`` line. ``relay_reason`` names the

@@ -167,6 +167,8 @@ class Listener:
                     observers=self.observers,
                     log=self.log,
                     failed=self.handler_failed,
+                    released=self._check_idle,
+                    listener=self.name,
                 )
                 endpoint.start(loop)
                 self._endpoints.append(endpoint)
@@ -232,8 +234,10 @@ class Listener:
 
     @property
     def live(self) -> int:
-        """Connections accepted and not yet closed."""
-        return len(self.connections) + self._adopting
+        """Connections accepted and not yet closed (a datagram socket lent to a program
+        counts as one)."""
+        lent = sum(1 for endpoint in self._endpoints if endpoint.lent is not None)
+        return len(self.connections) + self._adopting + lent
 
     def _check_idle(self) -> None:
         if self._idle is not None and not self.live:
@@ -320,7 +324,8 @@ class Listener:
                 conn.cut("aborted", "cut at the end of the drain")
             else:
                 conn.abort()
-        return len(live) + self._adopting
+        lent = sum(endpoint.abort_lent() for endpoint in self._endpoints)
+        return len(live) + self._adopting + lent
 
     def stats(self) -> dict[str, Any]:
         """This listener's numbers for ``portd status``."""
@@ -365,6 +370,8 @@ class Listener:
         self.datagram_log.flush()
         self.close_sockets()
         self.close_handler()
+        for endpoint in self._endpoints:
+            endpoint.close()
 
     def close_handler(self) -> None:
         """Release what the handler holds (idempotent)."""

@@ -6,15 +6,17 @@ from __future__ import annotations
 import os
 import select
 import shlex
+import signal
 import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from portd.endpoints.base import ProtocolName
+from portd.endpoints.base import Peer, ProtocolName
 from portd.errors import ConfigError
-from portd.handlers.base import Connection, Handler, StreamSession
+from portd.handlers.base import Connection, Handler, LendingEndpoint, StreamSession
+from portd.handlers.exec.datagram import DatagramProgram
 from portd.handlers.exec.environment import base_environment
-from portd.handlers.exec.process import Program, close_inherited_descriptors
+from portd.handlers.exec.process import Child, Program, close_inherited_descriptors
 from portd.handlers.exec.session import ExecSession
 from portd.handlers.exec.settings import (
     EXEC_OPTIONS,
@@ -34,7 +36,7 @@ class ExecHandler(Handler):
     """Runs ``command`` per connection with the connection as its stdin and stdout."""
 
     name = "exec"
-    protocols: ClassVar[frozenset[ProtocolName]] = frozenset({"tcp"})
+    protocols: ClassVar[frozenset[ProtocolName]] = frozenset({"tcp", "udp"})
     options = EXEC_OPTIONS
     takes_sockets = True
     # Each connection is a process: bound them as systemd's MaxConnections= does.
@@ -45,6 +47,20 @@ class ExecHandler(Handler):
         """A string command without ``shell``, a program not found, a missing ``cwd``, an
         unknown user, or a user switch without root."""
         return settings_problems(settings)
+
+    @classmethod
+    def check_protocol(cls, settings: Settings, protocol: ProtocolName) -> list[str]:
+        """On a datagram listener the program always holds the socket (inetd's wait):
+        there is no connection to write stderr to and nothing to relay."""
+        if protocol != "udp":
+            return []
+        problems = []
+        if settings.get("stderr") == "connection":
+            problems.append('stderr = "connection": a datagram socket has no peer to write '
+                            'to; use "log" or "null"')  # fmt: skip
+        if settings.get("relay"):
+            problems.append("relay = true: over UDP the program always holds the socket")
+        return problems
 
     @classmethod
     def needs_root(cls, settings: Settings) -> str | None:
@@ -65,6 +81,7 @@ class ExecHandler(Handler):
                                identity.gid)  # fmt: skip
         self.base_env = base_environment(settings, identity)
         self.sessions: set[ExecSession] = set()
+        self.datagram_programs: set[DatagramProgram] = set()
         self._failures = 0
         self._failure_logged = 0.0
         close_inherited_descriptors()
@@ -82,6 +99,9 @@ class ExecHandler(Handler):
     def open_session(self, conn: Connection) -> StreamSession:
         return ExecSession(conn, self)
 
+    def datagram_socket_ready(self, peer: Peer, endpoint: LendingEndpoint) -> None:
+        DatagramProgram(self, peer, endpoint)
+
     def start_failed(self, log: Any, exc: OSError) -> None:
         """A program could not be started: one ``exec_failed`` line a second at most."""
         self._failures += 1
@@ -94,21 +114,26 @@ class ExecHandler(Handler):
     def close(self) -> None:
         """Kill what still runs, wait a little for it to die, reap it, release its
         connection (the backstop behind the drain's SIGTERM and SIGKILL)."""
-        sessions = list(self.sessions)
-        for session in sessions:
-            session.kill_now()
-        poller = select.poll()
-        for session in sessions:
-            if session.child is not None and not session.child.reaped:
-                poller.register(session.child.pidfd, select.POLLIN)
-        deadline = time.monotonic() + CLOSE_WAIT_S
-        while any(s.child is not None and s.child.exited() is None for s in sessions):
-            left_ms = (deadline - time.monotonic()) * 1000
-            if left_ms <= 0:
-                break
-            poller.poll(left_ms)
-        for session in sessions:
-            session.finish_now()
+        holders: list[ExecSession | DatagramProgram] = [*self.sessions, *self.datagram_programs]
+        running = [h.child for h in holders if h.child is not None and not h.child.reaped]
+        for child in running:
+            child.kill_group(signal.SIGKILL)
+        _wait_for_exits(running, CLOSE_WAIT_S)
+        for holder in holders:
+            holder.finish_now()
         if self.devnull >= 0:
             os.close(self.devnull)
             self.devnull = -1
+
+
+def _wait_for_exits(children: list[Child], timeout_s: float) -> None:
+    """Block until every child has exited, or ``timeout_s`` passed."""
+    poller = select.poll()
+    for child in children:
+        poller.register(child.pidfd, select.POLLIN)
+    deadline = time.monotonic() + timeout_s
+    while any(child.exited() is None for child in children):
+        left_ms = (deadline - time.monotonic()) * 1000
+        if left_ms <= 0:
+            return
+        poller.poll(left_ms)

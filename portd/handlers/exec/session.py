@@ -227,11 +227,6 @@ class ExecSession(StreamSession):
         if self.child is not None and self.phase == "running":
             self.child.kill_group(signal.SIGKILL)
 
-    def kill_now(self) -> None:
-        """The listener is closing: SIGKILL, and the exit is read by the handler."""
-        if self.child is not None and self.phase == "running":
-            self.child.kill_group(signal.SIGKILL)
-
     def shutdown_requested(self) -> None:
         if self.phase == "running" and self.child is not None:
             self.child.kill_group(signal.SIGTERM)
