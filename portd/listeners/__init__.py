@@ -110,6 +110,7 @@ class Listener:
         self.observers: list[Observer] = []
         self.total_connections = 0
         self.accept_limit = 0  # stop accepting after this many (0: never); `portd listen`
+        self.drain_at_limit = True  # ...and tell the sessions (False: a program runs on)
         self.accepted = 0
         self.bytes_in = 0  # of closed connections; live ones are added by stats()
         self.bytes_out = 0
@@ -205,7 +206,8 @@ class Listener:
             self._loop.create_task(self._adopt(conn, peer))
         self.accepted += 1
         if self.accepted == self.accept_limit:
-            self.stop_accepting()  # later clients in the backlog are reset, as nc -l does
+            # Later clients in the backlog are reset, as nc -l does.
+            self.stop_accepting(drain=self.drain_at_limit)
             return False
         return True
 
@@ -279,12 +281,14 @@ class Listener:
             observer.connection_closed(conn)
         self._check_idle()
 
-    def stop_accepting(self, keep: Collection[socket.socket] = ()) -> None:
+    def stop_accepting(self, keep: Collection[socket.socket] = (), *, drain: bool = True) -> None:
         """Stop accepting connections and datagrams; tell live sessions the daemon drains.
 
         Args:
             keep: sockets a successor listener takes over (a reload): they are left open
                 and no longer belong to this listener; the others are closed.
+            drain: False when the listener only stops taking new clients (``portd listen``
+                after its one connection, as nc -l): its sessions go on undisturbed.
         """
         self._accept.stop()
         for endpoint in self._endpoints:
@@ -292,7 +296,7 @@ class Listener:
         handed_over = [sock for sock in self.sockets if sock in keep]
         self.sockets = [sock for sock in self.sockets if sock not in keep]
         self.close_sockets(released=not handed_over)
-        if not self.host.draining:
+        if drain and not self.host.draining:
             self.host.draining = True
             for conn in list(self.connections):
                 conn.shutdown_requested()

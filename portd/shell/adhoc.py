@@ -7,7 +7,7 @@ asked for, so plain ``portd listen`` keeps its fast start.
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -49,8 +49,15 @@ def parse_sets(pairs: Sequence[str], text_keys: Collection[str] = ()) -> dict[st
     return values
 
 
-def run_handler(options: ListenOptions, bind_text: str, handler: str, sets: Sequence[str]) -> int:
+def run_handler(
+    options: ListenOptions,
+    bind_text: str,
+    handler: str,
+    sets: Sequence[str],
+    given: Mapping[str, Any] | None = None,
+) -> int:
     """Serve ``handler`` on the bind; one connection unless -k (UDP: until interrupted).
+    ``given``: table entries a flag set (``--exec``'s command), which --set must not repeat.
 
     Raises:
         UsageError: unknown handler or a bad ``--set`` (each problem named, on one line).
@@ -71,9 +78,13 @@ def run_handler(options: ListenOptions, bind_text: str, handler: str, sets: Sequ
         raise UsageError(str(exc)) from None
     text_keys = {option.name for option in declared if option.kind is str}
     table = {"name": "listen", "bind": bind_text, "protocol": options.protocol, "handler": handler}
+    given = given or {}
     try:
         sets_table = parse_sets(sets, text_keys)
-        config = parse_config({"listener": [{**table, **sets_table}]}, SOURCE)
+        clash = sorted(set(sets_table) & set(given))
+        if clash:
+            raise UsageError(f"--set {clash[0]}=...: --exec or --sh-exec gives it already")
+        config = parse_config({"listener": [{**table, **given, **sets_table}]}, SOURCE)
     except ConfigError as exc:  # on the command line these are usage errors (64)
         raise UsageError("; ".join(_as_argument(line) for line in exc.messages())) from None
     listener = config.listeners[0]
@@ -83,6 +94,10 @@ def run_handler(options: ListenOptions, bind_text: str, handler: str, sets: Sequ
     supervisor = Supervisor(replace(config, listeners=(listener,)))
     supervisor.bind_all()
     try:
+        if "command" in given:
+            from portd.shell.programs import warn_if_reachable
+
+            warn_if_reachable(supervisor.listeners[0].addresses, options.protocol, given["command"])
         announce(supervisor.listeners[0].addresses, options.protocol, options.port_file)
         result: int = anyio.run(
             _serve, supervisor, options, backend="asyncio", backend_options=loop_options("auto")
@@ -103,6 +118,7 @@ async def _serve(supervisor: Any, options: ListenOptions) -> int:
     listener = supervisor.listeners[0]
     if not (options.keep or options.protocol == "udp"):
         listener.accept_limit = 1  # like nc -l: one connection, then no more listening
+        listener.drain_at_limit = not listener.handler.takes_sockets  # the program runs on
     await supervisor.start()
     if options.keep or options.protocol == "udp":
         await anyio.sleep_forever()
