@@ -27,6 +27,10 @@ BUILTIN_HANDLERS = {
     "bandwidth": "portd.handlers.shaping:BandwidthHandler",
     "slicer": "portd.handlers.shaping:SlicerHandler",
     "exec": "portd.handlers.exec.handler:ExecHandler",
+    "discard": "portd.handlers.internal:DiscardHandler",
+    "chargen": "portd.handlers.internal:ChargenHandler",
+    "daytime": "portd.handlers.internal:DaytimeHandler",
+    "time": "portd.handlers.internal:TimeHandler",
 }
 
 
