@@ -31,6 +31,8 @@ BUILTIN_HANDLERS = {
     "chargen": "portd.handlers.internal:ChargenHandler",
     "daytime": "portd.handlers.internal:DaytimeHandler",
     "time": "portd.handlers.internal:TimeHandler",
+    "broker": "portd.handlers.broker:BrokerHandler",
+    "chat": "portd.handlers.broker:ChatHandler",
 }
 
 

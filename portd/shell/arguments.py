@@ -204,6 +204,16 @@ def add_listen(commands: Any) -> None:
         metavar="'COMMAND'",
         help="the same, COMMAND run by /bin/sh -c (ncat -c, --sh-exec)",
     )
+    handler.add_argument(
+        "--broker",
+        action="store_true",
+        help="pass what each client sends to every other client (ncat --broker; implies -k)",
+    )
+    handler.add_argument(
+        "--chat",
+        action="store_true",
+        help="the same for lines, named <user1>, <user2>, ... (ncat --chat; implies -k)",
+    )
     listen.add_argument(
         "--set",
         action="append",
@@ -276,7 +286,7 @@ def run_listen(args: argparse.Namespace) -> int:
     from portd.shell.listen import run_listen as listen
 
     table: dict[str, Any] = {}
-    if args.exec_command is not None or args.sh_command is not None:
+    if args.exec_command is not None or args.sh_command is not None or args.broker or args.chat:
         from portd.shell.programs import handler_from_flags
 
         args.handler, table = handler_from_flags(args) or (args.handler, {})
