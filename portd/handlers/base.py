@@ -152,9 +152,10 @@ class Connection(Protocol):
         connection stays the server's: counted, drained, closed and logged as any other;
         the peer's reset still ends it (``connection_lost``)."""
 
-    def reclaim_socket(self) -> None:
+    def reclaim_socket(self) -> bool:
         """The program that had the lent socket is gone: portd may read it again (to
-        drain what the peer still sends before a clean close)."""
+        drain what the peer still sends before a clean close). True when the peer has
+        half-closed and left nothing unread: closing now is a clean FIN."""
 
     def hold(self) -> Callable[[], None]:
         """Keep the connection counted (its ``max_connections`` slot, the drain, ``portd
@@ -196,9 +197,10 @@ class LendingEndpoint(DatagramEndpoint, Protocol):
 
     def lend_socket(
         self, shutdown: Callable[[], object], abort: Callable[[], object]
-    ) -> tuple[socket.socket, Callable[[], None]]:
+    ) -> tuple[socket.socket, Callable[..., None]]:
         """A duplicate of the socket (blocking) for a program, and the release to call
-        once it is gone; the caller closes the duplicate once the program has it. Until
+        once it is gone (``release(drop=True)``: it never started, drop the datagram
+        that woke it); the caller closes the duplicate once the program has it. Until
         the release portd reads nothing, and the drain counts the socket as live:
         ``shutdown()`` is called when it starts, ``abort()`` when it ends."""
 

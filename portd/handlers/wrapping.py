@@ -101,8 +101,9 @@ class ConnectionProxy:
         """Never: the fault must see every byte."""
         return
 
-    def reclaim_socket(self) -> None:
+    def reclaim_socket(self) -> bool:
         """Nothing was lent."""
+        return False
 
     def hold(self) -> Callable[[], None]:
         """A hold on the real connection."""

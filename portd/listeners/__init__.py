@@ -196,12 +196,13 @@ class Listener:
         if refusal is not None:
             self._refuse(conn, refusal, peer)
             return True
-        conn.setblocking(False)
         assert self._loop is not None
-        if self.lends_sockets:
+        if self.lends_sockets:  # left blocking, as a program wants it (see lending)
             protocol = StreamConnection(self.host, peer)
-            protocol.connection_made(LendingTransport(self._loop, conn, protocol))
+            transport = LendingTransport(self._loop, conn, protocol, self.host.watcher())
+            protocol.connection_made(transport)
         else:
+            conn.setblocking(False)
             self._adopting += 1
             self._loop.create_task(self._adopt(conn, peer))
         self.accepted += 1
@@ -376,6 +377,8 @@ class Listener:
         self.close_handler()
         for endpoint in self._endpoints:
             endpoint.close()
+        if self.host.readiness is not None:
+            self.host.readiness.close()
 
     def close_handler(self) -> None:
         """Release what the handler holds (idempotent)."""

@@ -118,21 +118,24 @@ class DatagramServer:
 
     def lend_socket(
         self, shutdown: Callable[[], object], abort: Callable[[], object]
-    ) -> tuple[socket.socket, Callable[[], None]]:
+    ) -> tuple[socket.socket, Callable[..., None]]:
         """A duplicate of the socket (blocking) for a program, and the release to call
-        once the program is gone; portd reads nothing until then. ``shutdown()`` is
-        called when the drain starts, ``abort()`` at its end (or a reload's)."""
+        once the program is gone (``release(drop=True)``: it never started, and the
+        datagram that woke it is dropped); portd reads nothing until then.
+        ``shutdown()`` is called when the drain starts, ``abort()`` at its end."""
         duplicate = socket.socket(self.sock.family, self.sock.type, self.sock.proto,
                                   fileno=os.dup(self.sock.fileno()))  # fmt: skip
         duplicate.setblocking(True)
         self.lent = (shutdown, abort)
 
-        def release() -> None:
+        def release(drop: bool = False) -> None:
             if self.lent is None:
                 return
             self.lent = None
             if self.sock.fileno() >= 0:
                 self.sock.setblocking(False)
+                if drop:  # the program never started: the datagram that woke it goes
+                    self._drop()
                 if self._loop is not None:
                     self._read(True)
             self._released()

@@ -11,6 +11,8 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from portd.listeners.readiness import Readiness
+
 if TYPE_CHECKING:
     from portd.handlers.base import Handler
     from portd.limits import Limits
@@ -22,7 +24,7 @@ class ConnectionHost:
 
     __slots__ = (
         "clock", "closed", "draining", "failed", "handler", "limits", "log", "name",
-        "next_conn_id", "opened",
+        "next_conn_id", "opened", "readiness",
     )  # fmt: skip
 
     def __init__(
@@ -47,3 +49,12 @@ class ConnectionHost:
         self.failed = failed  # a session raised (logged already); observers hear of it
         self.draining = False  # set once the daemon stops; sessions read it
         self.clock: asyncio.AbstractEventLoop | None = None  # the loop, once serving
+        self.readiness: Readiness | None = None  # descriptors watched for the connections
+
+    def watcher(self) -> Readiness:
+        """The listener's one epoll set for what its connections watch (made when first
+        needed; the listener closes it)."""
+        if self.readiness is None:
+            assert self.clock is not None  # serving
+            self.readiness = Readiness(self.clock)
+        return self.readiness

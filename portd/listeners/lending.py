@@ -15,9 +15,8 @@ but it still watches it for errors (no event asked: the kernel reports EPOLLERR 
 EPOLLHUP anyway): the peer's reset, or a keepalive that failed, ends the connection as
 a transport's read error would, so the handler can hang the program up. ``reclaim``
 makes the socket portd's again (non-blocking, read by this transport) once the program
-is gone. The socket is watched through the connection's own epoll set (see
-portd.listeners.readiness: uvloop's add_reader goes deaf on a reset socket), which
-outlives the transport for the descriptors the handler watches.
+is gone. The socket is watched through the listener's epoll set (see
+portd.listeners.readiness: uvloop's add_reader goes deaf on a reset socket).
 """
 
 from __future__ import annotations
@@ -40,7 +39,7 @@ WRITE_LOW_WATER = 16 * 1024
 class LendingTransport(asyncio.Transport):
     """A stream transport that starts paused and can lend its socket (see the module)."""
 
-    def __init__(self, loop: Any, sock: socket.socket, protocol: Any) -> None:
+    def __init__(self, loop: Any, sock: socket.socket, protocol: Any, readiness: Readiness) -> None:
         super().__init__()
         self._loop = loop
         self._sock = sock
@@ -54,8 +53,11 @@ class LendingTransport(asyncio.Transport):
         self._protocol_paused = False
         self._watching_errors = False
         self._writing = False
-        self.readiness = Readiness(loop)  # the connection closes it, once over for good
+        self.readiness = readiness  # the listener's epoll set
         self._held = False  # lent and not reclaimed: a program reads the socket, not portd
+        # The listener leaves an accepted socket blocking, as a program needs it; portd
+        # makes it non-blocking before its own first read or write.
+        self._blocking = True
         self.lent = False
         self.has_read = False
 
@@ -68,18 +70,35 @@ class LendingTransport(asyncio.Transport):
             return None
         duplicate = socket.socket(self._sock.family, self._sock.type, self._sock.proto,
                                   fileno=os.dup(self._fd))  # fmt: skip
-        duplicate.setblocking(True)
+        if not self._blocking:
+            duplicate.setblocking(True)
+            self._blocking = True
         self.lent = self._held = True
         self._watch_errors()
         return duplicate
 
-    def reclaim(self) -> None:
+    def reclaim(self) -> bool:
         """The program is gone: the socket is portd's again (non-blocking, not watched
-        for errors only); reading resumes when the protocol asks."""
+        for errors only); reading resumes when the protocol asks.
+
+        Returns:
+            True when the peer has half-closed and nothing it sent is unread, so a close
+            now ends the connection with a FIN (unread bytes would make it an RST).
+        """
         self._unwatch_errors()
         self._held = False
-        if not self._closing:
-            os.set_blocking(self._fd, False)
+        if self._closing:
+            return False
+        self._nonblocking()
+        try:
+            return self._sock.recv(1, socket.MSG_PEEK) == b""
+        except OSError:  # EAGAIN: the peer still sends, or may; a reset: reading says so
+            return False
+
+    def _nonblocking(self) -> None:
+        if self._blocking:
+            self._blocking = False
+            self._sock.setblocking(False)
 
     def _watch_errors(self) -> None:
         self._watching_errors = True
@@ -126,6 +145,7 @@ class LendingTransport(asyncio.Transport):
     def resume_reading(self) -> None:
         """Read again (never while the socket is lent)."""
         if not self._reading and not self._closing and not self._held:
+            self._nonblocking()
             self._reading = True
             self.readiness.watch(self._fd, self._read_ready)
 
@@ -149,6 +169,7 @@ class LendingTransport(asyncio.Transport):
         """Send ``data``, queueing what the kernel does not take (paused past the mark)."""
         if self._closing or self._eof_asked or not data:
             return
+        self._nonblocking()
         if not self._buffer:
             try:
                 sent = self._sock.send(data)

@@ -1,4 +1,4 @@
-"""An epoll set of a connection's own, which the event loop watches as one descriptor.
+"""An epoll set of a listener's own, which the event loop watches as one descriptor.
 
 Descriptors a connection watches for its handler (a program's pipes and pidfd) and the
 socket of a lending transport are watched here rather than with the loop's
@@ -16,6 +16,7 @@ descriptor of the same open file is closed, and a program may hold another).
 
 from __future__ import annotations
 
+import contextlib
 import select
 from collections.abc import Callable
 from typing import Any
@@ -28,7 +29,7 @@ Callback = Callable[[], object]
 
 
 class Readiness:
-    """Watches descriptors for one connection (see the module)."""
+    """Watches descriptors for a listener's connections (see the module)."""
 
     def __init__(self, loop: Any) -> None:
         self._loop = loop
@@ -64,14 +65,21 @@ class Readiness:
                 return
             entry = self._entries[fd] = [None, None, None]
             entry[slot] = callback
-            epoll.register(fd, _mask(entry))
+            try:
+                epoll.register(fd, _mask(entry))
+            except FileExistsError:  # a program holds another descriptor of it, watched
+                epoll.modify(fd, _mask(entry))
             return
         entry[slot] = callback
         if entry == [None, None, None]:
             del self._entries[fd]
-            epoll.unregister(fd)
+            with contextlib.suppress(OSError):  # closed already: the kernel forgot it
+                epoll.unregister(fd)
         else:
-            epoll.modify(fd, _mask(entry))
+            try:
+                epoll.modify(fd, _mask(entry))
+            except FileNotFoundError:  # closed without an unwatch, and opened again
+                epoll.register(fd, _mask(entry))
 
     def _ready(self) -> None:
         if self._epoll is None:

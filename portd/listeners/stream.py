@@ -45,8 +45,7 @@ class StreamConnection(asyncio.Protocol):
     """One accepted stream connection (TCP or unix), offered to the handler as a Connection."""
 
     __slots__ = (
-        "_holds", "_idle_timer", "_lost", "_readiness", "_send_timer", "_tasks", "_watches",
-        "bytes_in",
+        "_holds", "_idle_timer", "_lost", "_send_timer", "_tasks", "_watches", "bytes_in",
         "bytes_out", "conn_id", "ending", "failed", "fields", "host", "last_active", "peer",
         "reason", "session", "started", "transport",
     )  # fmt: skip
@@ -70,12 +69,10 @@ class StreamConnection(asyncio.Protocol):
         self._holds = 0
         self._lost: tuple[Exception | None] | None = None  # (how the transport ended,)
         self._watches: set[FdWatch] | None = None
-        self._readiness: Readiness | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement the interface without subclassing asyncio's.
         self.transport = cast(asyncio.Transport, transport)
-        self._readiness = getattr(transport, "readiness", None)  # a lending transport's
         self.started = self.last_active = time.monotonic()
         host = self.host
         self.conn_id = host.next_conn_id()
@@ -149,8 +146,6 @@ class StreamConnection(asyncio.Protocol):
         if self._watches:
             for watch in list(self._watches):
                 watch.cancel()
-        if self._readiness is not None:
-            self._readiness.close()
         self.host.closed(self, exc)
 
     @property
@@ -267,11 +262,11 @@ class StreamConnection(asyncio.Protocol):
         lend = getattr(self.transport, "lend", None)
         return lend() if lend is not None else None
 
-    def reclaim_socket(self) -> None:
-        """The program that had the socket is gone: portd may read it again."""
+    def reclaim_socket(self) -> bool:
+        """The program that had the socket is gone: portd may read it again. True when
+        the peer half-closed and left nothing unread (see the Connection protocol)."""
         reclaim = getattr(self.transport, "reclaim", None)
-        if reclaim is not None:
-            reclaim()
+        return bool(reclaim()) if reclaim is not None else False
 
     def hold(self) -> Callable[[], None]:
         """Keep the connection counted until the returned release is called, even once
@@ -301,9 +296,7 @@ class StreamConnection(asyncio.Protocol):
     def watch(self, fd: int, callback: Callable[[], object], writable: bool = False) -> FdWatch:
         """Call ``callback()`` whenever ``fd`` is readable (writable), until the watch is
         cancelled or the connection is over; the caller owns ``fd`` (cancel, then close)."""
-        if self._readiness is None:
-            self._readiness = Readiness(self.clock)
-        watch = FdWatch(self._readiness, fd, callback, writable, self)
+        watch = FdWatch(self.host.watcher(), fd, callback, writable, self)
         if self._watches is None:
             self._watches = set()
         self._watches.add(watch)

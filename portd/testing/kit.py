@@ -259,8 +259,9 @@ class FakeConnection:
         """A fake has no socket to lend: the session relays."""
         return
 
-    def reclaim_socket(self) -> None:
+    def reclaim_socket(self) -> bool:
         """Nothing was lent."""
+        return False
 
     def hold(self) -> Callable[[], None]:
         """Count a hold (``holds``) until the returned release is called."""

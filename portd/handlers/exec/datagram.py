@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from portd.endpoints.base import Peer
 from portd.handlers.base import FdWatch, LendingEndpoint
 from portd.handlers.exec.environment import connection_environment
-from portd.handlers.exec.process import Child, spawn
+from portd.handlers.exec.process import Child
 from portd.handlers.exec.stderr import StderrLog
 
 if TYPE_CHECKING:
@@ -40,34 +40,49 @@ class DatagramProgram:
         self.exit_watch: FdWatch | None = None
         self.timers: list[Any] = []
         self.reason: str | None = None
+        self.stop_asked = False
         sock, self.release = endpoint.lend_socket(self.shutdown, self.abort)
-        with sock:
-            self._start(sock.fileno())
+        opened: list[int] = []
 
-    def _start(self, fd: int) -> None:
-        handler, endpoint = self.handler, self.endpoint
+        def close_after() -> None:
+            for fd in opened:
+                os.close(fd)
+            sock.close()
+
         env = connection_environment(
-            handler.base_env, handler.settings["env"], peer=self.peer, protocol="udp",
+            handler.base_env, handler.settings["env"], peer=peer, protocol="udp",
             local=endpoint.local_address, listener=endpoint.listener, conn_id=None,
         )  # fmt: skip
-        opened: list[int] = []
         try:
-            self.child = spawn(handler.program, (fd, fd, self._stderr_fd(opened)), env)
+            stdio = (sock.fileno(), sock.fileno(), self._stderr_fd(opened))
         except OSError as exc:
-            handler.start_failed(endpoint.log, exc)
-            if self.stderr is not None:
-                self.stderr.close()
-            self.release()  # not taken: portd drops the datagram and reads again
+            close_after()
+            self._failed(exc)
             return
-        finally:
-            for opened_fd in opened:
-                os.close(opened_fd)
         handler.datagram_programs.add(self)
-        self.exit_watch = endpoint.watch(self.child.pidfd, self._exited)
-        if handler.settings["timeout_s"]:
+        handler.spawner.start(handler.program, stdio, env, clock=endpoint.clock,
+                              done=self._spawned, close_after=close_after)  # fmt: skip
+
+    def _spawned(self, result: Child | OSError) -> None:
+        if isinstance(result, OSError):
+            self.handler.datagram_programs.discard(self)
+            self._failed(result)
+            return
+        self.child = result
+        self.exit_watch = self.endpoint.watch(result.pidfd, self._exited)
+        settings = self.handler.settings
+        if settings["timeout_s"]:
             self.timers.append(
-                endpoint.clock.call_later(handler.settings["timeout_s"], self._timed_out)
+                self.endpoint.clock.call_later(settings["timeout_s"], self._timed_out)
             )
+        if self.stop_asked:
+            result.kill_group(signal.SIGTERM)
+
+    def _failed(self, exc: OSError) -> None:
+        self.handler.start_failed(self.endpoint.log, exc)
+        if self.stderr is not None:
+            self.stderr.close()
+        self.release(drop=True)  # it never ran: its datagram goes, portd reads again
 
     def _stderr_fd(self, opened: list[int]) -> int:
         if self.handler.settings["stderr"] == "null":
@@ -124,6 +139,8 @@ class DatagramProgram:
         """The drain started: SIGTERM."""
         if self.child is not None:
             self.child.kill_group(signal.SIGTERM)
+        else:
+            self.stop_asked = True
 
     def abort(self) -> None:
         """The drain is over, or the grace after a SIGTERM: SIGKILL."""
@@ -133,7 +150,11 @@ class DatagramProgram:
     def finish_now(self) -> None:
         """The listener is closing: record what is known and give the socket back."""
         child = self.child
-        if child is None or child.reaped:
+        if child is None:  # still starting: the handler kills what the spawner left
+            self.handler.datagram_programs.discard(self)
+            self.release()
+            return
+        if child.reaped:
             return
         if child.exited() is None:
             with contextlib.suppress(OSError):

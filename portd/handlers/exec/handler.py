@@ -16,7 +16,7 @@ from portd.errors import ConfigError
 from portd.handlers.base import Connection, Handler, LendingEndpoint, StreamSession
 from portd.handlers.exec.datagram import DatagramProgram
 from portd.handlers.exec.environment import base_environment
-from portd.handlers.exec.process import Child, Program, close_inherited_descriptors
+from portd.handlers.exec.process import Child, Program, Spawner
 from portd.handlers.exec.session import ExecSession
 from portd.handlers.exec.settings import (
     EXEC_OPTIONS,
@@ -78,13 +78,13 @@ class ExecHandler(Handler):
         path = find_program(argv[0], child_path(settings))
         assert path is not None  # settings_problems found it
         self.program = Program(path, tuple(argv), settings["cwd"] or None, identity.uid,
-                               identity.gid)  # fmt: skip
+                               identity.gid).with_spawn()  # fmt: skip
         self.base_env = base_environment(settings, identity)
         self.sessions: set[ExecSession] = set()
         self.datagram_programs: set[DatagramProgram] = set()
         self._failures = 0
         self._failure_logged = 0.0
-        close_inherited_descriptors()
+        self.spawner = Spawner()
         self.devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
 
     def start_fields(self, relay_reason: str | None) -> Mapping[str, Any]:
@@ -114,13 +114,17 @@ class ExecHandler(Handler):
     def close(self) -> None:
         """Kill what still runs, wait a little for it to die, reap it, release its
         connection (the backstop behind the drain's SIGTERM and SIGKILL)."""
+        unclaimed = self.spawner.close()  # started, never handed to the loop
         holders: list[ExecSession | DatagramProgram] = [*self.sessions, *self.datagram_programs]
         running = [h.child for h in holders if h.child is not None and not h.child.reaped]
-        for child in running:
+        for child in (*running, *unclaimed):
             child.kill_group(signal.SIGKILL)
-        _wait_for_exits(running, CLOSE_WAIT_S)
+        _wait_for_exits([*running, *unclaimed], CLOSE_WAIT_S)
         for holder in holders:
             holder.finish_now()
+        for child in unclaimed:
+            if child.exited() is not None:
+                child.reap()
         if self.devnull >= 0:
             os.close(self.devnull)
             self.devnull = -1

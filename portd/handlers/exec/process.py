@@ -1,18 +1,18 @@
 """Starting a program and knowing when it ends, the same way on asyncio and uvloop.
 
-A program is started with ``os.posix_spawn`` (glibc's clone(CLONE_VFORK): the parent
-pays ~90 us of CPU; see benchmarks/exec_spawn.py), or with ``subprocess.Popen`` when it
-needs what posix_spawn cannot do from Python (a working directory, another user; Popen
-forks for a user switch, ~550 us). Either way:
+Programs start in worker threads (:class:`Spawner`), never on the event loop: glibc's
+posix_spawn returns only once the child has exec'd, which on a busy machine takes
+milliseconds the loop must not stand still for. The spawn itself is glibc's
+``posix_spawn`` through ctypes (``libc``: the GIL is released, ~90 us of the parent's
+CPU), or ``subprocess.Popen`` for a user switch (it forks: ~550 us) or where the C
+library lacks the functions. See benchmarks/exec_spawn.py for the figures. Either way:
 
 - the program leads a session of its own (setsid), so its whole process group can be
   signalled (a shell pipeline dies together) and a terminal's Ctrl-C reaches portd only;
 - its signals start at their defaults and unblocked (Python ignores SIGPIPE; exec keeps
   an ignored signal ignored), except glibc's two internal real-time signals, which its
   posix_spawn leaves ignored and every glibc program takes back at start;
-- it gets exactly stdin, stdout and stderr: every other descriptor of portd is
-  close-on-exec (Python opens them so; :func:`close_inherited_descriptors` marks any
-  portd inherited from its own parent);
+- it gets exactly stdin, stdout and stderr (closefrom(3); Popen's close_fds);
 - its end is seen through a pidfd (readable once it exits): no SIGCHLD handler, no
   watcher thread, no event loop's child watcher, so no other code can reap it first.
 
@@ -25,15 +25,18 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import queue
 import signal
 import subprocess
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
-# Every catchable signal back to its default in the program (setsigdef).
-DEFAULT_SIGNALS = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
+from portd.handlers.exec import libc
+
 FIRST_FREE_FD = 3
+SPAWN_THREADS = 4  # programs being exec'd at once; each waits in vfork, not on a CPU
 
 
 class Program(NamedTuple):
@@ -44,11 +47,14 @@ class Program(NamedTuple):
     cwd: str | None = None
     uid: int | None = None
     gid: int | None = None
+    prepared: libc.Prepared | None = None  # the posix_spawn parts made once (see with_spawn)
 
-    @property
-    def needs_popen(self) -> bool:
-        """posix_spawn from Python cannot chdir or switch user."""
-        return self.cwd is not None or self.uid is not None or self.gid is not None
+    def with_spawn(self) -> Program:
+        """The same, prepared for posix_spawn when it can start it (no user switch, and
+        the C library has the functions); otherwise Popen starts it."""
+        if self.uid is not None or self.gid is not None or not libc.AVAILABLE:
+            return self
+        return self._replace(prepared=libc.Prepared(self.path, self.argv, self.cwd))
 
 
 class ExitStatus(NamedTuple):
@@ -135,9 +141,8 @@ def _status(info: Any) -> ExitStatus:
 
 
 def spawn(program: Program, stdio: Sequence[int], env: Mapping[str, str]) -> Child:
-    """Start ``program`` with ``stdio`` as its descriptors 0, 1 and 2.
-
-    The caller keeps ``stdio`` and closes its copies once this returns.
+    """Start ``program`` with ``stdio`` as its descriptors 0, 1 and 2 (blocking: call it
+    from a worker thread). The caller keeps ``stdio`` and closes its copies afterwards.
 
     Raises:
         OSError: the program could not be started (not found, not executable, E2BIG,
@@ -149,12 +154,9 @@ def spawn(program: Program, stdio: Sequence[int], env: Mapping[str, str]) -> Chi
              for fd in set(stdio) if fd < FIRST_FREE_FD}  # fmt: skip
     used = [moved.get(fd, fd) for fd in stdio]
     try:
-        if program.needs_popen:
+        if program.prepared is None:
             return _spawn_popen(program, used, env)
-        actions = [(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(used)]
-        pid = os.posix_spawn(program.path, program.argv, env, file_actions=actions,
-                             setsid=True, setsigdef=DEFAULT_SIGNALS, setsigmask=())  # fmt: skip
-        return Child(pid, None)
+        return Child(program.prepared.spawn(env, used), None)
     finally:
         for fd in moved.values():
             os.close(fd)
@@ -170,16 +172,87 @@ def _spawn_popen(program: Program, stdio: list[int], env: Mapping[str, str]) -> 
     return Child(popen.pid, popen)
 
 
-def close_inherited_descriptors() -> None:
-    """Mark every descriptor above 2 close-on-exec: a program gets only its stdio, never
-    something portd inherited from whoever started it."""
-    try:
-        names = os.listdir("/proc/self/fd")  # noqa: PTH208 - names, not paths
-    except OSError:
-        return
-    for name in names:
-        fd = int(name)
-        if fd >= FIRST_FREE_FD:
-            with contextlib.suppress(OSError):
-                if os.get_inheritable(fd):
-                    os.set_inheritable(fd, False)
+Done = Callable[["Child | OSError"], object]
+
+
+class _Job(NamedTuple):
+    program: Program
+    stdio: tuple[int, ...]
+    env: Mapping[str, str]
+    clock: Any
+    done: Done
+    close_after: Callable[[], object]
+
+
+class Spawner:
+    """Starts programs in worker threads and hands each result to the loop.
+
+    ``in_flight`` holds children started whose result the loop has not taken yet, so a
+    closing listener can kill those too. The threads start with the first spawn and
+    end at :meth:`close`.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self.in_flight: set[Child] = set()
+
+    def start(
+        self,
+        program: Program,
+        stdio: Sequence[int],
+        env: Mapping[str, str],
+        *,
+        clock: Any,
+        done: Done,
+        close_after: Callable[[], object],
+    ) -> None:
+        """Spawn in a thread; ``done(child or OSError)`` runs on the loop (``clock``);
+        ``close_after()`` releases the caller's descriptors once the program has them."""
+        if not self._threads:
+            for index in range(SPAWN_THREADS):
+                thread = threading.Thread(target=self._work, name=f"portd-spawn-{index}",
+                                          daemon=True)  # fmt: skip
+                thread.start()
+                self._threads.append(thread)
+        self._jobs.put(_Job(program, tuple(stdio), env, clock, done, close_after))
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            self._run(job)
+
+    def _run(self, job: _Job) -> None:
+        program, stdio, env, clock, done, close_after = job
+        result: Child | OSError
+        try:
+            result = spawn(program, stdio, env)
+        except OSError as exc:
+            result = exc
+        finally:
+            close_after()
+        if isinstance(result, Child):
+            with self._lock:
+                self.in_flight.add(result)
+        try:
+            clock.call_soon_threadsafe(self._deliver, done, result)
+        except RuntimeError:  # the loop is closed: nobody will take it
+            if isinstance(result, Child):
+                result.kill_group(signal.SIGKILL)
+
+    def _deliver(self, done: Done, result: Child | OSError) -> None:
+        if isinstance(result, Child):
+            with self._lock:
+                self.in_flight.discard(result)
+        done(result)
+
+    def close(self) -> list[Child]:
+        """Wait for spawns under way; return the children no one took (kill them)."""
+        for _ in self._threads:
+            self._jobs.put(None)
+        for thread in self._threads:
+            thread.join()
+        self._threads = []
+        with self._lock:
+            left, self.in_flight = list(self.in_flight), set()
+        return left

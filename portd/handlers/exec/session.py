@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from portd.handlers.base import Connection, FdWatch, StreamSession
 from portd.handlers.exec.environment import connection_environment
 from portd.handlers.exec.pipes import LOW_WATER, PipeReader, PipeWriter
-from portd.handlers.exec.process import Child, spawn
+from portd.handlers.exec.process import Child
 from portd.handlers.exec.stderr import StderrLog
 
 if TYPE_CHECKING:
@@ -63,6 +63,8 @@ class ExecSession(StreamSession):
         self.stdout: PipeReader | None = None
         self.stderr: StderrLog | None = None
         self.lent = False
+        self.lost_to_portd = False  # portd ended the connection (not the client)
+        self.stop_asked = False  # the drain began before the program had started
         self.exit_watch: FdWatch | None = None
         self.timeout: Any = None
         self.kill_timer: Any = None
@@ -78,27 +80,43 @@ class ExecSession(StreamSession):
             handler.base_env, handler.settings["env"], peer=conn.peer, protocol="tcp",
             local=conn.local_address, listener=conn.listener, conn_id=conn.conn_id,
         )  # fmt: skip
-        opened: list[int] = []  # the program's ends: closed here once it has them
-        try:
-            stdio = self._socket_stdio(sock, opened) if sock else self._relay_stdio(opened)
-            self.child = spawn(handler.program, stdio, env)
-        except OSError as exc:
-            self._failed_to_start(exc)
-            return
-        finally:
+        opened: list[int] = []  # the program's ends: closed once it has them
+
+        def close_after() -> None:
             for fd in opened:
                 os.close(fd)
             if sock is not None:
                 sock.close()
+
+        try:
+            stdio = self._socket_stdio(sock, opened) if sock else self._relay_stdio(opened)
+        except OSError as exc:  # out of descriptors for its pipes
+            close_after()
+            self._failed_to_start(exc)
+            return
         handler.sessions.add(self)
-        self.exit_watch = conn.watch(self.child.pidfd, self._exited)
+        if self.stdin is not None:
+            conn.resume_reading()  # relay: a lending transport starts paused
+        handler.spawner.start(handler.program, stdio, env, clock=conn.clock,
+                              done=self._spawned, close_after=close_after)  # fmt: skip
+
+    def _spawned(self, result: Child | OSError) -> None:
+        """The spawn finished in its thread (this runs on the loop)."""
+        if isinstance(result, OSError):
+            self._failed_to_start(result)
+            return
+        conn, settings = self.conn, self.handler.settings
+        self.child = child = result
+        self.exit_watch = conn.watch(child.pidfd, self._exited)
+        if self.lost:  # the client left while it started
+            self._hang_up(self.lost_to_portd)
+            return
         if self.stdout is not None:
             self.stdout.resume()
-            conn.resume_reading()  # a lending transport starts paused
-        if handler.settings["timeout_s"]:
-            self.timeout = conn.clock.call_later(handler.settings["timeout_s"], self._timed_out)
-        if conn.draining:
-            self.child.kill_group(signal.SIGTERM)
+        if settings["timeout_s"]:
+            self.timeout = conn.clock.call_later(settings["timeout_s"], self._timed_out)
+        if self.stop_asked or conn.draining:
+            child.kill_group(signal.SIGTERM)
 
     def _socket_stdio(self, sock: Any, opened: list[int]) -> tuple[int, int, int]:
         self.lent = True
@@ -128,6 +146,7 @@ class ExecSession(StreamSession):
 
     def _failed_to_start(self, exc: OSError) -> None:
         self._close_pipes()
+        self.handler.sessions.discard(self)
         self.handler.start_failed(self.conn.log, exc)
         self.phase = "done"
         self.conn.reset(f"exec failed: {exc.strerror or exc}")
@@ -184,13 +203,13 @@ class ExecSession(StreamSession):
         """FIN after the output; drop what the client still sends, for a while."""
         self.phase = "lingering"
         conn = self.conn
-        if self.lent:
-            conn.reclaim_socket()
-        conn.write_eof()
+        if self.lent and conn.reclaim_socket():
+            self.client_eof = True  # it half-closed, nothing unread: the close is a FIN
         if self.client_eof:
             self._done()
             conn.close()
             return
+        conn.write_eof()
         conn.resume_reading()
         self.linger_timer = conn.clock.call_later(LINGER_S, self._linger_over)
 
@@ -230,6 +249,8 @@ class ExecSession(StreamSession):
     def shutdown_requested(self) -> None:
         if self.phase == "running" and self.child is not None:
             self.child.kill_group(signal.SIGTERM)
+        elif self.phase == "running":
+            self.stop_asked = True
         elif self.phase == "lingering":
             self._done()
             self.conn.close()
@@ -285,16 +306,24 @@ class ExecSession(StreamSession):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
-        if self.phase != "running" or self.child is None:
+        self.lost_to_portd = exc is None  # the end of the drain, a handler failure
+        if self.phase != "running":
             self._done()
             return
         if self.stdin is not None:
             self.stdin.close()
         if self.stdout is not None:
             self.stdout.close()
-        if exc is None:  # portd ended it (the end of the drain, a handler failure)
+        if self.child is not None:  # else it is still starting: _spawned hangs it up
+            self._hang_up(self.lost_to_portd)
+
+    def _hang_up(self, by_portd: bool) -> None:
+        """The connection is gone under the program: portd cut it (SIGKILL now), or the
+        client reset it or vanished (SIGHUP, as a terminal would, SIGKILL later)."""
+        assert self.child is not None
+        if by_portd:
             self.child.kill_group(signal.SIGKILL)
-        else:  # the client reset it or vanished: hang up, as a terminal would
+        else:
             self._stop(signal.SIGHUP)
 
     # Clean-up.
@@ -318,6 +347,7 @@ class ExecSession(StreamSession):
             if timer is not None:
                 timer.cancel()
         if child is not None and not child.reaped:
+            child.kill_group(signal.SIGKILL)
             status = child.exited()
             if status is not None:
                 self.conn.annotate(**status.fields(), program_ms=child.running_ms)

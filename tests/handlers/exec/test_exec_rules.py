@@ -235,3 +235,24 @@ def test_signals_start_at_their_defaults() -> None:
     masks = dict(line.split(":\t") for line in lines if line)
     assert int(masks["SigIgn"], 16) & 0x7FFFFFFF == 0
     assert int(masks["SigBlk"], 16) == 0
+
+
+def test_without_the_c_librarys_posix_spawn_popen_starts_programs_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where the C library lacks the functions (or for a user switch), Popen starts the
+    program: the same bytes, the same end, nothing but stdio inherited."""
+    from portd.handlers.exec import libc
+
+    monkeypatch.setattr(libc, "AVAILABLE", False)
+    from portd.handlers.exec.handler import ExecHandler
+
+    with serve("exec", command=["cat"]) as server:
+        handler = server.running.listener.handler if server.running.listener else None
+        assert isinstance(handler, ExecHandler)
+        assert handler.program.prepared is None
+        assert exchange(server.address, PAYLOAD) == PAYLOAD
+        (record,) = server.wait_connections(1)
+    assert (record.how_it_ended, record.fields["exit_code"]) == ("closed", 0)
+    with serve("exec", command=["ls", "/proc/self/fd"], stderr="null") as server:
+        assert sorted(exchange(server.address, b"").split()) == [b"0", b"1", b"2", b"3"]
