@@ -1,6 +1,7 @@
 """Load generators: each runs as its own process and prints one JSON result on stdout.
 
-Run as ``python benchmarks/clients.py KIND --port N ...`` (see ``--help``). Running
+Run as ``python benchmarks/clients.py KIND --port N ...`` (or ``--unix PATH`` for a
+unix stream socket: throughput and connections; see ``--help``). Running
 them as processes keeps them off the runner's GIL and lets several share the load
 of one benchmark; each reports its own CPU time so a reader can tell whether the
 client, rather than the server, was the bottleneck.
@@ -32,6 +33,27 @@ RECV_BYTES = 1024 * 1024
 SOCKET_TIMEOUT_S = 1.0
 UDP_TIMEOUT_S = 0.05
 CONNECT_PENDING = (errno.EINPROGRESS, errno.EAGAIN, 0)
+Target = tuple[socket.AddressFamily, Any]  # the family and what connect() takes
+
+
+def target_of(port: int | None, path: str | None) -> Target:
+    """127.0.0.1:PORT, or the unix socket at PATH."""
+    if path is not None:
+        return socket.AF_UNIX, path
+    return socket.AF_INET, (HOST, port)
+
+
+def connect_stream(target: Target) -> socket.socket:
+    """A connected stream socket with a timeout."""
+    family, address = target
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.settimeout(SOCKET_TIMEOUT_S)
+    try:
+        sock.connect(address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def cpu_seconds() -> float:
@@ -40,13 +62,13 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def tcp_throughput(port: int, duration_s: float, warmup_s: float) -> dict[str, Any]:
+def tcp_throughput(target: Target, duration_s: float, warmup_s: float) -> dict[str, Any]:
     """One connection: a thread writes 64 KiB blocks, this thread reads the echo back.
 
     Returns:
         ``mb_per_s`` echoed (received) after the warm-up, 1 MB = 10**6 bytes.
     """
-    sock = socket.create_connection((HOST, port), timeout=SOCKET_TIMEOUT_S)
+    sock = connect_stream(target)
     start = time.monotonic()
     deadline = start + warmup_s + duration_s
     writer = threading.Thread(target=_write_blocks, args=(sock, deadline), daemon=True)
@@ -94,8 +116,8 @@ class _Churn:
     with ``keep``, stay open and idle).
     """
 
-    def __init__(self, port: int, concurrency: int, keep: bool) -> None:
-        self.address = (HOST, port)
+    def __init__(self, target: Target, concurrency: int, keep: bool) -> None:
+        self.family, self.address = target
         self.concurrency = concurrency
         self.keep = keep
         self.epoll = select.epoll()
@@ -105,7 +127,7 @@ class _Churn:
         self.errors = 0
 
     def open_one(self) -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock = socket.socket(self.family, socket.SOCK_STREAM)
         sock.setblocking(False)
         code = sock.connect_ex(self.address)
         if code not in CONNECT_PENDING:
@@ -188,13 +210,13 @@ class _Sessions(_Churn):
     exit, so a session is complete only then), close. A session that got other than
     ``expect`` bytes, or a reset, is an error."""
 
-    def __init__(self, port: int, concurrency: int, send: int, expect: int) -> None:
-        super().__init__(port, concurrency, keep=False)
+    def __init__(self, target: Target, concurrency: int, send: int, expect: int) -> None:
+        super().__init__(target, concurrency, keep=False)
         self.message = MESSAGE * (send // len(MESSAGE)) + MESSAGE[: send % len(MESSAGE)]
         self.expect = expect
 
     def open_one(self) -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock = socket.socket(self.family, socket.SOCK_STREAM)
         sock.setblocking(False)
         code = sock.connect_ex(self.address)
         if code not in CONNECT_PENDING:
@@ -222,14 +244,14 @@ class _Sessions(_Churn):
 
 
 def tcp_sessions(
-    port: int, duration_s: float, warmup_s: float, concurrency: int, *, send: int, expect: int
+    target: Target, duration_s: float, warmup_s: float, concurrency: int, *, send: int, expect: int
 ) -> dict[str, Any]:
     """Short sessions (see _Sessions), ``concurrency`` at a time, for the duration.
 
     Returns:
         ``completed`` and ``errors`` counted after the warm-up, and the seconds measured.
     """
-    churn = _Sessions(port, concurrency, send, expect)
+    churn = _Sessions(target, concurrency, send, expect)
     began = churn.run(time.monotonic() + warmup_s)
     completed, errors, cpu_from = churn.completed, churn.errors, cpu_seconds()
     ended = churn.run(began + duration_s)
@@ -245,14 +267,14 @@ def tcp_sessions(
 
 
 def tcp_connections(
-    port: int, duration_s: float, warmup_s: float, concurrency: int
+    target: Target, duration_s: float, warmup_s: float, concurrency: int
 ) -> dict[str, Any]:
     """Short connections, ``concurrency`` at a time, for the duration.
 
     Returns:
         ``completed`` and ``errors`` counted after the warm-up, and the seconds measured.
     """
-    churn = _Churn(port, concurrency, keep=False)
+    churn = _Churn(target, concurrency, keep=False)
     began = churn.run(time.monotonic() + warmup_s)
     completed, errors, cpu_from = churn.completed, churn.errors, cpu_seconds()
     ended = churn.run(began + duration_s)
@@ -274,7 +296,7 @@ def tcp_idle(port: int, count: int, concurrency: int, timeout_s: float) -> dict[
     them until stdin closes (the runner measures the server meanwhile).
     """
     raise_nofile_limit(count + 1024)
-    churn = _Churn(port, concurrency, keep=True)
+    churn = _Churn((socket.AF_INET, (HOST, port)), concurrency, keep=True)
     started = time.monotonic()
     ended = churn.run(started + timeout_s, budget=count)
     ready = {
@@ -356,7 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
     """Arguments for every kind of generator."""
     parser = argparse.ArgumentParser(description="portd benchmark load generators")
     parser.add_argument("kind", choices=("throughput", "connections", "sessions", "idle", "udp"))
-    parser.add_argument("--port", type=int, required=True)
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--port", type=int, help="127.0.0.1:PORT")
+    where.add_argument("--unix", metavar="PATH", help="a unix stream socket")
     parser.add_argument("--duration", type=float, default=3.0, help="measured seconds")
     parser.add_argument("--warmup", type=float, default=0.5, help="unmeasured seconds first")
     parser.add_argument("--concurrency", type=int, default=32)
@@ -371,13 +395,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main() -> int:
     """Run one generator and print its result as one JSON line."""
     args = build_parser().parse_args()
+    if args.unix is not None and args.kind in ("idle", "udp"):
+        raise SystemExit(f"--unix: {args.kind} runs over IP only")
+    target = target_of(args.port, args.unix)
     if args.kind == "throughput":
-        result = tcp_throughput(args.port, args.duration, args.warmup)
+        result = tcp_throughput(target, args.duration, args.warmup)
     elif args.kind == "connections":
-        result = tcp_connections(args.port, args.duration, args.warmup, args.concurrency)
+        result = tcp_connections(target, args.duration, args.warmup, args.concurrency)
     elif args.kind == "sessions":
         result = tcp_sessions(
-            args.port,
+            target,
             args.duration,
             args.warmup,
             args.concurrency,

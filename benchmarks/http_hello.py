@@ -159,8 +159,9 @@ def wait_until_answers(server: Server) -> None:
         time.sleep(PROBE_INTERVAL_S)
 
 
-def run_wrk(port: int, seconds: float, close: bool) -> dict[str, float]:
-    """One wrk run; requests/s, requests, errors and wrk's CPU seconds.
+def run_wrk(port: int, seconds: float, close: bool, scheme: str = "http") -> dict[str, float]:
+    """One wrk run; requests/s, requests, errors and wrk's CPU seconds (``scheme``
+    https: over TLS, for tls.py).
 
     Raises:
         BenchmarkError: wrk failed, or a response was not a 2xx.
@@ -169,7 +170,7 @@ def run_wrk(port: int, seconds: float, close: bool) -> dict[str, float]:
     argv += ["-H", "Connection: close"] if close else []
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(
-        [*argv, f"http://{HOST}:{port}/"], capture_output=True, text=True,
+        [*argv, f"{scheme}://{HOST}:{port}/"], capture_output=True, text=True,
         timeout=seconds + 60, check=False,
     )  # fmt: skip
     after = resource.getrusage(resource.RUSAGE_CHILDREN)

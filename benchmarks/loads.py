@@ -28,13 +28,16 @@ UDP_WINDOW = 8
 CPU_SAMPLE_INTERVAL_S = 0.05
 
 
-def run_clients(kind: str, port: int, processes: int, settings: Settings, *extra: str) -> list[Any]:
-    """Run ``processes`` copies of one load generator at once; return their results.
+def run_clients(
+    kind: str, server: Server, processes: int, settings: Settings, *extra: str
+) -> list[Any]:
+    """Run ``processes`` copies of one load generator against ``server`` at once; return
+    their results.
 
     Raises:
         BenchmarkError: a generator failed or overran its time.
     """
-    argv = [sys.executable, str(CLIENT_SCRIPT), kind, "--port", str(port)]
+    argv = [sys.executable, str(CLIENT_SCRIPT), kind, *server.target]
     argv += ["--duration", str(settings.duration_s), "--warmup", str(settings.warmup_s), *extra]
     deadline = time.monotonic() + settings.warmup_s + settings.duration_s + CLIENT_GRACE_S
     pipes = {"stdin": subprocess.DEVNULL, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
@@ -148,11 +151,12 @@ def _client_cpu_pct(results: list[Any]) -> float:
 def throughput_session(
     specs: tuple[ServerSpec, ...],
 ) -> Session:
-    """TCP echo throughput over one connection with 64 KiB writes, in MB/s echoed."""
+    """Stream echo throughput over one connection (TCP, or a unix socket) with 64 KiB
+    writes, in MB/s echoed."""
 
     def session(settings: Settings) -> contextlib.AbstractContextManager[Measure]:
         def sample(server: Server) -> Sample:
-            (result,) = run_clients("throughput", server.port, 1, settings)
+            (result,) = run_clients("throughput", server, 1, settings)
             details = {"client_cpu_pct": _client_cpu_pct([result]), **_window([result])}
             return Sample(result["mb_per_s"], details)
 
@@ -169,7 +173,7 @@ def connections_session(specs: tuple[ServerSpec, ...]) -> Session:
             per_client = str(CONCURRENT_CONNECTIONS // CONNECTION_CLIENTS)
             results = run_clients(
                 "connections",
-                server.port,
+                server,
                 CONNECTION_CLIENTS,
                 settings,
                 "--concurrency",
@@ -193,7 +197,7 @@ def udp_session(specs: tuple[ServerSpec, ...]) -> Session:
 
     def session(settings: Settings) -> contextlib.AbstractContextManager[Measure]:
         def sample(server: Server) -> Sample:
-            (result,) = run_clients("udp", server.port, 1, settings, "--window", str(UDP_WINDOW))
+            (result,) = run_clients("udp", server, 1, settings, "--window", str(UDP_WINDOW))
             details = {
                 "lost": float(result["lost"]),
                 "malformed": float(result["malformed"]),

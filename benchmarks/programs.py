@@ -184,7 +184,7 @@ def _load(
 ) -> Sample:
     server.check_alive()
     with CpuSampler(server) as cpu:
-        (result,) = run_clients(kind, server.port, 1, settings, *extra)
+        (result,) = run_clients(kind, server, 1, settings, *extra)
     server.check_alive()
     if result.get("errors"):
         raise BenchmarkError(f"{result['errors']} sessions failed against {server.name}")

@@ -1,4 +1,4 @@
-"""The reference peer: the smallest honest uvloop echo server, TCP or UDP.
+"""The reference peer: the smallest honest uvloop echo server, TCP, UDP or a unix socket.
 
 It is what portd would be with nothing of its own on the data path: ``create_server``
 plus a Protocol whose ``data_received`` writes the bytes back (and, like portd's echo,
@@ -6,9 +6,10 @@ stops reading while the peer is not reading, so its memory stays bounded; that c
 nothing until the write buffer passes its high-water mark). The datagram variant
 sends each datagram back to its sender.
 
-Run: ``python benchmarks/reference_echo.py {tcp,udp}``. It binds 127.0.0.1 port 0,
-prints one JSON line ``{"event": "listening", "port": N}`` on stdout once it serves,
-and exits on SIGTERM or SIGINT.
+Run: ``python benchmarks/reference_echo.py {tcp,udp}``: it binds 127.0.0.1 port 0 and
+prints one JSON line ``{"event": "listening", "port": N}`` on stdout once it serves;
+``unix --path PATH``: a unix stream socket (``create_unix_server``, the same protocol),
+announced as ``{"event": "listening", "path": PATH}``. It exits on SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
@@ -56,12 +57,17 @@ class DatagramEchoProtocol(asyncio.DatagramProtocol):
         self.transport.sendto(data, addr)
 
 
-async def serve(protocol: str) -> None:
-    """Serve until SIGTERM/SIGINT, after printing the bound port."""
+async def serve(protocol: str, path: str | None = None) -> None:
+    """Serve until SIGTERM/SIGINT, after printing the bound port (or path)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    if protocol == "unix":
+        await loop.create_unix_server(EchoProtocol, path, backlog=BACKLOG)
+        print(json.dumps({"event": "listening", "protocol": protocol, "path": path}), flush=True)
+        await stop.wait()
+        return
     if protocol == "tcp":
         server = await loop.create_server(EchoProtocol, HOST, 0, backlog=BACKLOG)
         port = server.sockets[0].getsockname()[1]
@@ -77,9 +83,12 @@ async def serve(protocol: str) -> None:
 def main() -> int:
     """Parse the one argument and serve."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("protocol", choices=("tcp", "udp"))
+    parser.add_argument("protocol", choices=("tcp", "udp", "unix"))
+    parser.add_argument("--path", help="unix: the socket's path")
     args = parser.parse_args()
-    uvloop.run(serve(args.protocol))
+    if (args.protocol == "unix") != (args.path is not None):
+        parser.error("--path goes with unix, and only with it")
+    uvloop.run(serve(args.protocol, args.path))
     return 0
 
 

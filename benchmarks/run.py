@@ -1,6 +1,7 @@
 """Run portd side by side with socat and a minimal uvloop echo, and print medians and ratios.
 
-Usage: ``python benchmarks/run.py [--rounds N] [--duration S] [--only NAME ...] [--json FILE]``
+Usage: ``python benchmarks/run.py [--rounds N] [--duration S] [--only NAME ...] [--json FILE]
+[--baseline DIR]``
 
 Within each round every server of a benchmark is measured once, in an order that
 rotates from round to round, so slow drifts of a noisy machine touch all of them
@@ -46,6 +47,13 @@ def build_parser(names: list[str]) -> argparse.ArgumentParser:
     )
     parser.add_argument("--only", nargs="+", choices=names, metavar="NAME", help=", ".join(names))
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the JSON here")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="DIR",
+        help="a directory holding another portd package (git archive REV portd | tar -x -C "
+        "DIR): it runs as portd-base in the same rounds of the TCP and UDP benchmarks",
+    )
     return parser
 
 
@@ -125,8 +133,11 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the selected benchmarks, print the table, write the JSON."""
-    benchmarks = all_benchmarks()
-    args = build_parser([b.name for b in benchmarks]).parse_args(argv)
+    args = build_parser([b.name for b in all_benchmarks()]).parse_args(argv)
+    if args.baseline is not None and not (args.baseline / "portd" / "__init__.py").is_file():
+        print(f"--baseline {args.baseline}: no portd package there", file=sys.stderr)
+        return 64
+    benchmarks = all_benchmarks(args.baseline.resolve() if args.baseline else None)
     selected = [b for b in benchmarks if not args.only or b.name in args.only]
     signal.signal(signal.SIGTERM, _raise_interrupt)  # clean up on SIGTERM as on Ctrl-C
     if not become_subreaper():
@@ -161,6 +172,8 @@ def print_report(
     print(f"portd benchmarks, {started:%Y-%m-%d %H:%M} UTC: {args.rounds} rounds, ", end="")
     print(f"{args.duration:g} s measured per load sample after {WARMUP_S:g} s warm-up; ", end="")
     print(f"portd at {describe_commit()}")
+    if args.baseline is not None:
+        print(f"portd-base: the portd package in {args.baseline}, in the same rounds")
     print('portd runs at log_level "warning" unless its name says otherwise (portd-info).')
     print("ratio = median/median (judged against the target); paired = median of per-round")
     print("ratios; cpu% = CPU in % of one core; srv us/op = server CPU per unit of the rate.\n")
@@ -186,6 +199,7 @@ def write_json(
         "duration_s": args.duration,
         "warmup_s": WARMUP_S,
         "machine": describe_machine(),
+        "baseline": str(args.baseline) if args.baseline is not None else None,
         "benchmarks": {result.benchmark.name: to_json(result) for result in results},
     }
     save_results(document, started, also=args.json)

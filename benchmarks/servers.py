@@ -1,6 +1,8 @@
 """Starting, probing and stopping the servers under test: portd, socat and the reference.
 
-A server is ready when an echo round trip through it succeeds; nothing here sleeps
+Each serves TCP or UDP on 127.0.0.1 port 0, or (``family="unix"``) a unix stream socket
+at a path in the run's working directory. A server is ready when an echo round trip
+through it succeeds; nothing here sleeps
 for readiness, it only retries a probe until it works, the process dies, or time runs
 out. Each runs in its own process group (see processes.py), stopped as a whole.
 """
@@ -8,6 +10,7 @@ out. Each runs in its own process group (see processes.py), stopped as a whole.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -36,6 +39,7 @@ __all__ = [
 ]
 
 Transport = Literal["tcp", "udp"]
+Family = Literal["inet", "unix"]
 T = TypeVar("T")
 
 HOST = "127.0.0.1"
@@ -62,16 +66,29 @@ class ServerSpec:
     log_level: str = "warning"
     many_files: bool = False  # RLIMIT_NOFILE and portd's max_connections raised (10,000)
     socat_echo: tuple[str, ...] = ("PIPE",)  # socat's options and its second address
+    family: Family = "inet"  # unix: a stream socket at a path (transport tcp)
+    tree: str = ""  # portd only: run the portd package in this directory (--baseline)
 
 
 class Server:
-    """A running server process and the port it serves."""
+    """A running server process and the port (or unix socket path) it serves."""
 
     def __init__(self, spec: ServerSpec, proc: subprocess.Popen[bytes], log: LogTail) -> None:
         self.spec = spec
         self.proc = proc
         self.log = log
         self.port = 0
+        self.path = ""  # a unix socket's, for family "unix"
+
+    @property
+    def target(self) -> list[str]:
+        """How clients.py is told where to connect: ``--port N`` or ``--unix PATH``."""
+        return ["--unix", self.path] if self.path else ["--port", str(self.port)]
+
+    @property
+    def where(self) -> str:
+        """The port or path, for messages."""
+        return self.path or f"port {self.port}"
 
     @property
     def name(self) -> str:
@@ -125,6 +142,9 @@ def launch(
     if spec.many_files:
         limit = nofile_limit()
         argv = ["prlimit", f"--nofile={limit}:{limit}", "--", *argv]
+    if spec.tree:
+        # `python -m portd` imports from its working directory first: run it in the tree.
+        popen = {"cwd": spec.tree, "env": {**os.environ, "PYTHONPATH": spec.tree}, **popen}
     proc = spawn(
         argv, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True, **popen
     )
@@ -149,7 +169,9 @@ def portd_argv(config: Path, log_level: str) -> list[str]:
 
 
 def write_echo_config(path: Path, spec: ServerSpec) -> Path:
-    """A one-listener echo config on 127.0.0.1 port 0; returns ``path``."""
+    """A one-listener echo config on 127.0.0.1 port 0 (unix: at ``socket_path(path)``);
+    returns ``path``."""
+    bind = f"unix:{socket_path(path)}" if spec.family == "unix" else f"{HOST}:0"
     lines = [
         "[daemon]",
         'log_level = "warning"',
@@ -157,7 +179,7 @@ def write_echo_config(path: Path, spec: ServerSpec) -> Path:
         "",
         "[[listener]]",
         'name = "echo"',
-        f'bind = "{HOST}:0"',
+        f'bind = "{bind}"',
         f'protocol = "{spec.transport}"',
         'handler = "echo"',
     ]
@@ -168,22 +190,33 @@ def write_echo_config(path: Path, spec: ServerSpec) -> Path:
     return path
 
 
+def socket_path(config: Path) -> Path:
+    """The unix socket a server started with ``config`` (or named so) serves."""
+    return config.with_suffix(".sock")
+
+
 def start_server(spec: ServerSpec, workdir: Path) -> Server:
     """Start the server ``spec`` describes and return it once an echo went through it.
 
     Raises:
         ServerError: it did not come up within READY_TIMEOUT_S (it is stopped first).
     """
+    unix = spec.family == "unix"
+    name = workdir / f"{spec.name}-{spec.transport}{'-unix' if unix else ''}.toml"
+    path = socket_path(name)
+    if spec.program == "socat":
+        return _start_socat(spec, path)
+    finish: Callable[[Server], None]
     if spec.program == "portd":
-        config = write_echo_config(workdir / f"{spec.name}-{spec.transport}.toml", spec)
+        config = write_echo_config(name, spec)
         server = launch(spec, portd_argv(config, spec.log_level), stdout=subprocess.DEVNULL)
-        finish: Callable[[Server], None] = _find_portd_port
-    elif spec.program == "reference":
-        argv = [sys.executable, str(REFERENCE_SCRIPT), spec.transport]
+        finish = _no_port if unix else _find_portd_port
+    else:
+        where = ["unix", "--path", str(path)] if unix else [spec.transport]
+        argv = [sys.executable, str(REFERENCE_SCRIPT), *where]
         server = launch(spec, argv, stdout=subprocess.PIPE)
         finish = _read_reference_port
-    else:
-        return _start_socat(spec)
+    server.path = str(path) if unix else ""
     try:
         finish(server)
         wait_until_echoes(server)
@@ -191,6 +224,10 @@ def start_server(spec: ServerSpec, workdir: Path) -> Server:
         server.stop()
         raise
     return server
+
+
+def _no_port(server: Server) -> None:
+    """A unix socket's path is known before the start: the echo probe says when it serves."""
 
 
 def _find_portd_port(server: Server) -> None:
@@ -222,20 +259,36 @@ def _read_reference_port(server: Server) -> None:
     if not line:
         server.check_alive()
         raise ServerError(f"{server.name} printed no port within {READY_TIMEOUT_S:.0f}s")
-    server.port = int(json.loads(line)["port"])
+    event = json.loads(line)
+    if "path" in event:
+        server.path = str(event["path"])
+    else:
+        server.port = int(event["port"])
 
 
 def socat_argv(spec: ServerSpec, port: int | str) -> list[str]:
-    """The socat command line ``spec`` runs: its listening address, then ``socat_echo``."""
+    """The socat command line ``spec`` runs: its listening address (``port`` is a path
+    for a unix socket), then ``socat_echo``."""
     *options, echo = spec.socat_echo
-    if spec.transport == "tcp":
+    if spec.family == "unix":
+        listen = f"UNIX-LISTEN:{port},fork,backlog={SOCAT_BACKLOG}"
+    elif spec.transport == "tcp":
         listen = f"TCP-LISTEN:{port},bind={HOST},reuseaddr,fork,backlog={SOCAT_BACKLOG}"
     else:
         listen = f"UDP-LISTEN:{port},bind={HOST},reuseaddr,fork"
     return ["socat", *options, listen, echo]
 
 
-def _start_socat(spec: ServerSpec) -> Server:
+def _start_socat(spec: ServerSpec, path: Path) -> Server:
+    if spec.family == "unix":
+        server = launch(spec, socat_argv(spec, str(path)), stdout=subprocess.DEVNULL)
+        server.path = str(path)
+        try:
+            wait_until_echoes(server)
+        except BaseException:
+            server.stop()
+            raise
+        return server
     if spec.transport == "tcp":
         # Hold the number: a bound (not listening) SO_REUSEADDR socket keeps every other
         # bind() off the port, yet lets socat (reuseaddr too) bind and listen on it.
@@ -267,28 +320,43 @@ def wait_until_echoes(server: Server) -> None:
     Raises:
         ServerError: the server exited or READY_TIMEOUT_S passed.
     """
-    probe = _probe_tcp if server.spec.transport == "tcp" else _probe_udp
 
     def echoed() -> bool | None:
         server.check_alive()
         try:
-            probe(server.port)
+            if server.path:
+                _probe_unix(server.path)
+            elif server.spec.transport == "tcp":
+                _probe_tcp(server.port)
+            else:
+                _probe_udp(server.port)
         except OSError:
             return None
         return True
 
-    retry_until(echoed, READY_TIMEOUT_S, f"{server.name} to echo on port {server.port}")
+    retry_until(echoed, READY_TIMEOUT_S, f"{server.name} to echo on {server.where}")
 
 
 def _probe_tcp(port: int) -> None:
     with socket.create_connection((HOST, port), timeout=PROBE_TIMEOUT_S) as sock:
-        sock.sendall(PROBE)
-        received = b""
-        while len(received) < len(PROBE):
-            chunk = sock.recv(len(PROBE))
-            if not chunk:
-                raise ConnectionError("closed before echoing")
-            received += chunk
+        _echo_probe(sock)
+
+
+def _probe_unix(path: str) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(PROBE_TIMEOUT_S)
+        sock.connect(path)
+        _echo_probe(sock)
+
+
+def _echo_probe(sock: socket.socket) -> None:
+    sock.sendall(PROBE)
+    received = b""
+    while len(received) < len(PROBE):
+        chunk = sock.recv(len(PROBE))
+        if not chunk:
+            raise ConnectionError("closed before echoing")
+        received += chunk
 
 
 def _probe_udp(port: int) -> None:

@@ -20,6 +20,10 @@
    options while keep-alive and new-connection clients send GETs; nothing may be refused
    or reset, and connections admitted before the reloads still count against a cap.
 
+5. TLS (benchmarks/soak_tls.py; ``--tls-connections 0`` skips it): 10,000 idle TLS
+   connections (RSS per connection, descriptors back to baseline after close), then
+   2,000 failed handshakes that must not leave the daemon bigger.
+
 Prints a table and exits 1 when a limit is exceeded. Loopback only; every server binds
 port 0 but nginx, which is given a port the kernel just handed out.
 """
@@ -39,6 +43,7 @@ import time
 from pathlib import Path
 
 from soak_reload import reload_under_load
+from soak_tls import tls_round
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "tests" / "handlers" / "http_corpus"
@@ -299,6 +304,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--flood-seconds", type=float, default=5.0)
     parser.add_argument("--reloads", type=int, default=20)
+    parser.add_argument("--tls-connections", type=int, default=10_000, help="0: no TLS round")
     args = parser.parse_args()
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -316,6 +322,7 @@ def main() -> int:
             code = daemon.stop()
         nginx = nginx_crlf_flood(Path(directory), args.flood_seconds)
         reloads = reload_under_load(Path(directory), args.reloads)
+        tls = tls_round(Path(directory), args.tls_connections) if args.tls_connections else None
     failures = daemon.events.get("handler_failed", 0) + daemon.events.get("loop_error", 0)
     print(f"idle connections: {args.connections} x {args.cycles} cycles")
     for row in cycles:
@@ -325,6 +332,7 @@ def main() -> int:
     print(f"CRLF flood ({FLOOD_CONNECTIONS} connections, {args.flood_seconds:g} s), a normal "
           f"client's GET: portd {flood}; nginx {nginx or 'not installed'}")  # fmt: skip
     print(f"reloads under load: {reloads}")
+    print(f"TLS: {tls if tls else 'skipped (--tls-connections 0)'}")
     print(f"daemon: handler_failed + loop_error = {failures}, exit code {code}")
     after = [row["rss_after_close_mib"] for row in cycles]
     new_high = after[-1] - max(after[:-1], default=after[-1])
@@ -339,6 +347,7 @@ def main() -> int:
         and flood["median_ms"] <= CRLF_MEDIAN_LIMIT_MS
         and reloads["refused"] == reloads["reset"] == reloads["extra_admitted_past_cap"] == 0
         and code == 0
+        and (tls is None or tls["ok"])
     )
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 from loads import (
@@ -69,25 +70,44 @@ SOCAT_STREAM = ServerSpec("socat", "socat", socat_echo=("-b", "131072", "EXEC:ca
 SOCAT_SHORT = ServerSpec("socat", "socat")
 SOCAT_DATAGRAM = ServerSpec("socat", "socat", "udp")
 REFERENCE = ServerSpec("reference", "reference")
+TCP_THROUGHPUT = (PORTD, SOCAT_STREAM, REFERENCE)
+TCP_SHORT = (PORTD, SOCAT_SHORT, REFERENCE)
+UDP_SPECS = (
+    ServerSpec("portd", "portd", "udp"),
+    SOCAT_DATAGRAM,
+    ServerSpec("reference", "reference", "udp"),
+)
+# The same three over a unix stream socket in the run's directory (socat UNIX-LISTEN with
+# the echo chosen for TCP; the reference's create_unix_server).
+UNIX_THROUGHPUT = tuple(
+    ServerSpec(spec.name, spec.program, socat_echo=spec.socat_echo, family="unix")
+    for spec in (PORTD, SOCAT_STREAM, REFERENCE)
+)
+UNIX_SHORT = tuple(
+    ServerSpec(spec.name, spec.program, socat_echo=spec.socat_echo, family="unix")
+    for spec in (PORTD, SOCAT_SHORT, REFERENCE)
+)
 
 
-@contextlib.contextmanager
-def memory_session(settings: Settings) -> Iterator[Measure]:
+def memory_session(specs: tuple[ServerSpec, ...]) -> Session:
     """RSS per idle TCP connection (KiB): a fresh server for every sample."""
-    specs = {spec.name: spec for spec in (PORTD, REFERENCE)}
 
-    def measure(name: str) -> Sample:
-        if nofile_limit() < IDLE_CONNECTIONS + NOFILE_SPARE:
-            raise BenchmarkError(f"RLIMIT_NOFILE hard limit {nofile_limit()} is too low")
-        spec = specs[name]
-        spec = ServerSpec(spec.name, spec.program, spec.transport, spec.log_level, many_files=True)
-        server = start_server(spec, settings.workdir)
-        try:
-            return _idle_rss(server)
-        finally:
-            server.stop()
+    @contextlib.contextmanager
+    def session(settings: Settings) -> Iterator[Measure]:
+        by_name = {spec.name: spec for spec in specs}
 
-    yield measure
+        def measure(name: str) -> Sample:
+            if nofile_limit() < IDLE_CONNECTIONS + NOFILE_SPARE:
+                raise BenchmarkError(f"RLIMIT_NOFILE hard limit {nofile_limit()} is too low")
+            server = start_server(replace(by_name[name], many_files=True), settings.workdir)
+            try:
+                return _idle_rss(server)
+            finally:
+                server.stop()
+
+        yield measure
+
+    return session
 
 
 def _idle_rss(server: Server) -> Sample:
@@ -185,17 +205,62 @@ def _time_check(config: Path) -> Sample:
 
 
 def _socat_note(spec: ServerSpec) -> str:
-    return f"socat: {' '.join(socat_argv(spec, 'PORT'))}"
+    where = "PATH" if spec.family == "unix" else "PORT"
+    return f"socat: {' '.join(socat_argv(spec, where))}"
+
+
+# The benchmarks --baseline extends: their servers, and how a session is made from them.
+BASELINE_SPECS = {
+    "throughput": TCP_THROUGHPUT,
+    "connections": TCP_SHORT,
+    "udp": UDP_SPECS,
+    "memory": (PORTD, REFERENCE),
+}
+LOAD_SESSIONS = {
+    "throughput": throughput_session,
+    "connections": connections_session,
+    "udp": udp_session,
+}
 
 
 def _versus_peers(socat: float, reference: float) -> tuple[Comparison, ...]:
     return (Comparison("portd", "socat", socat), Comparison("portd", "reference", reference))
 
 
-def all_benchmarks() -> list[Benchmark]:
-    """Every benchmark in the order run.py runs them."""
+def with_baseline(bench: Benchmark, specs: tuple[ServerSpec, ...], baseline: Path) -> Benchmark:
+    """``bench`` with ``portd-base`` (portd from the ``baseline`` tree) as one more server,
+    measured in the same rounds, and the ratio portd/portd-base."""
+    (portd,) = [spec for spec in specs if spec.name == "portd"]
+    base = replace(portd, name="portd-base", tree=str(baseline))
+    session = bench.session
+    if bench.name in LOAD_SESSIONS:
+        session = LOAD_SESSIONS[bench.name]((*specs, base))
+    elif bench.name == "memory":
+        session = memory_session((*specs, base))
+    return replace(
+        bench,
+        servers=(*bench.servers, "portd-base"),
+        session=session,
+        comparisons=(*bench.comparisons, Comparison("portd", "portd-base")),
+    )
+
+
+def all_benchmarks(baseline: Path | None = None) -> list[Benchmark]:
+    """Every benchmark in the order run.py runs them; with ``baseline``, the TCP and UDP
+    ones also run portd from that tree (``portd-base``), to tell a regression from noise."""
+    benchmarks = _benchmarks()
+    if baseline is None:
+        return benchmarks
+    return [
+        with_baseline(bench, BASELINE_SPECS[bench.name], baseline)
+        if bench.name in BASELINE_SPECS
+        else bench
+        for bench in benchmarks
+    ]
+
+
+def _benchmarks() -> list[Benchmark]:
     peers = ("portd", "socat", "reference")
-    udp = tuple(ServerSpec(spec.name, spec.program, "udp") for spec in (PORTD, REFERENCE))
     return [
         Benchmark(
             name="throughput",
@@ -203,7 +268,7 @@ def all_benchmarks() -> list[Benchmark]:
             unit="MB/s",
             higher_is_better=True,
             servers=peers,
-            session=throughput_session((PORTD, SOCAT_STREAM, REFERENCE)),
+            session=throughput_session(TCP_THROUGHPUT),
             comparisons=_versus_peers(5.0, 0.85),
             notes=(_socat_note(SOCAT_STREAM),),
         ),
@@ -213,7 +278,7 @@ def all_benchmarks() -> list[Benchmark]:
             unit="conn/s",
             higher_is_better=True,
             servers=peers,
-            session=connections_session((PORTD, SOCAT_SHORT, REFERENCE)),
+            session=connections_session(TCP_SHORT),
             comparisons=_versus_peers(4.0, 0.85),
             notes=(_socat_note(SOCAT_SHORT),),
         ),
@@ -223,9 +288,29 @@ def all_benchmarks() -> list[Benchmark]:
             unit="rt/s",
             higher_is_better=True,
             servers=peers,
-            session=udp_session((udp[0], SOCAT_DATAGRAM, udp[1])),
+            session=udp_session(UDP_SPECS),
             comparisons=_versus_peers(1.1, 0.85),
             notes=(_socat_note(SOCAT_DATAGRAM),),
+        ),
+        Benchmark(
+            name="unix-throughput",
+            title="unix stream socket echo, 1 connection, 64 KiB writes",
+            unit="MB/s",
+            higher_is_better=True,
+            servers=peers,
+            session=throughput_session(UNIX_THROUGHPUT),
+            comparisons=_versus_peers(2.0, 0.9),
+            notes=(_socat_note(UNIX_THROUGHPUT[1]),),
+        ),
+        Benchmark(
+            name="unix-connections",
+            title=f"{CONCURRENT_CONNECTIONS} concurrent short unix stream connections",
+            unit="conn/s",
+            higher_is_better=True,
+            servers=peers,
+            session=connections_session(UNIX_SHORT),
+            comparisons=_versus_peers(2.0, 0.9),
+            notes=(_socat_note(UNIX_SHORT[1]),),
         ),
         Benchmark(
             name="memory",
@@ -233,7 +318,7 @@ def all_benchmarks() -> list[Benchmark]:
             unit="KiB",
             higher_is_better=False,
             servers=("portd", "reference"),
-            session=memory_session,
+            session=memory_session((PORTD, REFERENCE)),
             comparisons=(Comparison("portd", "reference"),),
             limits=(Limit("portd", 2.0),),
         ),

@@ -14,6 +14,7 @@ EX_USAGE = 64
 EX_NOUSER = 67
 EX_UNAVAILABLE = 69
 EX_SOFTWARE = 70
+EX_CANTCREAT = 73
 EX_NOPERM = 77
 EX_CONFIG = 78
 
@@ -210,3 +211,23 @@ class LoopUnavailableError(PortdError):
     """``[daemon] loop = "uvloop"`` on a host without uvloop: a config the host cannot serve."""
 
     exit_code = EX_CONFIG
+
+
+class TLSConfigError(PortdError):
+    """A certificate, key or CA file that cannot be loaded (missing, unreadable, not PEM,
+    a key that does not match its certificate), outside a config file (78, as there)."""
+
+    exit_code = EX_CONFIG
+
+
+class TLSHandshakeError(PortdError):
+    """``portd connect --tls``: the handshake failed (the server's certificate did not
+    verify, no shared protocol); exit 1, as any other failed connect."""
+
+    exit_code = EX_FAILED
+
+
+class CannotCreateError(PortdError):
+    """``portd cert``: a file could not be written where asked (73, sysexits' CANTCREAT)."""
+
+    exit_code = EX_CANTCREAT

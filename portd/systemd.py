@@ -14,8 +14,7 @@ import time
 from collections.abc import MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from portd.endpoints.inet import InetAddress
-from portd.endpoints.unix import unix_address
+from portd.endpoints.parse import address_of
 
 if TYPE_CHECKING:
     from portd.config import ListenerConfig
@@ -38,10 +37,14 @@ class InheritedSocket(NamedTuple):
     @property
     def address(self) -> Any:
         """The address it is bound to, as its endpoint kind names it."""
-        name = self.sock.getsockname()
-        if self.sock.family == socket.AF_UNIX:
-            return unix_address(name)
-        return InetAddress(self.sock.family, name)
+        found = address_of(self.sock.family, self.sock.getsockname())
+        return found[1] if found is not None else None
+
+    @property
+    def kind(self) -> str:
+        """The endpoint kind it belongs to (``inet``, ``unix``), or "?"."""
+        found = address_of(self.sock.family, self.sock.getsockname())
+        return found[0] if found is not None else "?"
 
 
 def take_inherited_sockets(
@@ -152,7 +155,11 @@ def match_inherited(
         if config.name in claimed:
             continue
         wanted = {a.key for a in config.addresses} if not config.endpoint.is_ephemeral else set()
-        hits = [s for s in free if s.protocol == config.protocol and s.address.key in wanted]
+        hits = [
+            s
+            for s in free
+            if s.protocol == config.protocol and s.address is not None and s.address.key in wanted
+        ]
         if hits:
             claimed[config.name] = [s.sock for s in hits]
             free = [s for s in free if s not in hits]
@@ -160,5 +167,4 @@ def match_inherited(
 
 
 def _fits(inherited: InheritedSocket, config: ListenerConfig) -> bool:
-    kind = "unix" if inherited.sock.family == socket.AF_UNIX else "inet"
-    return inherited.protocol == config.protocol and kind == config.endpoint.kind
+    return inherited.protocol == config.protocol and inherited.kind == config.endpoint.kind

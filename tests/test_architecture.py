@@ -123,12 +123,12 @@ def test_no_module_is_too_long_to_read_at_once() -> None:
 def test_nothing_outside_the_endpoints_package_imports_an_endpoint_kind() -> None:
     """A new kind touches portd/endpoints/ only: the rest asks the Endpoint protocol.
 
-    Exceptions, each for a reason: socket activation types an inherited socket by its
-    family; the testing kit and leak check build peers and addresses; the inspect
-    commands and the shell's connect work on IP addresses by nature.
+    Exceptions, each for a reason: the testing kit builds peers for handler tests, the
+    test server formats an IP server's URL; the inspect commands and the shell's connect
+    work on IP addresses by nature.
     """
     allowed_prefixes = ("portd.endpoints", "portd.inspect", "portd.shell")
-    allowed = {"portd.systemd", "portd.testing.kit", "portd.testing.leaks", "portd.testing.server"}
+    allowed = {"portd.testing.kit", "portd.testing.server"}
     kinds = {"portd.endpoints.inet", "portd.endpoints.unix", "portd.endpoints.inet_sockets"}
     found = modules()
     offenders = {}

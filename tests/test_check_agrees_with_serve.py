@@ -37,6 +37,27 @@ def _a_file(tmp: Path) -> str:
     return receive(str(tmp / "plain"))
 
 
+def _tls(kind: str) -> Callable[[Path], str]:
+    """A TLS listener whose files are made in the case's directory: good, or broken one way."""
+
+    def build(tmp: Path) -> str:
+        from portd.tls.certs import Authority
+        from tests.tls.files import NAMES, Pair, expired, tls_table, write_pair
+
+        authority = Authority("corpus CA")
+        pair = write_pair(tmp, expired(authority) if kind == "expired" else authority.issue(NAMES))
+        extra = {"bad-version": 'tls_min_version = "1.0"\n', "udp": 'protocol = "udp"\n'}
+        if kind == "missing-cert":
+            pair = Pair(tmp / "missing.pem", pair.key)
+        if kind == "key-mismatch":
+            pair = Pair(pair.cert, write_pair(tmp, authority.issue(["x"]), "other").key)
+        if kind == "half-pair":
+            return tls_table(pair).replace(f'tls_key = "{pair.key}"\n', "")
+        return tls_table(pair, extra.get(kind, ""))
+
+    return build
+
+
 CORPUS: dict[str, Callable[[Path], str]] = {
     "echo-tcp-udp": lambda tmp: ECHO + ECHO.replace('"e"', '"u"') + 'protocol = "udp"\n',
     "unix-stream-and-datagram": lambda tmp: (
@@ -76,6 +97,18 @@ CORPUS: dict[str, Callable[[Path], str]] = {
     "exec-user-with-daemon-user": lambda tmp: (
         '[daemon]\nuser = "nobody"\n' + EXEC + 'command = ["cat"]\nuser = "nobody"\n'
     ),
+    **{
+        f"tls-{kind}": _tls(kind)
+        for kind in (
+            "ok",
+            "expired",
+            "missing-cert",
+            "key-mismatch",
+            "bad-version",
+            "udp",
+            "half-pair",
+        )
+    },
 }
 
 

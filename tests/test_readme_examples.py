@@ -20,9 +20,11 @@ import pytest
 
 from portd.cli import build_parser
 from portd.config import parse_config
-from portd.shell.ncargs import connect_target, listen_bind
+from portd.shell.ncargs import connect_target, listen_bind, unix_target
+from portd.tls.certs import Authority
 from tests.processes import Spawner, read_to_eof, spawn, tcp_client
 from tests.support import Daemon, require_tool, run_portd
+from tests.tls.files import write_pair
 
 __all__ = ["spawn"]  # the fixture, for this module
 
@@ -73,16 +75,22 @@ def section(title: str) -> str:
 
 def test_every_toml_block_is_valid(tmp_path: Path) -> None:
     listener = '[[listener]]\nbind = "127.0.0.1:0"\nhandler = "echo"\n'
+    tls = tmp_path / "tls"  # README's certificate files, made here (portd cert would)
+    tls.mkdir()
+    write_pair(tls, Authority("readme CA").issue(["localhost"]), "x")
+    (tls / "x-cert.pem").rename(tls / "cert.pem")
+    (tls / "x-key.pem").rename(tls / "key.pem")
     checked = 0
     for block in blocks("toml"):
         # README's upload directory is under /var/lib/portd, which this host may lack:
         # check_settings refuses a directory whose parent is missing, as serve would.
-        data = tomllib.loads(block.replace("/var/lib/portd", str(tmp_path)))
+        text = block.replace("/etc/portd/tls", str(tls))
+        data = tomllib.loads(text.replace("/var/lib/portd", str(tmp_path)))
         if "project" in data:  # a plugin's pyproject.toml
             assert data["project"]["entry-points"]["portd.handlers"]
             continue
         if "listener" not in data:  # a fragment of a [[listener]] table
-            data = tomllib.loads(listener + block)
+            data = tomllib.loads(listener + text)
         parse_config(data, "README.md")
         checked += 1
     assert checked >= 4
@@ -93,8 +101,8 @@ def test_every_portd_command_line_parses(line: str) -> None:
     args, extras = build_parser().parse_known_args(shlex.split(line))
     assert extras == []
     if args.command == "listen":
-        listen_bind(args.where, args.port, args.source)
-    if args.command == "connect":
+        listen_bind(args.where, args.port, args.source, args.unix)
+    if args.command == "connect" and unix_target(args.target, args.unix) is None:
         connect_target(args.target)
 
 

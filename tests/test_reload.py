@@ -358,3 +358,46 @@ def test_plan_keeps_unchanged_and_hands_over_addresses() -> None:
     assert plan.kept == [running[0]]
     assert [start.config.name for start in plan.started] == ["c"]
     assert plan.retired == [running[1]]
+
+
+def _threads(pid: int) -> int:
+    return sum(1 for _ in Path(f"/proc/{pid}/task").iterdir())
+
+
+def test_retired_listeners_are_cut_after_the_shutdown_timeout_and_release_their_handler(
+    tmp_path: Path,
+) -> None:
+    """A client that never ends kept every replaced file-receive listener (and its threads)
+    alive: 10 reloads took a daemon from 1 to 86 threads. Retired listeners now get
+    shutdown_timeout_s, then their connections are cut and their handler closed."""
+    directory = tmp_path / "in"
+
+    def config(max_bytes: int) -> str:
+        return (
+            "[daemon]\nshutdown_timeout_s = 0.2\n"
+            f'[[listener]]\nname = "up"\nbind = "127.0.0.1:0"\nhandler = "file-receive"\n'
+            f'directory = "{directory}"\nmax_bytes = {max_bytes}\nidle_timeout_s = 0\n'
+        )
+
+    path = tmp_path / "portd.toml"
+    path.write_text(config(1000))
+    daemon = Daemon(["-c", str(path)])
+    held: list[socket.socket] = []
+    try:
+        port = daemon.ready()["up"]
+        pid = daemon.proc.pid
+        for round_number in range(1, 11):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            sock.sendall(b"x")  # a transfer that never ends: the handler's threads work
+            held.append(sock)
+            path.write_text(config(1000 + round_number))
+            daemon.signal(signal.SIGHUP)
+            daemon.wait_for("reload_complete")
+            replaced = daemon.wait_for("listener_replaced")
+            assert replaced["aborted"] == 1  # cut at the timeout, not waited for ever
+        busy = _threads(pid)
+        assert busy < 40, f"{busy} threads after 10 reloads"
+    finally:
+        for sock in held:
+            sock.close()
+        daemon.stop()

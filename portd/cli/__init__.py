@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from portd import __version__
+from portd.cli.cert import add_cert_command
 from portd.cli.daemon import DAEMON_EXIT_CODES, RAW, add_daemon_commands
 from portd.errors import EX_USAGE, PortdError, UsageError
 from portd.inspect.arguments import add_inspect_commands
@@ -76,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_daemon_commands(commands)
     add_shell_commands(commands)
     add_inspect_commands(commands)
+    add_cert_command(commands)
     return parser
 
 

@@ -196,7 +196,10 @@ def run_status(args: argparse.Namespace) -> int:
     header = ("NAME", "PROTO", "ADDRESS", "HANDLER", "ACTIVE", "TOTAL", "IN", "OUT", "REFUSED")
     rows = [header]
     for listener in reply["listeners"]:
-        refused = ", ".join(f"{k} {v}" for k, v in sorted(listener["refusals"].items())) or "-"
+        refusals = dict(listener["refusals"])
+        if handshakes := sum(listener.get("tls_handshake_failed", {}).values()):
+            refusals["tls_handshake_failed"] = handshakes  # by reason in --json
+        refused = ", ".join(f"{k} {v}" for k, v in sorted(refusals.items())) or "-"
         counts = (str(listener["active"]), str(listener["total"]))
         traffic = (human_bytes(listener["bytes_in"]), human_bytes(listener["bytes_out"]))
         where = ", ".join(listener["addresses"])
@@ -261,6 +264,9 @@ def run_check(args: argparse.Namespace) -> int:
 
     for warning in listener_warnings(config):
         print(f"portd: warning: {warning}", file=sys.stderr)
+    for listener in config.listeners:
+        for text in listener.tls.warnings if listener.tls else ():
+            print(f"portd: warning: {listener.label}: {text}", file=sys.stderr)
     return 0
 
 

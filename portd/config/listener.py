@@ -22,6 +22,7 @@ from portd.handlers.base import Handler
 from portd.handlers.registry import load_handler
 from portd.limits import LIMIT_KIND_ONLY, LIMIT_OPTIONS, TCP_ONLY, UDP_ONLY, Limits
 from portd.options import Option, Settings
+from portd.tls.settings import TLS_KEYS, TLS_OPTIONS, TLSConfig, build_tls
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 NAME_RULE = "1-64 characters from A-Z a-z 0-9 . _ -, starting with a letter or digit"
@@ -33,7 +34,7 @@ LISTENER_KEYS = (
     Option("handler", str, None, "handler name"),
     Option("log_connections", bool, True, "log one connection_closed line per connection"),
 )  # fmt: skip
-LISTENER_OPTIONS = (*LISTENER_KEYS, *SOCKET_KEYS, *LIMIT_OPTIONS)
+LISTENER_OPTIONS = (*LISTENER_KEYS, *SOCKET_KEYS, *LIMIT_OPTIONS, *TLS_OPTIONS)
 KIND_ONLY = {**KIND_ONLY_KEYS, **LIMIT_KIND_ONLY}
 
 
@@ -50,6 +51,7 @@ class ListenerConfig:
     limits: Limits = field(default_factory=Limits)
     socket_options: SocketOptions = field(default_factory=SocketOptions)
     log_connections: bool = True
+    tls: TLSConfig | None = None  # a TLS layer on the stream endpoint (portd.tls)
 
     @property
     def protocol(self) -> ProtocolName:
@@ -114,6 +116,7 @@ def _complete(
     """The checks that need a valid table: socket owners, the handler's own, the name."""
     try:
         sockets = socket_options(values, listens=handler.listens)
+        tls = build_tls(values, table, handler.alpn) if endpoint.protocol == "tcp" else None
     except OptionError as exc:
         problems.add(where, str(exc))
         return None
@@ -128,7 +131,7 @@ def _complete(
     limits = build_limits(values, table, handler)
     return ListenerConfig(
         index, name, endpoint, handler, settings, addresses, limits, sockets,
-        values["log_connections"],
+        values["log_connections"], tls,
     )  # fmt: skip
 
 
@@ -152,7 +155,7 @@ def _check_applicable(
 ) -> None:
     """Keys of the other protocol, or of another endpoint kind, are problems."""
     if protocol == "udp":
-        foreign, other = TCP_ONLY | STREAM_ONLY_KEYS, "tcp"
+        foreign, other = TCP_ONLY | STREAM_ONLY_KEYS | TLS_KEYS, "tcp"
     else:
         foreign, other = UDP_ONLY, "udp"
     for key in sorted(set(table) & foreign):

@@ -14,12 +14,28 @@ host ``tcp``).
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from portd.endpoints.base import PROTOCOLS, ProtocolName
 from portd.errors import BindSyntaxError
 
 SCHEMES = ("unix", "tcp", "udp")
+
+
+def address_of(family: int, name: Any) -> tuple[str, Any] | None:
+    """``(kind, Address)`` of a socket address as the kernel gives it (getsockname(),
+    getpeername(), an inherited socket's), or None for a family no kind serves (or an
+    unnamed unix socket)."""
+    if family in (socket.AF_INET, socket.AF_INET6):
+        from portd.endpoints.inet import InetAddress
+
+        return "inet", InetAddress(socket.AddressFamily(family), name)
+    if family == socket.AF_UNIX and name:
+        from portd.endpoints.unix import unix_address
+
+        return "unix", unix_address(name)
+    return None
 
 
 def parse_endpoint(

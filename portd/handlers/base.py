@@ -25,10 +25,13 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable, Coroutine, Mapping
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from portd.endpoints.base import Peer, ProtocolName
 from portd.options import Option, Settings
+
+if TYPE_CHECKING:
+    from portd.tls.info import TLSInfo
 
 
 class TimerHandle(Protocol):
@@ -138,6 +141,12 @@ class Connection(Protocol):
 
     def resume_reading(self) -> None:
         """Undo pause_reading."""
+
+    @property
+    def tls(self) -> TLSInfo | None:
+        """The TLS session (version, cipher, ALPN, the client certificate's subject) of
+        a TLS connection, None for plaintext: the socket under a TLS connection carries
+        ciphertext, so never hand it to anything that expects the peer's bytes."""
 
     @property
     def local_address(self) -> Any:
@@ -253,6 +262,9 @@ class Handler:
     # Limits this handler is safe with when the listener table does not set them, such
     # as {"idle_timeout_s": 60.0}: a listener key always wins.
     default_limits: ClassVar[Mapping[str, Any]] = {}
+    # ALPN protocols a TLS listener offers for this handler unless its tls_alpn says
+    # otherwise (http-hello: http/1.1, so curl and browsers know what they speak).
+    alpn: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, settings: Settings) -> None:
         """Take the validated settings and acquire what serving needs (files, threads).

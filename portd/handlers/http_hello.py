@@ -62,6 +62,7 @@ class HttpHelloHandler(Handler):
 
     name = "http-hello"
     protocols: ClassVar[frozenset[ProtocolName]] = frozenset({"tcp"})
+    alpn = ("http/1.1",)
     options = (
         Option("body", str, "Hello from portd\n", "response body, sent as UTF-8"),
         Option(

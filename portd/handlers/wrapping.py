@@ -93,6 +93,11 @@ class ConnectionProxy:
         self.conn.resume_reading()
 
     @property
+    def tls(self) -> Any:
+        """The wrapped connection's TLS session (None for plaintext)."""
+        return self.conn.tls
+
+    @property
     def local_address(self) -> Any:
         """The address the peer connected to."""
         return self.conn.local_address

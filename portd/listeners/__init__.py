@@ -122,6 +122,10 @@ class Listener:
         self.refusal_log = RefusalLog(self.log)
         self.datagram_gate = DatagramGate(config.limits)
         self.datagram_log = RefusalLog(self.log, "datagram_dropped")
+        self.tls = config.tls  # a TLS layer: each connection is adopted through a handshake
+        self.handshake_failures: Counter[str] = Counter()
+        self.handshake_log = RefusalLog(self.log, "tls_handshake_failed")
+        self._handshakes: set[asyncio.Task[None]] = set()
         self._adopting = 0  # accepted, transport not made yet: live for draining
         self._aborted = False
         self._endpoints: list[DatagramServer] = []
@@ -175,6 +179,10 @@ class Listener:
                 self._endpoints.append(endpoint)
         fields: dict[str, Any] = {"port": self.port} if self.port else {}
         fields.update(self.handler.start_fields(self.relay_reason))
+        if self.tls is not None:
+            fields.update(tls=True, tls_min_version=self.tls.min_version)
+            for warning in self.tls.warnings:  # expired: said, and served (the operator decides)
+                self.log.warning("tls_certificate_not_valid", message=warning)
         self.log.info(
             "listener_started",
             bind=self.config.endpoint.describe_bound(self.addresses),
@@ -204,7 +212,10 @@ class Listener:
         else:
             conn.setblocking(False)
             self._adopting += 1
-            self._loop.create_task(self._adopt(conn, peer))
+            task = self._loop.create_task(self._adopt(conn, peer))
+            if self.tls is not None:  # a handshake may take seconds: cancelled on abort
+                self._handshakes.add(task)
+                task.add_done_callback(self._handshakes.discard)
         self.accepted += 1
         if self.accepted == self.accept_limit:
             # Later clients in the backlog are reset, as nc -l does.
@@ -214,7 +225,7 @@ class Listener:
 
     def _refuse(self, conn: socket.socket, reason: str, peer: Peer) -> None:
         """Close a refused peer at once; a full listener may first say so (HTTP 503)."""
-        if reason == "max_connections":
+        if reason == "max_connections" and self.tls is None:  # never plaintext to TLS
             busy = self.handler.busy_response()
             if busy:
                 with contextlib.suppress(OSError):
@@ -225,6 +236,9 @@ class Listener:
     async def _adopt(self, conn: socket.socket, peer: Peer) -> None:
         assert self._loop is not None
         host = self.host
+        if self.tls is not None:
+            await self._adopt_tls(conn, peer)
+            return
         try:
             await self._loop.connect_accepted_socket(lambda: StreamConnection(host, peer), conn)
         except OSError as exc:  # the peer left before the transport was made
@@ -234,6 +248,27 @@ class Listener:
         finally:
             self._adopting -= 1
             self._check_idle()
+
+    async def _adopt_tls(self, conn: socket.socket, peer: Peer) -> None:
+        from portd.tls.accept import adopt_tls, logged
+
+        assert self._loop is not None
+        assert self.tls is not None
+        host = self.host
+        failed: str | None = "cancelled"  # aborted mid-handshake: released, not counted
+        try:
+            failed = await adopt_tls(
+                self._loop, conn, lambda: StreamConnection(host, peer), self.tls
+            )
+        finally:
+            self._adopting -= 1
+            if failed is not None:
+                self.gate.release(peer)
+            self._check_idle()
+        if failed is not None:
+            self.handshake_failures[failed] += 1
+            if logged(failed):
+                self.handshake_log.refused(failed, str(peer))
 
     @property
     def live(self) -> int:
@@ -268,6 +303,7 @@ class Listener:
         self.bytes_out += conn.bytes_out
         self.endings[conn.how_it_ended] += 1
         if self.config.log_connections:  # off for busy listeners; the counts stay
+            client = conn.tls.peer_subject if self.tls is not None and conn.tls else None
             self.log.info(
                 "connection_closed",
                 conn_id=conn.conn_id,
@@ -276,6 +312,7 @@ class Listener:
                 bytes_out=conn.bytes_out,
                 duration_ms=round((time.monotonic() - conn.started) * 1000, 1),
                 error=str(exc) if exc and conn.reason is None else conn.error,
+                **({"tls_client": client} if client else {}),
                 **(conn.fields or {}),
             )
         for observer in self.observers:
@@ -323,6 +360,8 @@ class Listener:
                 cut), or a plain close (a test server stopping).
         """
         self._aborted = True
+        for task in list(self._handshakes):  # not connections yet: nothing to cut
+            task.cancel()
         live = list(self.connections)
         for conn in live:
             if reset:
@@ -354,6 +393,7 @@ class Listener:
             "datagrams_in": sum(e.datagrams_in for e in endpoints),
             "datagrams_dropped": sum(e.dropped for e in endpoints),
             "refusals": dict(refusals),
+            "tls_handshake_failed": dict(self.handshake_failures),
             "closed": dict(self.endings),
             "uptime_s": round(time.monotonic() - self.started_at, 3),
         }
@@ -373,6 +413,7 @@ class Listener:
         """Release the sockets and whatever the handler holds (idempotent)."""
         self.refusal_log.flush()  # refusals counted since the last line are logged too
         self.datagram_log.flush()
+        self.handshake_log.flush()
         self.close_sockets()
         self.close_handler()
         for endpoint in self._endpoints:

@@ -30,6 +30,7 @@ from portd.listeners.readiness import Readiness
 if TYPE_CHECKING:
     from portd.endpoints.base import Peer
     from portd.listeners.host import ConnectionHost
+    from portd.tls.info import TLSInfo
 
 RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, zero timeout: close sends RST
 _monotonic = time.monotonic
@@ -319,7 +320,10 @@ class StreamConnection(asyncio.Protocol):
     def write_eof(self) -> None:
         """Half-close after queued data."""
         if self.transport.can_write_eof() and not self.transport.is_closing():
-            self.transport.write_eof()
+            # asyncio's shutdown() raises ENOTCONN once the peer's RST has arrived: the
+            # peer is gone, which the transport reports itself; not the handler's failure.
+            with contextlib.suppress(OSError):
+                self.transport.write_eof()
 
     def close(self) -> None:
         """Close after queued data."""
@@ -346,6 +350,13 @@ class StreamConnection(asyncio.Protocol):
         """Read from the peer again."""
         if not self.transport.is_closing():
             self.transport.resume_reading()
+
+    @property
+    def tls(self) -> TLSInfo | None:
+        """The TLS session of a TLS connection, None for plaintext."""
+        from portd.tls.info import tls_info
+
+        return tls_info(self.transport)
 
 
 def _nothing() -> None:

@@ -6,13 +6,15 @@ asked for, so plain ``portd listen`` keeps its fast start.
 
 from __future__ import annotations
 
+import contextlib
 import tomllib
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
 from portd.errors import ConfigError, UsageError
-from portd.shell.listen import ListenOptions, announce
+from portd.shell.bound import announce
+from portd.shell.listen import ListenOptions, exit_on_sigterm
 
 SOURCE = "portd listen"
 LOCATION = '[[listener]] #1 "listen"'
@@ -63,22 +65,54 @@ def run_handler(
         UsageError: unknown handler or a bad ``--set`` (each problem named, on one line).
         BindError: the same messages and exit codes as the daemon.
     """
-    import anyio
-
-    from portd.config import LISTENER_OPTIONS, parse_config
-    from portd.daemon import loop_options
+    from portd.config import LISTENER_OPTIONS
     from portd.errors import HandlerError
     from portd.handlers.registry import load_handler
-    from portd.logging import configure_logging
-    from portd.supervisor import Supervisor
 
     try:
         declared = (*LISTENER_OPTIONS, *load_handler(handler).options)
     except HandlerError as exc:
         raise UsageError(str(exc)) from None
     text_keys = {option.name for option in declared if option.kind is str}
-    table = {"name": "listen", "bind": bind_text, "protocol": options.protocol, "handler": handler}
-    given = given or {}
+    bind = config_bind(bind_text, options.endpoint)
+    table = {"name": "listen", "bind": bind, "protocol": options.protocol, "handler": handler}
+    with contextlib.ExitStack() as stack:
+        if options.tls:
+            table.update(_tls_keys(options, stack))
+        return _run(options, table, sets, text_keys, given or {})
+
+
+def _tls_keys(options: ListenOptions, stack: contextlib.ExitStack) -> dict[str, str]:
+    """--tls: the listener's tls_cert/tls_key: --cert/--key (checked now: 78 as for
+    connect), or an ephemeral certificate in a private directory kept while serving."""
+    import tempfile
+
+    from portd.shell.tls import listen_context, write_ephemeral
+
+    cert, key = options.tls_files
+    if cert:
+        listen_context(cert, key, ())
+        return {"tls_cert": cert, "tls_key": key or cert}
+    directory = stack.enter_context(tempfile.TemporaryDirectory(prefix="portd-listen-tls-"))
+    hosts = [getattr(a, "host", "") for a in options.endpoint.resolve(options.families)]
+    cert, key = write_ephemeral(hosts, directory)
+    return {"tls_cert": cert, "tls_key": key}
+
+
+def _run(
+    options: ListenOptions,
+    table: dict[str, Any],
+    sets: Sequence[str],
+    text_keys: set[str],
+    given: Mapping[str, Any],
+) -> int:
+    import anyio
+
+    from portd.config import parse_config
+    from portd.daemon import loop_options
+    from portd.logging import configure_logging
+    from portd.supervisor import Supervisor
+
     try:
         sets_table = parse_sets(sets, text_keys)
         clash = sorted(set(sets_table) & set(given))
@@ -91,6 +125,7 @@ def run_handler(
     if options.families:  # -4/-6: the BindSyntaxError of an address left without sockets
         listener = replace(listener, addresses=listener.endpoint.resolve(options.families))
     configure_logging("auto", "info" if options.verbose else "warning")
+    exit_on_sigterm()  # as Ctrl-C: the supervisor's close removes a unix socket's file
     supervisor = Supervisor(replace(config, listeners=(listener,)))
     supervisor.bind_all()
     try:
@@ -98,13 +133,24 @@ def run_handler(
             from portd.shell.programs import warn_if_reachable
 
             warn_if_reachable(supervisor.listeners[0].addresses, options.protocol, given["command"])
-        announce(supervisor.listeners[0].addresses, options.protocol, options.port_file)
+        announce(supervisor.listeners[0].addresses, options.label, options.port_file)
         result: int = anyio.run(
             _serve, supervisor, options, backend="asyncio", backend_options=loop_options("auto")
         )
         return result
     finally:
         supervisor.close()
+
+
+def config_bind(bind_text: str, endpoint: Any) -> str:
+    """The bind as a config file takes it: a relative unix path anchored at the working
+    directory, where the shell user meant it (a config file takes absolute paths only)."""
+    path: str = getattr(endpoint, "path", "")
+    if endpoint.kind == "unix" and not path.startswith(("/", "@")):
+        import os
+
+        return "unix:" + os.path.abspath(path)  # noqa: PTH100
+    return bind_text
 
 
 def _as_argument(line: str) -> str:
@@ -116,12 +162,14 @@ async def _serve(supervisor: Any, options: ListenOptions) -> int:
     import anyio
 
     listener = supervisor.listeners[0]
-    if not (options.keep or options.protocol == "udp"):
+    listener.drain_at_limit = not listener.handler.takes_sockets  # the program runs on
+    if not (options.keep or options.protocol == "udp" or options.tls):
         listener.accept_limit = 1  # like nc -l: one connection, then no more listening
-        listener.drain_at_limit = not listener.handler.takes_sockets  # the program runs on
     await supervisor.start()
     if options.keep or options.protocol == "udp":
         await anyio.sleep_forever()
     await listener.wait_for_connection()
+    if options.tls:  # the first connection whose handshake succeeded: a failed one
+        listener.stop_accepting(drain=listener.drain_at_limit)  # does not end listen
     await listener.wait_idle()
     return 0

@@ -14,9 +14,11 @@ EXIT_CODES = """\
 exit status:
   0    done (listen: the peer closed and stdin is sent; connect -z: a port accepted;
        listen --exec: the one client's program ended, whatever its own status)
-  1    connect refused or timed out, a host that does not resolve, a reset, stdout full
+  1    connect refused or timed out, a host that does not resolve, a reset, stdout full,
+       a TLS handshake that failed (a certificate that did not verify: OpenSSL's reason)
   64   bad arguments     69  address busy or not available     77  privileged port
-  130  interrupted (Ctrl-C)"""
+  78   --cert, --key or --ca cannot be loaded      130  interrupted (Ctrl-C)
+  143  terminated (SIGTERM; listen cleans up first)"""
 
 
 MAX_SECONDS = 31_536_000.0  # a year: longer waits overflow the kernel's timeouts (time_t)
@@ -72,7 +74,15 @@ def add_family_flags(parser: argparse.ArgumentParser) -> None:
 
 def _add_relay_flags(parser: argparse.ArgumentParser) -> None:
     """The flags listen and connect share: EOF rules, line shaping, -n, -N, -v."""
-    parser.add_argument("-u", "--udp", action="store_true", help="UDP")
+    parser.add_argument(
+        "-u", "--udp", action="store_true", help="UDP (with -U: a unix datagram socket)"
+    )
+    parser.add_argument(
+        "-U",
+        dest="unix",
+        action="store_true",
+        help="a unix-domain socket: the word is its PATH, or @NAME (nc -U; or unix:PATH)",
+    )
     add_family_flags(parser)
     parser.add_argument(
         "--close-on-eof",
@@ -126,6 +136,47 @@ def _add_relay_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_tls_flags(parser: argparse.ArgumentParser, *, client: bool) -> None:
+    """--tls and its files; a client also takes --ca, --servername and --insecure."""
+    tls = parser.add_argument_group("TLS")
+    what = (
+        "verify the server against the system's CAs"
+        if client
+        else "without --cert: an ephemeral self-signed certificate, its fingerprint on stderr"
+    )
+    tls.add_argument("--tls", action="store_true", help=f"TLS ({what})")
+    role = "client certificate (mutual TLS)" if client else "certificate (a chain is sent whole)"
+    tls.add_argument("--cert", metavar="FILE", help=f"PEM {role}; may hold the key too")
+    tls.add_argument("--key", metavar="FILE", help="PEM private key of --cert")
+    if client:
+        tls.add_argument("--ca", metavar="FILE", help="trust these PEM CAs instead of the system's")
+        tls.add_argument("--servername", metavar="NAME",
+                         help="the name sent (SNI) and checked (default: HOST)")  # fmt: skip
+        tls.add_argument("--insecure", action="store_true",
+                         help="check neither certificate nor name (said on stderr)")  # fmt: skip
+
+
+def check_tls_flags(args: argparse.Namespace) -> None:
+    """The TLS files and switches need --tls; TLS needs a stream.
+
+    Raises:
+        UsageError: one of them without --tls, --key without --cert, --tls with -u.
+    """
+    from portd.errors import UsageError
+
+    names = ("cert", "key", "ca", "servername", "insecure")
+    given = [f"--{name}" for name in names if getattr(args, name, None)]
+    if given and not args.tls:
+        raise UsageError(f"{', '.join(given)}: give --tls too")
+    if args.tls and args.udp:
+        raise UsageError("--tls needs a stream (TCP or unix) socket: DTLS is not supported (-u)")
+    if getattr(args, "key", None) and not args.cert:
+        raise UsageError("--key needs --cert")
+    if args.tls and getattr(args, "zero_io", False):
+        raise UsageError("-z only checks that a port accepts: drop --tls, or connect with "
+                         "--tls to check the handshake")  # fmt: skip
+
+
 def _epilog(examples: str) -> str:
     return f"examples:\n{examples}\n\n{EXIT_CODES}"
 
@@ -134,7 +185,7 @@ def add_listen(commands: Any) -> None:
     """``portd listen``."""
     listen = commands.add_parser(
         "listen",
-        usage="%(prog)s [options] [HOST:]PORT | HOST PORT | -p PORT [HOST]",
+        usage="%(prog)s [options] [HOST:]PORT | HOST PORT | -p PORT [HOST] | -U PATH",
         help="nc -l: accept a connection, relay stdin/stdout",
         description="Listen like nc -l; stdout carries only data, everything else goes to "
         "stderr. nc's spellings work: -l (implied), -p PORT, HOST PORT, bundles (-lvnp 5555).",
@@ -142,8 +193,11 @@ def add_listen(commands: Any) -> None:
             "  portd listen 5555 > file.out         receive a file (nc -l 5555 > file.out)\n"
             "  portd listen -lvnp 5555              the same, as nc users type it\n"
             "  portd listen 127.0.0.1 0 --port-file p  kernel's choice of port, written to p\n"
+            "  portd listen -U app.sock             a unix-domain socket (nc -lU; or unix:PATH)\n"
             "  portd listen -k --echo 7000          an echo server, until Ctrl-C\n"
-            "  portd listen -k --exec 'wc -c' 7000  a program per client (nc -e), until Ctrl-C"
+            "  portd listen -k --exec 'wc -c' 7000  a program per client (nc -e), until Ctrl-C\n"
+            "  portd listen --tls 8443              TLS with an ephemeral certificate\n"
+            "  portd listen --tls --cert c.pem --key k.pem --http 8443   https://"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -151,7 +205,8 @@ def add_listen(commands: Any) -> None:
         "where",
         nargs="*",
         metavar="[HOST:]PORT",
-        help="where to listen: [HOST:]PORT, HOST PORT, or HOST with -p PORT",
+        help="where to listen: [HOST:]PORT, HOST PORT, HOST with -p PORT, unix:PATH, "
+        "or PATH with -U",
     )
     listen.add_argument(
         "-l", dest="listen", action="store_true", help="listen (implied; accepted for nc -l)"
@@ -176,7 +231,11 @@ def add_listen(commands: Any) -> None:
         help="close a connection idle for SECS (nc -w; listening waits on)",
     )
     _add_relay_flags(listen)
-    listen.add_argument("--port-file", metavar="FILE", help="write the bound port to FILE")
+    listen.add_argument(
+        "--port-file",
+        metavar="FILE",
+        help="write the bound port to FILE once listening (a unix socket: its absolute path)",
+    )
     handler = listen.add_mutually_exclusive_group()
     handler.add_argument("--handler", metavar="NAME", help="serve with a handler instead of stdio")
     handler.add_argument(
@@ -221,6 +280,7 @@ def add_listen(commands: Any) -> None:
         metavar="KEY=VALUE",
         help="a handler option or, with -k, a limit (repeatable)",
     )
+    add_tls_flags(listen, client=False)
     listen.set_defaults(run=run_listen)
 
 
@@ -228,14 +288,17 @@ def add_connect(commands: Any) -> None:
     """``portd connect``."""
     connect = commands.add_parser(
         "connect",
-        usage="%(prog)s [options] HOST PORT | HOST:PORT",
+        usage="%(prog)s [options] HOST PORT | HOST:PORT | -U PATH",
         help="nc HOST PORT: connect, relay stdin/stdout",
         description="Connect like nc HOST PORT; stdout carries only data.",
         epilog=_epilog(
             "  portd connect host.example 5000 < file   send a file\n"
             "  portd connect 127.0.0.1:5000             HOST:PORT works too\n"
+            "  portd connect -U app.sock                a unix-domain socket (nc -U)\n"
             "  portd connect -zv 127.0.0.1 8000-8010    which ports accept (nc -z)\n"
-            "  printf 'GET / HTTP/1.0\\n\\n' | portd connect -C example.org 80"
+            "  printf 'GET / HTTP/1.0\\n\\n' | portd connect -C example.org 80\n"
+            "  portd connect --tls -v example.org 443   TLS, verified; -v: version, cipher, peer\n"
+            "  portd connect --tls --ca ca.pem localhost 8443"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -243,7 +306,8 @@ def add_connect(commands: Any) -> None:
         "target",
         nargs="+",
         metavar="HOST PORT",
-        help="HOST PORT or HOST:PORT ([IPv6]:PORT); with -z, PORT may be LOW-HIGH",
+        help="HOST PORT or HOST:PORT ([IPv6]:PORT), or unix:PATH (PATH with -U); "
+        "with -z, PORT may be LOW-HIGH",
     )
     connect.add_argument(
         "-w",
@@ -261,7 +325,10 @@ def add_connect(commands: Any) -> None:
         help="the local (source) port (nc -p)",
     )
     connect.add_argument(
-        "-s", dest="source", metavar="ADDR", help="the local (source) address (nc -s)"
+        "-s",
+        dest="source",
+        metavar="ADDR",
+        help="the local (source) address (nc -s); with -U, the client's own socket PATH",
     )
     connect.add_argument(
         "-z",
@@ -270,6 +337,7 @@ def add_connect(commands: Any) -> None:
         help="only check that the port(s) accept; PORT may be LOW-HIGH",
     )
     _add_relay_flags(connect)
+    add_tls_flags(connect, client=True)
     connect.set_defaults(run=run_connect)
 
 
@@ -285,6 +353,7 @@ def run_listen(args: argparse.Namespace) -> int:
     from portd.shell.listen import ListenOptions
     from portd.shell.listen import run_listen as listen
 
+    check_tls_flags(args)
     table: dict[str, Any] = {}
     if args.exec_command is not None or args.sh_command is not None or args.broker or args.chat:
         from portd.shell.programs import handler_from_flags
@@ -304,4 +373,5 @@ def run_connect(args: argparse.Namespace) -> int:
     """``portd connect``."""
     from portd.shell.connect import run_connect as connect
 
+    check_tls_flags(args)
     return connect(args)

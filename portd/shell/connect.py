@@ -1,5 +1,6 @@
 """``portd connect HOST PORT``: the client side of ``listen`` (``nc HOST PORT``), with nc's
-``HOST:PORT``, ``-s ADDR``/``-p PORT`` (source), ``-n``, ``-w`` and ``-z``."""
+``HOST:PORT``, ``-s ADDR``/``-p PORT`` (source), ``-n``, ``-w`` and ``-z``; a unix socket
+(``-U PATH``, ``unix:PATH``) is portd.shell.unixconnect's."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from portd.endpoints.base import ProtocolName
 from portd.endpoints.inet import format_host_port, parse_port
 from portd.errors import ConnectError, HostNotFoundError, UsageError
 from portd.shell.listen import address_families, check_eof_flags, report_session
-from portd.shell.ncargs import connect_target, require_numeric
+from portd.shell.ncargs import connect_target, require_numeric, unix_target
 from portd.shell.relay import DatagramRelay, EofPolicy, RelayOptions, Session, StreamRelay
 from portd.shell.stats import Transfer
 
@@ -27,6 +28,11 @@ def run_connect(args: Any) -> int:
         HostNotFoundError: the host does not resolve, or -n and it is a name (exit 1).
         UsageError, BindSyntaxError: words that are not HOST PORT, a bad port (exit 64).
     """
+    path = unix_target(args.target, args.unix)
+    if path is not None:
+        from portd.shell.unixconnect import run_unix_connect
+
+        return run_unix_connect(args, path)
     protocol: ProtocolName = "udp" if args.udp else "tcp"
     host, port_text = connect_target(args.target)
     if args.numeric:
@@ -36,19 +42,34 @@ def run_connect(args: Any) -> int:
         return _check_ports(args, host, port_text, protocol)
     port = parse_port(port_text, protocol)
     target = format_host_port(host, port)
+    context: Any = None
+    if getattr(args, "tls", False):  # files are loaded (78) before anything connects
+        from portd.shell.tls import connect_context, connect_tls
+
+        context = connect_context(args)
     sock = open_connection(args, host, port, protocol)
+    bridge: Any = None
+    if context is not None:
+        sock, bridge = connect_tls(sock, context, args.servername or host, target)
     transfer = Transfer(args.verbose)
     policy = EofPolicy(args.close_on_eof, args.quit_after, not args.no_stdin)
     session = Session(transfer, policy, RelayOptions(args.crlf, args.interval, args.wait))
     with sock:
         if args.verbose:
             print(f"connected to {target} ({protocol})", file=sys.stderr, flush=True)
+            if bridge is not None:
+                print(f"tls: {bridge.describe()}", file=sys.stderr, flush=True)
         if protocol == "tcp":
             StreamRelay(sock, session).run()
         else:
-            DatagramRelay([sock], session, connected=True).run()
+            DatagramRelay([sock], session).run()
     transfer.finish()
-    return report_session(session, target, args.verbose, side="to")
+    status = report_session(session, target, args.verbose, side="to")
+    if bridge is not None:
+        from portd.shell.tls import finish
+
+        status = finish(bridge, status, target)
+    return status
 
 
 def _check_ports(args: Any, host: str, ports: str, protocol: ProtocolName) -> int:

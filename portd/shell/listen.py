@@ -1,4 +1,9 @@
-"""``portd listen``: nc -l with explicit EOF rules, concurrent -k, and any handler ad hoc."""
+"""``portd listen``: nc -l with explicit EOF rules, concurrent -k, and any handler ad hoc.
+
+A unix-domain socket (``unix:PATH``, ``-U PATH``; ``-u``: datagrams) is served the same
+way; its file is removed once portd stops listening (Ctrl-C and SIGTERM included), and
+a relative path is anchored at the working directory.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +11,17 @@ import contextlib
 import errno
 import os
 import select
+import signal
 import socket
 import sys
 import threading
 import time
-from collections.abc import Sequence
 from typing import Any
 
-from portd.endpoints.base import ProtocolName, SocketOptions
+from portd.endpoints.base import ProtocolName
 from portd.endpoints.parse import parse_endpoint
 from portd.errors import UsageError
+from portd.shell.bound import Listening
 from portd.shell.ncargs import bind_host, listen_bind, require_numeric
 from portd.shell.relay import (
     BUFFER_SIZE,
@@ -45,12 +51,13 @@ class ListenOptions:
     """
 
     def __init__(self, args: Any) -> None:
-        self.bind_text = listen_bind(args.where, args.port, args.source)
-        if args.numeric:
-            require_numeric(bind_host(self.bind_text), for_connect=False)
+        self.bind_text = listen_bind(args.where, args.port, args.source, args.unix)
         # -u, or else a tcp:/udp: prefix, says the protocol
         self.endpoint: Any = parse_endpoint(self.bind_text, "udp" if args.udp else None)
+        if args.numeric and self.endpoint.kind == "inet":  # a unix path has no host
+            require_numeric(bind_host(self.bind_text), for_connect=False)
         self.protocol: ProtocolName = self.endpoint.protocol
+        self.label = transport_label(self.endpoint)
         self.families = address_families(args.ipv4, args.ipv6)
         self.keep: bool = args.keep
         self.max_clients: int = getattr(args, "max_clients", DEFAULT_MAX_CLIENTS)
@@ -62,11 +69,14 @@ class ListenOptions:
         if args.handler and (args.crlf or args.interval or args.wait):
             raise UsageError("-C, -i and -w shape the stdio relay; a handler takes --set "
                              "options instead (idle_timeout_s=SECS for -w)")  # fmt: skip
+        self.tls: bool = getattr(args, "tls", False)  # portd.shell.tls, imported only then
+        self.tls_files: tuple[str | None, str | None] = (
+            getattr(args, "cert", None), getattr(args, "key", None))  # fmt: skip
         self.gate: Any = None
         if args.set and args.keep and not args.handler:
             from portd.shell.admission import stdio_gate
 
-            self.gate = stdio_gate(args.set)
+            self.gate = stdio_gate(args.set, self.endpoint.kind)
 
 
 def check_eof_flags(args: Any) -> None:
@@ -79,6 +89,15 @@ def check_eof_flags(args: Any) -> None:
         raise UsageError("-N half-closes when stdin ends, --close-on-eof closes: give one")
 
 
+def transport_label(endpoint: Any) -> str:
+    """What the shell's lines call the socket: ``tcp``/``udp`` for IP, ``stream`` or
+    ``datagram`` for a unix socket (which is neither TCP nor UDP, whatever the config
+    file's ``protocol`` key calls it)."""
+    if endpoint.kind == "unix":
+        return "stream" if endpoint.protocol == "tcp" else "datagram"
+    return str(endpoint.protocol)
+
+
 def address_families(ipv4: bool, ipv6: bool) -> tuple[socket.AddressFamily, ...]:
     if ipv4 and not ipv6:
         return (socket.AF_INET,)
@@ -87,77 +106,54 @@ def address_families(ipv4: bool, ipv6: bool) -> tuple[socket.AddressFamily, ...]
     return ()
 
 
-def open_sockets(options: ListenOptions, backlog: int = 1024) -> list[socket.socket]:
-    """Bind what the command line asks for and announce it on stderr (and --port-file).
-
-    Raises:
-        BindSyntaxError, BindError: the same messages and exit codes as the daemon.
-    """
-    endpoint = options.endpoint
-    addresses = endpoint.resolve(options.families)
-    sockets: list[socket.socket] = endpoint.open_sockets(
-        addresses, SocketOptions(backlog), f"listen {endpoint}"
-    )
-    announce(endpoint.bound_addresses(sockets), options.protocol, options.port_file)
-    return sockets
-
-
-def announce(addresses: Sequence[Any], protocol: str, port_file: str | None) -> None:
-    """``listening on 127.0.0.1:40123 (tcp)`` on stderr; the port into ``port_file``."""
-    where = ", ".join(str(address) for address in addresses)
-    print(f"listening on {where} ({protocol})", file=sys.stderr, flush=True)
-    if port_file:
-        write_port_file(port_file, getattr(addresses[0], "port", 0))
-
-
-PORT_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-def write_port_file(path: str, port: int) -> None:
-    """Write ``port`` to ``path`` atomically, never through a planted file or symlink.
-
-    The temporary is created exclusively (O_EXCL|O_NOFOLLOW: an entry someone put there
-    first, a symlink included, is never opened) under an unpredictable name in the
-    target's directory, then renamed over ``path`` (a symlink at ``path`` itself is
-    replaced, not followed).
-
-    Raises:
-        UsageError: the file cannot be written (one line naming it).
-    """
-    import secrets
-
-    from portd.errors import UsageError
-
-    directory, _, name = path.rpartition("/")
-    temporary = f"{directory}{'/' if directory else ''}.{name}.{secrets.token_hex(8)}.tmp"
-    try:
-        fd = os.open(temporary, PORT_FILE_FLAGS, 0o644)
-        try:
-            os.write(fd, f"{port}\n".encode("ascii"))
-        finally:
-            os.close(fd)
-        os.replace(temporary, path)  # noqa: PTH105 - readers never see a half-written file
-    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
-        with contextlib.suppress(OSError, ValueError):
-            os.unlink(temporary)  # noqa: PTH108
-        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
-        raise UsageError(f"--port-file {path!r}: cannot write it: {reason}") from None
-
-
 def run_listen(options: ListenOptions) -> int:
     """Serve stdin/stdout over the socket(s); return the exit status."""
-    sockets = open_sockets(options)
+    exit_on_sigterm()
+    listening = Listening.open(options.endpoint, options.families)
+    sockets = listening.sockets
+    bridge: Any = None
     try:
+        listening.announce(options.label, options.port_file)
+        context = tls_context(options, sockets) if options.tls else None
         if options.protocol == "udp":
             return _relay_datagrams(sockets, options)
         if options.keep:
-            return _serve_many(sockets, options)
-        conn, peer = _accept_one(sockets, options.endpoint)
+            return _serve_many(sockets, options, context)
+        if context is not None:
+            from portd.shell.tls import accept_tls
+
+            accept = lambda: _accept_one(sockets, options.endpoint)  # noqa: E731
+            conn, peer, bridge = accept_tls(accept, context)
+        else:
+            conn, peer = _accept_one(sockets, options.endpoint)
     finally:
-        for sock in sockets:
-            sock.close()  # like nc -l: one connection, no further listening
+        listening.close()  # like nc -l: one connection, no further listening
     with conn:
-        return _relay_stream(conn, str(peer), options)
+        status = _relay_stream(conn, str(peer), options, bridge)
+    if bridge is not None:
+        from portd.shell.tls import finish
+
+        status = finish(bridge, status, str(peer))
+    return status
+
+
+def tls_context(options: ListenOptions, sockets: list[socket.socket]) -> Any:
+    """--tls: the server context (--cert/--key, or an ephemeral certificate for the
+    bound addresses)."""
+    from portd.shell.tls import listen_context
+
+    addresses = options.endpoint.bound_addresses(sockets)
+    return listen_context(*options.tls_files, [getattr(a, "host", "") for a in addresses])
+
+
+def exit_on_sigterm() -> None:
+    """SIGTERM ends portd as Ctrl-C does (exit 143), so its cleanup runs: a unix
+    socket's file is removed, not left for the next start to find stale."""
+
+    def terminate(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
 
 
 def _accept_one(sockets: list[socket.socket], endpoint: Any) -> tuple[socket.socket, Any]:
@@ -180,9 +176,11 @@ def _accept_one(sockets: list[socket.socket], endpoint: Any) -> tuple[socket.soc
                 conn.close()
 
 
-def _relay_stream(conn: socket.socket, peer: str, options: ListenOptions) -> int:
+def _relay_stream(conn: socket.socket, peer: str, options: ListenOptions, bridge: Any) -> int:
     if options.verbose:
         print(f"connection from {peer}", file=sys.stderr, flush=True)
+        if bridge is not None:
+            print(f"tls: {bridge.describe()}", file=sys.stderr, flush=True)
     transfer = Transfer(options.verbose)
     session = Session(transfer, options.policy, options.relay)
     StreamRelay(conn, session).run()
@@ -204,7 +202,7 @@ def _relay_datagrams(sockets: list[socket.socket], options: ListenOptions) -> in
         sock.setblocking(True)
     transfer = Transfer(options.verbose)
     session = Session(transfer, options.policy, options.relay)
-    DatagramRelay(sockets, session, connected=False).run()
+    DatagramRelay(sockets, session, options.endpoint, options.verbose).run()
     transfer.finish()
     if session.message:
         print(f"portd: {session.message}", file=sys.stderr)
@@ -228,6 +226,7 @@ class _Clients:
         self.ended = threading.Event()
         self.status = 0
         self.message: str | None = None
+        self.tls_context: Any = None  # --tls: each client's handshake runs in its own thread
 
     def accept_forever(self, sockets: list[socket.socket]) -> None:
         """Accept and serve until the process ends (the sockets may close under us then).
@@ -244,7 +243,23 @@ class _Clients:
                 self._report(f"portd: accept failed: {exc.strerror}; retrying", always=True)
                 time.sleep(ACCEPT_RETRY_S)  # a back-off, not a readiness wait
                 continue
-            self.add(conn, peer)
+            if self.tls_context is not None:
+                threading.Thread(target=self._add_tls, args=(conn, peer), daemon=True).start()
+            else:
+                self.add(conn, peer)
+
+    def _add_tls(self, conn: socket.socket, client: Any) -> None:
+        from portd.errors import TLSHandshakeError
+        from portd.shell.tls import handshake
+
+        try:
+            bridge = handshake(conn, self.tls_context, server_side=True)
+        except TLSHandshakeError as exc:
+            conn.close()
+            self._report(f"portd: TLS handshake with {client} failed: {exc}", always=True)
+            return
+        self._report(f"tls: {client}: {bridge.describe()}")
+        self.add(bridge.start(), client)
 
     def add(self, conn: socket.socket, client: Any) -> None:
         """Serve a new client, or refuse it (RST and a line): at --max-clients, when a
@@ -341,10 +356,11 @@ def _half_close(conn: socket.socket) -> None:
         conn.shutdown(socket.SHUT_WR)
 
 
-def _serve_many(sockets: list[socket.socket], options: ListenOptions) -> int:
+def _serve_many(sockets: list[socket.socket], options: ListenOptions, tls: Any = None) -> int:
     """-k: serve clients concurrently until interrupted or stdout fails (nc -lk takes
     them one at a time)."""
     clients = _Clients(options)
+    clients.tls_context = tls
     if options.policy.read_stdin:
         threading.Thread(target=clients.broadcast_stdin, daemon=True).start()
     threading.Thread(target=clients.accept_forever, args=(sockets,), daemon=True).start()

@@ -1,6 +1,7 @@
 """netcat's command-line habits, read with nc's meaning: bundled short flags (``-lvnp 5555``),
-``HOST PORT`` and ``-p PORT`` in listen, ``HOST:PORT`` in connect, ``-n``, and the options
-portd lacks on purpose, each refused with what to type instead.
+``HOST PORT`` and ``-p PORT`` in listen, ``HOST:PORT`` in connect, ``-U PATH`` (or
+``unix:PATH``) for a unix-domain socket, ``-n``, and the options portd lacks on purpose,
+each refused with what to type instead.
 
 Pure string work, no imports beyond the bind grammar: it runs on every ``portd listen``.
 """
@@ -128,13 +129,20 @@ def unknown_option(name: str, command: str, bundle: str = "") -> UsageError:
     return UsageError(f"unknown option {name}{where}" + (f": {reason}" if reason else ""))
 
 
-def listen_bind(words: Sequence[str], port: str | None, source: str | None) -> str:
-    """listen's ``[HOST:]PORT``, ``HOST PORT``, ``-p PORT [HOST]`` or ``-s ADDR -p PORT``
-    -> one ``[HOST:]PORT`` text for the bind grammar.
+def listen_bind(
+    words: Sequence[str], port: str | None, source: str | None, unix: bool = False
+) -> str:
+    """listen's ``[HOST:]PORT``, ``HOST PORT``, ``-p PORT [HOST]``, ``-s ADDR -p PORT`` or
+    ``-U PATH`` -> one text for the bind grammar (``-U PATH`` gives ``unix:PATH``).
 
     Raises:
-        UsageError: no port, the port or host given twice, or too many words.
+        UsageError: no port, the port or host given twice, too many words; -U with
+            other than one PATH, or with -p or -s.
     """
+    if unix:
+        if port is not None or source is not None:
+            raise UsageError("-U listens on a PATH; -p and -s name IP ports and addresses")
+        return "unix:" + unix_path(words)
     if len(words) > 2:
         raise UsageError(
             f"too many arguments {' '.join(words)!r}; expected [HOST:]PORT or HOST PORT"
@@ -155,6 +163,31 @@ def listen_bind(words: Sequence[str], port: str | None, source: str | None) -> s
             return join_host_port(host, words[0])
         return words[0]
     return join_host_port(host, port) if host is not None else port
+
+
+def unix_path(words: Sequence[str]) -> str:
+    """-U's one word: the socket's path (a ``unix:`` prefix there says it twice: dropped).
+
+    Raises:
+        UsageError: no word, or more than one.
+    """
+    if len(words) != 1:
+        given = f", got {' '.join(words)!r}" if words else ""
+        raise UsageError(f"-U takes one PATH (the socket file, or @NAME){given}")
+    return words[0].removeprefix("unix:")
+
+
+def unix_target(words: Sequence[str], unix: bool) -> str | None:
+    """connect's ``-U PATH`` or ``unix:PATH`` -> the path; None for HOST PORT forms.
+
+    Raises:
+        UsageError: -U with other than one PATH.
+    """
+    if unix:
+        return unix_path(words)
+    if len(words) == 1 and words[0].startswith("unix:"):
+        return words[0].removeprefix("unix:")
+    return None
 
 
 def connect_target(words: Sequence[str]) -> tuple[str, str]:

@@ -20,14 +20,17 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import sys
 import threading
 import time
-from collections.abc import Iterator
-from typing import NamedTuple
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
 from portd.shell.stats import Transfer
 
 BUFFER_SIZE = 256 * 1024
+Receive = Callable[[memoryview], tuple[int, Any]]  # a datagram into the buffer: size, sender
+Send = Callable[[bytes, Any], object]  # a datagram to a sender
 MAX_DATAGRAM = 65507
 STDIN, STDOUT = 0, 1
 
@@ -233,21 +236,34 @@ class StreamRelay:
 
 
 class DatagramRelay:
-    """stdin -> datagrams and datagrams -> stdout on UDP sockets.
+    """stdin -> datagrams and datagrams -> stdout on UDP or unix datagram sockets.
 
-    Connected (``portd connect -u``): one socket, every datagram goes to its peer.
-    Listening: replies go to whoever sent the last datagram, from the socket it reached
-    (``*`` listens on IPv4 and IPv6); stdin waits for a first sender. Each read from
-    stdin becomes one datagram (split at 65,507 bytes).
+    Connected (``portd connect -u``, no ``endpoint``): every datagram goes to its peer.
+    Listening: the endpoint reads each datagram with its typed sender, and replies go to
+    whoever sent the last datagram that can be answered, from the socket it reached
+    (``*`` listens on IPv4 and IPv6); stdin waits for a first such sender. A unix sender
+    that bound no path cannot be answered: its datagrams reach stdout, and a line on
+    stderr says so once. With ``verbose``, a line names each new sender (a unix one by
+    pid and uid). Each read from stdin becomes one datagram (split at 65,507 bytes).
     """
 
-    def __init__(self, sockets: list[socket.socket], session: Session, connected: bool) -> None:
+    def __init__(
+        self,
+        sockets: list[socket.socket],
+        session: Session,
+        endpoint: Any = None,
+        verbose: bool = False,
+    ) -> None:
         self.sockets = sockets
         self.session = session
-        self.connected = connected
-        self.reply: tuple[socket.socket, tuple[object, ...] | None] = (sockets[0], None)
+        self.endpoint = endpoint
+        self.connected = endpoint is None
+        self.verbose = verbose
+        self.reply: tuple[Send, Any] | None = None
+        self._last_sender: Any = None
+        self._warned_unanswerable = False
         self._have_peer = threading.Event()
-        if connected:
+        if self.connected:
             self._have_peer.set()
 
     def run(self) -> None:
@@ -261,31 +277,63 @@ class DatagramRelay:
         self.session.done.wait()
 
     def _socket_to_stdout(self, sock: socket.socket) -> None:
+        buffer = bytearray(BUFFER_SIZE)
+        view = memoryview(buffer)
+        receive, send = self._io(sock)
         received = self.session.transfer.received
         while True:
             try:
-                data, peer = sock.recvfrom(BUFFER_SIZE)
+                size, sender = receive(view)
             except ConnectionRefusedError:
                 self.session.finish(1, "connection refused (nothing listens on that UDP port)")
                 return
             except OSError as exc:
                 self.session.finish(1, f"receive failed: {exc.strerror}")
                 return
-            if not self.connected:
-                self.reply = (sock, peer)
-                if not self._have_peer.is_set():
-                    self._have_peer.set()
-                    self.session.watch_idle()  # as nc -lu: from the first datagram on
+            if send is not None:
+                self._heard(send, sender)
             self.session.touch()
-            received.add(data)
+            received.add(view[:size])
             try:
-                write_all(STDOUT, data)
+                write_all(STDOUT, view[:size])
             except BrokenPipeError:
                 self.session.finish(0)
                 return
             except OSError as exc:
                 self.session.finish(1, f"cannot write to stdout: {exc.strerror}")
                 return
+
+    def _io(self, sock: socket.socket) -> tuple[Receive, Send | None]:
+        """How ``sock`` is read (size and sender), and how a reply is sent (listening)."""
+        if self.endpoint is not None:
+            receive, send = self.endpoint.datagram_io(sock)
+            return receive, send
+
+        def receive_connected(into: memoryview) -> tuple[int, Any]:
+            return sock.recv_into(into), None
+
+        return receive_connected, None
+
+    def _heard(self, send: Send, sender: Any) -> None:
+        """A datagram came from ``sender``: replies go there from now on, if they can."""
+        if sender != self._last_sender:
+            self._last_sender = sender
+            if self.verbose:
+                print(f"datagram from {sender}", file=sys.stderr, flush=True)
+        if getattr(sender, "path", None) == "":  # a unix socket that bound no path
+            if not self._warned_unanswerable:
+                self._warned_unanswerable = True
+                print(
+                    f"portd: {sender} sends from a socket without a path, so replies cannot "
+                    "reach it (a client must bind one: nc -uU, socat UNIX-SENDTO:PATH,bind=...)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            return
+        self.reply = (send, sender)
+        if not self._have_peer.is_set():
+            self._have_peer.set()
+            self.session.watch_idle()  # as nc -lu: from the first datagram on
 
     def _stdin_to_socket(self) -> None:
         sent = self.session.transfer.sent
@@ -303,12 +351,12 @@ class DatagramRelay:
             self.session.quit_later()
 
     def _send(self, chunk: bytes) -> bool:
-        sock, peer = self.reply
         try:
-            if peer is None:
-                sock.send(chunk)
+            if self.reply is None:
+                self.sockets[0].send(chunk)
             else:
-                sock.sendto(chunk, peer)
+                send, peer = self.reply
+                send(chunk, peer)
         except OSError as exc:
             self.session.finish(1, f"send failed: {exc.strerror}")
             return False

@@ -175,6 +175,7 @@ class FakeConnection:
         self.fields: dict[str, Any] = {}  # what annotate() added
         self.holds = 0  # holds taken and not released
         self.watches: dict[tuple[int, bool], Callable[[], object]] = {}
+        self.tls: Any = None  # a TLSInfo to play a TLS connection
 
     @property
     def writes(self) -> int:

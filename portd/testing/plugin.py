@@ -8,7 +8,13 @@ workers share nothing):
 * ready-made: ``echo_server``, ``udp_echo_server``, ``http_server`` (http-hello),
   ``recorder_server``, and the faults ``blackhole_server``, ``stall_server``,
   ``reset_server``, ``close_after_server``, ``refuse_server``, ``latency_server``,
-  ``bandwidth_server``, ``slicer_server`` with their default options.
+  ``bandwidth_server``, ``slicer_server`` with their default options;
+* TLS (a leaf of the session's test CA; ``server.ssl_context()``, ``server.ca_path``):
+  ``tls_echo_server``, ``tls_http_server`` (https), ``mtls_echo_server`` (clients need
+  ``server.issue_client_cert()``), and the TLS faults ``tls_expired_server``,
+  ``tls_not_yet_valid_server``, ``tls_wrong_host_server``, ``tls_self_signed_server``,
+  ``tls_untrusted_ca_server``, ``tls_handshake_stall_server``,
+  ``tls_reset_during_handshake_server``, ``tls10_only_server`` (echo behind each).
 
 They are sync fixtures whose servers run on a background thread's event loop, so the
 same fixture serves sync tests, pytest-asyncio tests and anyio tests (any backend).
@@ -120,11 +126,12 @@ def _stop_all(started: list[ServeContext], failed: bool) -> None:
         pytest.fail("\n".join(leaks), pytrace=False)
 
 
-def _ready_made(handler: str, protocol: str = "tcp") -> Callable[..., Server]:
+def _ready_made(handler: str, protocol: str = "tcp", **tls: Any) -> Callable[..., Server]:
     def fixture(portd_server: ServerFactory) -> Server:
-        return portd_server(handler, protocol=protocol)
+        return portd_server(handler, protocol=protocol, **tls)
 
-    fixture.__doc__ = f"A {handler} server ({protocol}) on a kernel-chosen loopback port."
+    over = f" over TLS ({tls['tls']})" if tls else ""
+    fixture.__doc__ = f"A {handler} server ({protocol}){over} on a kernel-chosen loopback port."
     return fixture
 
 
@@ -140,3 +147,28 @@ refuse_server = pytest.fixture(_ready_made("refuse"), name="refuse_server")
 latency_server = pytest.fixture(_ready_made("latency"), name="latency_server")
 bandwidth_server = pytest.fixture(_ready_made("bandwidth"), name="bandwidth_server")
 slicer_server = pytest.fixture(_ready_made("slicer"), name="slicer_server")
+tls_echo_server = pytest.fixture(_ready_made("echo", tls=True), name="tls_echo_server")
+tls_http_server = pytest.fixture(_ready_made("http-hello", tls=True), name="tls_http_server")
+mtls_echo_server = pytest.fixture(
+    _ready_made("echo", tls=True, tls_client_auth=True), name="mtls_echo_server"
+)
+tls_expired_server = pytest.fixture(_ready_made("echo", tls="expired"), name="tls_expired_server")
+tls_not_yet_valid_server = pytest.fixture(
+    _ready_made("echo", tls="not-yet-valid"), name="tls_not_yet_valid_server"
+)
+tls_wrong_host_server = pytest.fixture(
+    _ready_made("echo", tls="wrong-host"), name="tls_wrong_host_server"
+)
+tls_self_signed_server = pytest.fixture(
+    _ready_made("echo", tls="self-signed"), name="tls_self_signed_server"
+)
+tls_untrusted_ca_server = pytest.fixture(
+    _ready_made("echo", tls="untrusted-ca"), name="tls_untrusted_ca_server"
+)
+tls_handshake_stall_server = pytest.fixture(
+    _ready_made("echo", tls="handshake-stall"), name="tls_handshake_stall_server"
+)
+tls_reset_during_handshake_server = pytest.fixture(
+    _ready_made("echo", tls="reset-during-handshake"), name="tls_reset_during_handshake_server"
+)
+tls10_only_server = pytest.fixture(_ready_made("echo", tls="tls1.0-only"), name="tls10_only_server")

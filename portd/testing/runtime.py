@@ -51,6 +51,15 @@ class ServeSpec:
     loop: str = "asyncio"
     start_timeout_s: float = 10.0
     raise_handler_errors: bool = True
+    tls: bool | str = False  # True, or a TLS fault (portd.testing.tls)
+    tls_client_auth: bool = False  # mutual TLS: clients need a test CA certificate
+
+    @property
+    def tls_mode(self) -> str | None:
+        """valid, a TLS fault's name, or None for plaintext."""
+        from portd.testing.tls import tls_mode
+
+        return tls_mode(self.tls) if self.tls is not False else None
 
     @property
     def handler_name(self) -> str:
@@ -67,10 +76,24 @@ def build_config(spec: ServeSpec) -> ListenerConfig:
     from portd.config import parse_config
 
     handler = spec.handler
-    table = {"bind": spec.bind, "protocol": spec.protocol, **spec.options}
+    options: Mapping[str, Any] = spec.options
+    mode = spec.tls_mode
+    if mode is not None:
+        from portd.testing.tls import merged, tls_options
+
+        instead, added = tls_options(mode, spec.tls_client_auth)
+        handler = instead or handler
+        options = merged(options, added)
+    table = {"bind": spec.bind, "protocol": spec.protocol, **options}
     if isinstance(handler, str):
-        return parse_config({"listener": [{**table, "handler": handler}]}, SOURCE).listeners[0]
-    return config_for_class(handler, table)
+        config = parse_config({"listener": [{**table, "handler": handler}]}, SOURCE).listeners[0]
+    else:
+        config = config_for_class(handler, table)
+    if mode is not None:
+        from portd.testing.tls import finish_context
+
+        finish_context(mode, config.tls)
+    return config
 
 
 def config_for_class(handler: type[Handler], table: Mapping[str, Any]) -> ListenerConfig:

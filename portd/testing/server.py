@@ -19,8 +19,11 @@ from portd.handlers.base import Handler
 from portd.testing.runtime import LoopThread, Running, ServeSpec
 
 if TYPE_CHECKING:
+    import ssl
+
     from portd.testing.leaks import LeakReport
     from portd.testing.records import ConnectionRecord, DatagramRecord
+    from portd.testing.tls import CertFiles
 
 DEFAULT_WAIT_S = 10.0
 LOOPBACK = {"0.0.0.0": "127.0.0.1", "::": "::1"}
@@ -36,6 +39,8 @@ def serve(
     log_level: str | None = None,
     loop: str = "asyncio",
     raise_handler_errors: bool = True,
+    tls: bool | str = False,
+    tls_client_auth: bool = False,
     **options: Any,
 ) -> ServeContext:
     """A server for ``with serve(...) as server:`` or ``async with serve(...) as server:``.
@@ -55,16 +60,25 @@ def serve(
         raise_handler_errors: on leaving the block, raise HandlerFailedError (its cause
             the handler's first exception) when the handler raised while serving; False
             to test a client against a crashing handler on purpose.
+        tls: True serves TLS with a leaf of the session's test CA (see ``ca_path``,
+            ``ssl_context()``); a fault name serves a broken TLS server instead:
+            ``expired``, ``not-yet-valid``, ``wrong-host``, ``self-signed``,
+            ``untrusted-ca``, ``handshake-stall``, ``reset-during-handshake``,
+            ``tls1.0-only`` (portd.testing.tls says what each does).
+        tls_client_auth: with ``tls``, require a client certificate signed by the test
+            CA (mutual TLS; ``issue_client_cert()`` makes one).
         **options: the handler's options, as in a ``[[listener]]`` table.
 
     Raises (on entering the block):
         ConfigError: an unknown handler or option, or a bad value (every problem listed).
         BindError: the address cannot be bound.
+        ValueError: an unknown ``tls`` mode.
     """
     spec = ServeSpec(
         handler, bind, protocol, options, check_leaks, leak_grace_s, log_level, loop,
-        raise_handler_errors=raise_handler_errors,
+        raise_handler_errors=raise_handler_errors, tls=tls, tls_client_auth=tls_client_auth,
     )  # fmt: skip
+    spec.tls_mode  # noqa: B018 - an unknown mode fails here, not on entering the block
     return ServeContext(spec)
 
 
@@ -217,8 +231,37 @@ class Server:
         return self.host, self.port
 
     @property
+    def tls(self) -> str | None:
+        """The TLS mode served (``valid`` or a fault's name), None for plaintext."""
+        return self.running.spec.tls_mode
+
+    @property
+    def ca_path(self) -> str:
+        """The test CA's PEM file, for clients in other processes (curl ``--cacert``,
+        ``SSL_CERT_FILE``); the same for every server of the session."""
+        from portd.testing.tls import session_authority
+
+        return session_authority().ca_path
+
+    def ssl_context(self, client_cert: CertFiles | None = None) -> ssl.SSLContext:
+        """A client SSLContext that trusts the test CA and checks host names (connect
+        with ``server_hostname="localhost"`` or the server's address); with
+        ``client_cert`` (from :meth:`issue_client_cert`), it presents that certificate."""
+        from portd.testing.tls import session_authority
+
+        return session_authority().client_context(client_cert)
+
+    def issue_client_cert(self, name: str = "portd test client") -> CertFiles:
+        """A client certificate for ``name`` signed by the test CA, as files (what a
+        ``tls_client_auth=True`` server requires)."""
+        from portd.testing.tls import session_authority
+
+        return session_authority().issue_client_cert(name)
+
+    @property
     def url(self) -> str:
-        """``http://host:port`` (IPv6 in brackets), without a trailing slash.
+        """``http://host:port`` (``https://`` for a TLS server; IPv6 in brackets),
+        without a trailing slash.
 
         Raises:
             ValueError: the server is not TCP, or listens on a unix socket (no URL: give
@@ -227,7 +270,8 @@ class Server:
         if self.protocol != "tcp":
             raise ValueError(f"a {self.protocol} server has no HTTP URL")
         self._require_inet("url")
-        return f"http://{format_host_port(self.host, self.port)}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://{format_host_port(self.host, self.port)}"
 
     def _require_inet(self, what: str) -> None:
         if self.is_unix:

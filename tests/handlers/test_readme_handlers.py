@@ -63,6 +63,6 @@ def test_the_kit_example_passes(pytester: pytest.Pytester) -> None:
         "asyncio_default_fixture_loop_scope = function\n"
     )
     pytester.makepyfile(test_kit=callback + "\n" + kit)
-    result = pytester.runpytest()
+    result = pytester.runpytest_subprocess()
     assert result.ret == 0, result.stdout.str()
     assert result.parseoutcomes()["passed"] == 1

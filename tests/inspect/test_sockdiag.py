@@ -13,7 +13,13 @@ import pytest
 
 from portd.inspect import holders, procnet
 from portd.inspect.holders import Holders, systemd_unit
-from portd.inspect.sockdiag import ALL_STATES, LISTEN_STATES, InetSocket, inet_sockets
+from portd.inspect.sockdiag import (
+    ALL_STATES,
+    LISTEN_STATES,
+    InetSocket,
+    inet_sockets,
+    tcp_socket,
+)
 from tests.conftest import needs_ipv6
 
 
@@ -98,3 +104,36 @@ def test_systemd_unit_from_the_cgroup(
     (tmp_path / "42" / "cgroup").write_text(cgroup, encoding="ascii")
     monkeypatch.setattr(holders, "PROC", tmp_path)
     assert systemd_unit(42) == unit
+
+
+def test_an_exact_lookup_finds_one_connection_by_its_two_ends(
+    held: dict[str, socket.socket],
+) -> None:
+    """Both ends of the queued connection, each by (local, remote); no other socket."""
+    client = held["client"]
+    local, remote = client.getsockname(), client.getpeername()
+    found = tcp_socket(socket.AF_INET, local, remote)
+    assert found is not None
+    assert (found.state, found.port, found.peer_port) == ("ESTAB", local[1], remote[1])
+    assert found.inode == os.fstat(client.fileno()).st_ino
+    server_end = tcp_socket(socket.AF_INET, remote, local)
+    assert server_end is not None
+    assert (server_end.port, server_end.peer_port) == (remote[1], local[1])
+    assert tcp_socket(socket.AF_INET, (local[0], 1), remote) is None  # no listener instead
+
+
+def test_an_exact_lookup_without_netlink_reads_proc_net(
+    held: dict[str, socket.socket], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from portd.inspect import sockdiag
+
+    client = held["client"]
+    local, remote = client.getsockname(), client.getpeername()
+    with_netlink = tcp_socket(socket.AF_INET, local, remote)
+
+    def refused() -> socket.socket:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(sockdiag, "_netlink", refused)
+    assert with_netlink is not None
+    assert tcp_socket(socket.AF_INET, local, remote) == with_netlink._replace(v6only=None)

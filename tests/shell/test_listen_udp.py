@@ -67,7 +67,8 @@ def test_replies_go_to_the_last_peer(spawn: Spawner, udp_clients: list[socket.so
 def test_quit_after_eof_ends_a_udp_session(
     spawn: Spawner, udp_clients: list[socket.socket]
 ) -> None:
-    """UDP has no EOF to wait for: -q 0 ends the session once stdin is sent; -v gives totals."""
+    """UDP has no EOF to wait for: -q 0 ends the session once stdin is sent; -v names the
+    sender and gives totals."""
     peer = udp_clients[0]
     listen = spawn.portd("listen", "-u", "-v", "-q", "0", "127.0.0.1:0", stdin=subprocess.PIPE)
     server = ("127.0.0.1", listen.port())
@@ -78,8 +79,26 @@ def test_quit_after_eof_ends_a_udp_session(
     listen.close_stdin()
     assert listen.wait() == 0
     assert listen.output == b"hello"
-    assert listen.lines[1].startswith(
+    assert listen.lines[1] == f"datagram from 127.0.0.1:{peer.getsockname()[1]}"
+    assert listen.lines[2].startswith(
         "received 5 bytes sha256 2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824;"
         " sent 3 bytes sha256 "
     )
-    assert len(listen.lines) == 2
+    assert len(listen.lines) == 3
+
+
+def test_verbose_names_each_new_sender_once(
+    spawn: Spawner, udp_clients: list[socket.socket]
+) -> None:
+    """-v: a line when the sender changes, not one per datagram."""
+    first, second = udp_clients
+    listen = spawn.portd("listen", "-u", "-v", "127.0.0.1:0")
+    server = ("127.0.0.1", listen.port())
+    for count, sock in enumerate((first, first, second, first), start=1):
+        sock.sendto(str(count).encode(), server)
+        listen.expect_output(count)  # one at a time: their order is the order sent
+    names = [f"datagram from 127.0.0.1:{sock.getsockname()[1]}" for sock in (first, second, first)]
+    assert listen.expect_lines("^datagram from ", 3) == names
+    assert listen.output == b"1234"
+    listen.interrupt()
+    assert listen.wait() == 130

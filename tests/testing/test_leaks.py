@@ -4,6 +4,7 @@ that starting and stopping servers itself leaks nothing."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import threading
@@ -107,6 +108,63 @@ def test_clients_that_closed_just_before_the_stop_are_no_leak(loop: str) -> None
                 client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
                 client.close()
         assert len(server.connections) == 3, handler
+
+
+def fill_the_window(client: socket.socket) -> int:
+    """Write to a server that never reads until the kernel takes no more: the server's
+    receive window is then zero, so a FIN sent next waits behind the unsent bytes."""
+    client.setblocking(False)
+    sent = 0
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            sent += client.send(bytes(1 << 16))
+    return sent
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+@pytest.mark.parametrize("how", ["close", "shutdown"])
+def test_a_client_that_hung_up_behind_a_full_window_is_no_leak(loop: str, how: str) -> None:
+    """Issue 10, item 20: the FIN of a client that closed (or half-closed) after filling a
+    blackhole's window never reaches the server, which saw no hang-up; the kernel's socket
+    at the client's end (FIN-WAIT-1) says the client is done, so it is no leak."""
+    with serve("blackhole", check_leaks=True, loop=loop) as server:
+        client = socket.create_connection(server.address, timeout=5)
+        assert fill_the_window(client) > 0
+        if how == "close":
+            client.close()
+        else:
+            client.shutdown(socket.SHUT_WR)
+    client.close()
+    assert server.leaks is not None
+    assert not server.leaks
+    assert [record.how_it_ended for record in server.connections] == ["closed"]
+
+
+def test_a_client_still_holding_a_full_window_is_a_leak() -> None:
+    """The same connection with the client still open is reported: the check can fail."""
+    context = serve("blackhole", check_leaks=True, leak_grace_s=0.05)
+    server = context.__enter__()
+    client = socket.create_connection(server.address, timeout=5)
+    fill_the_window(client)
+    local = client.getsockname()
+    leaks = stop(context)
+    client.close()
+    assert leaks.reports[0].connections == (f"#1 from {local[0]}:{local[1]}: 0 bytes in, 0 out",)
+
+
+def test_without_netlink_the_proc_tables_tell_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    """sock_diag refused (a sandbox): /proc/net/tcp gives the client end's state."""
+    from portd.inspect import sockdiag
+
+    def refused() -> socket.socket:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(sockdiag, "_netlink", refused)
+    with serve("blackhole", check_leaks=True) as server:
+        client = socket.create_connection(server.address, timeout=5)
+        fill_the_window(client)
+        client.close()
+    assert [record.how_it_ended for record in server.connections] == ["closed"]
 
 
 def test_a_refused_connection_is_logged_through_the_test_logger(

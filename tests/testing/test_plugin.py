@@ -30,7 +30,7 @@ def project(pytester: pytest.Pytester) -> pytest.Pytester:
 
 
 def test_the_plugin_is_registered_through_its_entry_point(project: pytest.Pytester) -> None:
-    listed = project.runpytest("--fixtures").stdout.str()
+    listed = project.runpytest_subprocess("--fixtures").stdout.str()
     for name in ("portd_server", "echo_server", "http_server", "refuse_server", "slicer_server"):
         assert f"\n{name} -- " in listed
 
@@ -90,7 +90,7 @@ def test_factory_with_options(portd_server):
 
 def test_fixtures_in_sync_tests(project: pytest.Pytester) -> None:
     project.makepyfile(test_sync=SYNC_TESTS)
-    project.runpytest().assert_outcomes(passed=6)
+    project.runpytest_subprocess().assert_outcomes(passed=6)
 
 
 ASYNCIO_TESTS = """
@@ -124,7 +124,7 @@ async def test_latency_times_out(portd_server):
 
 def test_fixtures_in_pytest_asyncio_tests(project: pytest.Pytester) -> None:
     project.makepyfile(test_asyncio=ASYNCIO_TESTS)
-    project.runpytest().assert_outcomes(passed=2)
+    project.runpytest_subprocess().assert_outcomes(passed=2)
 
 
 ANYIO_TESTS = """
@@ -159,7 +159,7 @@ def test_fixtures_in_anyio_tests(project: pytest.Pytester) -> None:
     """Under trio, wait_connections_async failed with "no running event loop"."""
     pytest.importorskip("trio")
     project.makepyfile(test_anyio=ANYIO_TESTS)
-    project.runpytest().assert_outcomes(passed=4)  # asyncio and trio
+    project.runpytest_subprocess().assert_outcomes(passed=4)  # asyncio and trio
 
 
 LEAKY_TESTS = """
@@ -199,7 +199,7 @@ def test_a_leak_errors_the_test_at_teardown_with_a_clear_report(
     project: pytest.Pytester,
 ) -> None:
     project.makepyfile(test_leaky=LEAKY_TESTS)
-    result = project.runpytest()
+    result = project.runpytest_subprocess()
     result.assert_outcomes(passed=2, failed=1, errors=1)
     result.stdout.fnmatch_lines([
         "*ERROR at teardown of test_leaves_a_connection_open*",
@@ -214,7 +214,9 @@ def test_a_leak_errors_the_test_at_teardown_with_a_clear_report(
 
 def test_leak_checks_can_be_turned_off(project: pytest.Pytester) -> None:
     project.makepyfile(test_leaky=LEAKY_TESTS)
-    project.runpytest("-o", "portd_check_leaks=false").assert_outcomes(passed=2, failed=1)
+    project.runpytest_subprocess("-o", "portd_check_leaks=false").assert_outcomes(
+        passed=2, failed=1
+    )
 
 
 CYCLES_TESTS = """
@@ -262,7 +264,7 @@ def test_nothing_leaked():
 
 def test_200_fixture_cycles_leak_no_fd_or_thread(project: pytest.Pytester) -> None:
     project.makepyfile(test_cycles=CYCLES_TESTS)
-    project.runpytest("-p", "no:randomly").assert_outcomes(passed=203)
+    project.runpytest_subprocess("-p", "no:randomly").assert_outcomes(passed=203)
 
 
 XDIST_TESTS = """
@@ -342,7 +344,9 @@ def test_a_fixture_that_fails_in_setup_gets_no_second_leak_report(
     project: pytest.Pytester,
 ) -> None:
     project.makepyfile(test_setup=SETUP_FAILS)
-    result = project.runpytest()
+    # In a subprocess: the socket left open on purpose must not outlive the inner run,
+    # or its ResourceWarning surfaces in whichever later test the collector runs in.
+    result = project.runpytest_subprocess()
     result.assert_outcomes(errors=1)
     assert "setup went wrong" in result.stdout.str()
     assert "leaked" not in result.stdout.str()

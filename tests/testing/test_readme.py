@@ -32,7 +32,7 @@ def test_the_pytest_examples_pass(pytester: pytest.Pytester) -> None:
         "asyncio_default_fixture_loop_scope = function\nfilterwarnings = error\n"
     )
     pytester.makepyfile(test_sync=sync, test_async=asynchronous)
-    result = pytester.runpytest()
+    result = pytester.runpytest_subprocess()
     assert result.ret == 0, result.stdout.str()
     assert result.parseoutcomes()["passed"] >= 6
 
