@@ -100,6 +100,24 @@ def test_udp_exec_lets_one_program_read_the_socket(spawn: Spawner) -> None:
     assert listen.wait() == 130
 
 
+def test_listen_tls_exec_relays_and_the_program_outlives_the_handshake(spawn: Spawner) -> None:
+    import ssl
+
+    listen = spawn.portd("listen", "--tls", "-c", 'read x; sleep 0.3; echo "got $x"', "127.0.0.1:0")
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # its ephemeral cert
+    with (
+        tcp_client(listen.port()) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as client,
+    ):
+        client.sendall(b"hello\n")
+        answer = b""
+        while chunk := client.recv(99):
+            answer += chunk
+    assert answer == b"got hello\n"
+    assert listen.wait() == 0
+
+
 @pytest.mark.parametrize(
     ("args", "line"),
     [

@@ -20,6 +20,9 @@ The rules, the same on both paths:
   the drain) kills it at once;
 - the drain sends SIGTERM at once;
 - leftovers of the program's session get SIGHUP when it exits;
+- over TLS (always relayed) the client's close_notify ends the connection, as asyncio's
+  TLS has no half-close: the program's stdin gets what was sent, then EOF, and SIGHUP
+  after ``kill_grace_s`` if it has not exited; its exit closes at once (close_notify);
 - the program is always reaped: its exit status and run time go into
   ``connection_closed`` (``exit_code``, ``exit_signal``, ``program_ms``), which waits for
   it through a hold, as does the listener's ``max_connections`` slot.
@@ -64,6 +67,7 @@ class ExecSession(StreamSession):
         self.stderr: StderrLog | None = None
         self.lent = False
         self.lost_to_portd = False  # portd ended the connection (not the client)
+        self.closed_tls = False  # a TLS client's close_notify ended it (a clean leave)
         self.stop_asked = False  # the drain began before the program had started
         self.exit_watch: FdWatch | None = None
         self.timeout: Any = None
@@ -109,7 +113,7 @@ class ExecSession(StreamSession):
         self.child = child = result
         self.exit_watch = conn.watch(child.pidfd, self._exited)
         if self.lost:  # the client left while it started
-            self._hang_up(self.lost_to_portd)
+            self._gone_under_it()
             return
         if self.stdout is not None:
             self.stdout.resume()
@@ -205,7 +209,9 @@ class ExecSession(StreamSession):
         conn = self.conn
         if self.lent and conn.reclaim_socket():
             self.client_eof = True  # it half-closed, nothing unread: the close is a FIN
-        if self.client_eof:
+        # TLS: no half-close to send, so close now; the TLS shutdown (close_notify) then
+        # reads and drops what the client still sends until its own close_notify.
+        if self.client_eof or conn.tls is not None:
             self._done()
             conn.close()
             return
@@ -276,7 +282,7 @@ class ExecSession(StreamSession):
             return False  # close: our FIN is out already
         if self.stdin is not None:
             self.stdin.close_after_flush()
-        return True
+        return self.conn.tls is None  # TLS: the close_notify ends the connection anyway
 
     def _stdin_drained(self) -> None:
         if self.paused and self.stdin is not None and len(self.stdin.queue) <= LOW_WATER:
@@ -306,16 +312,33 @@ class ExecSession(StreamSession):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
-        self.lost_to_portd = exc is None  # the end of the drain, a handler failure
+        # A TLS client's close_notify closes the connection (asyncio's TLS has no
+        # half-close): the client left cleanly; otherwise a clean loss is portd's doing
+        # (the end of the drain, a handler failure).
+        self.closed_tls = exc is None and self.client_eof and self.conn.tls is not None
+        self.lost_to_portd = exc is None and not self.closed_tls
         if self.phase != "running":
             self._done()
             return
-        if self.stdin is not None:
+        if self.stdin is not None and not self.closed_tls:  # TLS: what it sent, then EOF
             self.stdin.close()
         if self.stdout is not None:
             self.stdout.close()
-        if self.child is not None:  # else it is still starting: _spawned hangs it up
+        if self.child is not None:  # else it is still starting: _spawned sees to it
+            self._gone_under_it()
+
+    def _gone_under_it(self) -> None:
+        assert self.child is not None
+        if self.closed_tls:
+            # Its output has nowhere to go: kill_grace_s to finish on its own, then SIGHUP.
+            grace = self.handler.settings["kill_grace_s"]
+            self.kill_timer = self.conn.clock.call_later(grace, self._hang_up_late)
+        else:
             self._hang_up(self.lost_to_portd)
+
+    def _hang_up_late(self) -> None:
+        self.kill_timer = None
+        self._stop(signal.SIGHUP)
 
     def _hang_up(self, by_portd: bool) -> None:
         """The connection is gone under the program: portd cut it (SIGKILL now), or the
