@@ -164,6 +164,8 @@ class LendingTransport(asyncio.Transport):
         self.pause_reading()
         if not self._protocol.eof_received():
             self.close()
+        elif not self._closing:  # half-closed, and a reset may follow: still heard
+            self._watch_errors()
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Send ``data``, queueing what the kernel does not take (paused past the mark)."""
