@@ -5,6 +5,7 @@ one-line refusals."""
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 from pathlib import Path
@@ -98,6 +99,17 @@ def test_udp_exec_lets_one_program_read_the_socket(spawn: Spawner) -> None:
         assert peer.recvfrom(99)[0] == b"abab"
     listen.interrupt()
     assert listen.wait() == 130
+
+
+def test_listen_u_exec_names_the_unix_peer(spawn: Spawner, tmp_path: Path) -> None:
+    path = tmp_path / "app.sock"
+    listen = spawn.portd("listen", "-U", str(path), "-c", 'echo "$PROTO $UNIXREMOTEPID"')
+    listen.expect(r"^listening on unix:")
+    with socket.socket(socket.AF_UNIX) as client:
+        client.settimeout(WAIT_S)
+        client.connect(str(path))
+        assert read_to_eof(client) == f"UNIX {os.getpid()}\n".encode()
+    assert listen.wait() == 0
 
 
 def test_listen_tls_exec_relays_and_the_program_outlives_the_handshake(spawn: Spawner) -> None:
