@@ -66,6 +66,21 @@ def test_the_listen_exec_lines(spawn: Spawner) -> None:
         assert process.wait() == 130
 
 
+def test_the_exec_behind_tls_lines(spawn: Spawner) -> None:
+    openssl = require_tool("openssl")
+    lines = console_block("$ portd listen --tls -k -c").splitlines()
+    listen = spawn.portd(*shlex.split(lines[0][2:].replace(":7443", ":0"))[1:])
+    port = listen.port()
+    words = shlex.split(lines[1][2:].split("|", 1)[1].replace(":7443", f":{port}"))
+    assert words[0] == "openssl"
+    assert words[-1] == "2>/dev/null"
+    done = subprocess.run([openssl, *words[1:-1]], input=b"world\n", capture_output=True,
+                          timeout=30, check=False)  # fmt: skip
+    assert done.stdout.decode() == lines[2] + "\n", done.stderr
+    listen.interrupt()
+    assert listen.wait() == 130
+
+
 def test_the_daytime_table_answers_nc_u(tmp_path: Path) -> None:
     nc = require_tool("nc")
     block = console_block("$ echo | nc -u -w 1 127.0.0.1 7013").splitlines()
