@@ -19,6 +19,7 @@ from portd.handlers.base import FdWatch
 MAX_LINE_BYTES = 1024
 MAX_LINES = 100
 READ_BYTES = 65536
+DRAIN_READS = 16  # at close: at most 1 MiB more
 
 
 class StderrLog:
@@ -45,6 +46,9 @@ class StderrLog:
         if not data:
             self.close()
             return
+        self._take(data)
+
+    def _take(self, data: bytes) -> None:
         *lines, rest = data.split(b"\n")
         for line in lines:
             self._line(line)
@@ -71,6 +75,16 @@ class StderrLog:
         """Stop reading (idempotent): the last partial line and the drop count are logged."""
         if self.fd < 0:
             return
+        # What is still in the pipe (the program's exit may be seen first), bounded: a
+        # leftover of its session may hold the pipe open and keep writing.
+        for _ in range(DRAIN_READS):
+            try:
+                data = os.read(self.fd, READ_BYTES)
+            except OSError:  # EAGAIN: nothing more now
+                break
+            if not data:
+                break
+            self._take(data)
         if self.watch is not None:
             self.watch.cancel()
             self.watch = None
