@@ -51,7 +51,7 @@ def bytes_seen_by_portd(config: ListenerConfig) -> str | None:
     """The listener feature that needs every byte to pass through portd, so no program
     may hold the socket itself, or None. A TLS layer belongs here too (its bytes are
     not the program's), as does any limit that watches the bytes."""
-    if getattr(config, "tls", None):
+    if config.tls is not None:
         return "tls"
     if config.limits.idle_timeout_s:
         return "idle_timeout_s"

@@ -9,7 +9,6 @@ import os
 import socket
 import ssl
 import subprocess
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from tests.support import Daemon, require_tool
 from tests.tls.files import NAMES, Pair, tls_table, write_pair
 
 ONE_MIB = 1 << 20
+SMALL = 64 << 10
 LOOPS = pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
 
 
@@ -60,23 +60,23 @@ def event(daemon: Daemon, name: str) -> dict[str, Any]:
 def test_exec_behind_tls_relays_says_so_and_closes_when_the_program_exits(
     start_daemon: Callable[..., Daemon], pair: Pair, loop: str
 ) -> None:
-    # head exits after 1 MiB; readlink names its stdin: a pipe from portd, not the socket.
-    command = f'["/bin/sh", "-c", "head -c {ONE_MIB}; readlink /proc/self/fd/0"]'
+    # head exits after SMALL bytes; readlink names its stdin: a pipe from portd, not the
+    # socket. SMALL fits the buffers both ways: one thread sends, then reads (an SSL
+    # socket must not be read and written from two threads at once).
+    command = f'["/bin/sh", "-c", "head -c {SMALL}; readlink /proc/self/fd/0"]'
     daemon = start_daemon(exec_over_tls(pair, command, loop))
     port = daemon.ready()["run"]
     started = event(daemon, "listener_started")
     assert (started["exec_io"], started["relay_reason"], started["tls"]) == ("relay", "tls", True)
-    payload = os.urandom(ONE_MIB)
+    payload = os.urandom(SMALL)
     with tls_client(port) as client:
-        sender = threading.Thread(target=client.sendall, args=(payload,))
-        sender.start()
+        client.sendall(payload)
         received = read_to_close_notify(client)  # the client never closes: portd does
-        sender.join(WAIT_S)
-    assert received[:ONE_MIB] == payload
-    assert received[ONE_MIB:].startswith(b"pipe:[")
+    assert received[:SMALL] == payload
+    assert received[SMALL:].startswith(b"pipe:[")
     line = daemon.wait_for("connection_closed")
     assert (line["exit_code"], line["exit_signal"], line["error"]) == (0, None, None)
-    assert line["bytes_in"] == ONE_MIB
+    assert line["bytes_in"] == SMALL
 
 
 def test_openssl_s_client_through_cat_byte_for_byte(
