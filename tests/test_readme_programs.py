@@ -68,7 +68,7 @@ def test_the_listen_exec_lines(spawn: Spawner) -> None:
 
 def test_the_exec_behind_tls_lines(spawn: Spawner) -> None:
     openssl = require_tool("openssl")
-    lines = console_block("$ portd listen --tls -k -c").splitlines()
+    lines = console_block("$ portd listen -k --tls -c").splitlines()
     listen = spawn.portd(*shlex.split(lines[0][2:].replace(":7443", ":0"))[1:])
     port = listen.port()
     words = shlex.split(lines[1][2:].split("|", 1)[1].replace(":7443", f":{port}"))
