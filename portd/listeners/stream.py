@@ -46,7 +46,7 @@ class StreamConnection(asyncio.Protocol):
     """One accepted stream connection (TCP or unix), offered to the handler as a Connection."""
 
     __slots__ = (
-        "_holds", "_idle_timer", "_lost", "_send_timer", "_tasks", "_watches", "bytes_in",
+        "_holds", "_idle_timer", "_lost", "_send_timer", "_tasks", "_tls", "_watches", "bytes_in",
         "bytes_out", "conn_id", "ending", "failed", "fields", "host", "last_active", "peer",
         "reason", "session", "started", "transport",
     )  # fmt: skip
@@ -70,11 +70,18 @@ class StreamConnection(asyncio.Protocol):
         self._holds = 0
         self._lost: tuple[Exception | None] | None = None  # (how the transport ended,)
         self._watches: set[FdWatch] | None = None
+        self._tls: TLSInfo | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement the interface without subclassing asyncio's.
         self.transport = cast(asyncio.Transport, transport)
         self.started = self.last_active = time.monotonic()
+        if transport.get_extra_info("ssl_object") is not None:
+            # Read now: asyncio's TLS transport forgets its session once closed twice,
+            # and a program's connection is often asked after that (connection_closed).
+            from portd.tls.info import tls_info
+
+            self._tls = tls_info(transport)
         host = self.host
         self.conn_id = host.next_conn_id()
         host.opened(self)
@@ -354,9 +361,7 @@ class StreamConnection(asyncio.Protocol):
     @property
     def tls(self) -> TLSInfo | None:
         """The TLS session of a TLS connection, None for plaintext."""
-        from portd.tls.info import tls_info
-
-        return tls_info(self.transport)
+        return self._tls
 
 
 def _nothing() -> None:
