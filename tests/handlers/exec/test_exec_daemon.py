@@ -135,7 +135,10 @@ def test_the_drain_sends_sigterm_at_once_and_sigkill_at_shutdown_timeout(
     assert daemon.wait() == 0
     (line,) = closed_lines(daemon, 1)
     assert line["exit_signal"] == "SIGKILL"
-    assert line["program_ms"] >= 500
+    # SIGKILL at shutdown_timeout_s (500 ms) after the drain began, which was after the
+    # program started; uvloop's timers count from a clock read when the loop last woke,
+    # so one may fire a few ms early by monotonic time (499.3 ms was seen).
+    assert line["program_ms"] >= 490
 
 
 def test_a_program_that_ends_on_sigterm_ends_the_drain_early(
