@@ -204,6 +204,68 @@ class _Churn:
         self.epoll.close()
 
 
+class _Sessions(_Churn):
+    """Keeps ``concurrency`` short sessions in flight: connect, send ``send`` bytes and
+    half-close, read until the server closes (a program per connection ends with its
+    exit, so a session is complete only then), close. A session that got other than
+    ``expect`` bytes, or a reset, is an error."""
+
+    def __init__(self, target: Target, concurrency: int, send: int, expect: int) -> None:
+        super().__init__(target, concurrency, keep=False)
+        self.message = MESSAGE * (send // len(MESSAGE)) + MESSAGE[: send % len(MESSAGE)]
+        self.expect = expect
+
+    def open_one(self) -> None:
+        sock = socket.socket(self.family, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        code = sock.connect_ex(self.address)
+        if code not in CONNECT_PENDING:
+            sock.close()
+            self.errors += 1
+            return
+        self.pending[sock.fileno()] = (sock, [0])
+        self.epoll.register(sock.fileno(), select.EPOLLOUT)
+
+    def on_event(self, fd: int, mask: int) -> None:
+        sock, got = self.pending[fd]
+        try:
+            if mask & select.EPOLLOUT:
+                if self.message:
+                    sock.send(self.message)  # 64 bytes: the empty buffer takes them whole
+                sock.shutdown(socket.SHUT_WR)
+                self.epoll.modify(fd, select.EPOLLIN)
+                return
+            data = sock.recv(RECV_BYTES)
+            got[0] += len(data)
+            if not data:
+                self._finish(fd, sock, ok=got[0] == self.expect)
+        except OSError:
+            self._finish(fd, sock, ok=False)
+
+
+def tcp_sessions(
+    target: Target, duration_s: float, warmup_s: float, concurrency: int, *, send: int, expect: int
+) -> dict[str, Any]:
+    """Short sessions (see _Sessions), ``concurrency`` at a time, for the duration.
+
+    Returns:
+        ``completed`` and ``errors`` counted after the warm-up, and the seconds measured.
+    """
+    churn = _Sessions(target, concurrency, send, expect)
+    began = churn.run(time.monotonic() + warmup_s)
+    completed, errors, cpu_from = churn.completed, churn.errors, cpu_seconds()
+    ended = churn.run(began + duration_s)
+    cpu_s = cpu_seconds() - cpu_from
+    churn.close()
+    return {
+        "completed": churn.completed - completed,
+        "errors": churn.errors - errors,
+        "seconds": ended - began,
+        "cpu_s": cpu_s,
+        "window": [began, ended],
+    }
+
+
 def tcp_connections(
     target: Target, duration_s: float, warmup_s: float, concurrency: int
 ) -> dict[str, Any]:
@@ -315,7 +377,7 @@ def udp_echo(port: int, duration_s: float, warmup_s: float, window: int) -> dict
 def build_parser() -> argparse.ArgumentParser:
     """Arguments for every kind of generator."""
     parser = argparse.ArgumentParser(description="portd benchmark load generators")
-    parser.add_argument("kind", choices=("throughput", "connections", "idle", "udp"))
+    parser.add_argument("kind", choices=("throughput", "connections", "sessions", "idle", "udp"))
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--port", type=int, help="127.0.0.1:PORT")
     where.add_argument("--unix", metavar="PATH", help="a unix stream socket")
@@ -325,6 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--count", type=int, default=10_000, help="idle connections")
     parser.add_argument("--window", type=int, default=8, help="UDP datagrams outstanding")
     parser.add_argument("--timeout", type=float, default=60.0, help="idle: time to connect all")
+    parser.add_argument("--send", type=int, default=0, help="sessions: bytes sent, then FIN")
+    parser.add_argument("--expect", type=int, default=0, help="sessions: bytes to get back")
     return parser
 
 
@@ -338,6 +402,15 @@ def main() -> int:
         result = tcp_throughput(target, args.duration, args.warmup)
     elif args.kind == "connections":
         result = tcp_connections(target, args.duration, args.warmup, args.concurrency)
+    elif args.kind == "sessions":
+        result = tcp_sessions(
+            target,
+            args.duration,
+            args.warmup,
+            args.concurrency,
+            send=args.send,
+            expect=args.expect,
+        )
     elif args.kind == "idle":
         result = tcp_idle(args.port, args.count, args.concurrency, args.timeout)
     else:

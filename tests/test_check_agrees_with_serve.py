@@ -17,6 +17,7 @@ import pytest
 from tests.support import PORTD, run_portd
 
 ECHO = '[[listener]]\nname = "e"\nbind = "127.0.0.1:0"\nhandler = "echo"\n'
+EXEC = '[[listener]]\nname = "x"\nbind = "127.0.0.1:0"\nhandler = "exec"\n'
 
 
 def receive(directory: str) -> str:
@@ -114,6 +115,12 @@ CORPUS: dict[str, Callable[[Path], str]] = {
     "abstract-control-socket": lambda tmp: '[daemon]\ncontrol_socket = "@portd"\n' + ECHO,
     "relative-control-socket": lambda tmp: '[daemon]\ncontrol_socket = "ctl.sock"\n' + ECHO,
     "no-listeners": lambda tmp: "[daemon]\n",
+    "exec-ok": lambda tmp: EXEC + 'command = ["cat"]\n',
+    "exec-string-without-shell": lambda tmp: EXEC + 'command = "cat -u"\n',
+    "exec-program-not-found": lambda tmp: EXEC + 'command = ["no-such-program-here"]\n',
+    "exec-user-with-daemon-user": lambda tmp: (
+        '[daemon]\nuser = "nobody"\n' + EXEC + 'command = ["cat"]\nuser = "nobody"\n'
+    ),
     **{
         f"tls-{kind}": _tls(kind)
         for kind in (

@@ -166,5 +166,23 @@ def parse_config(data: Mapping[str, Any], source: str) -> Config:
     ]
     check_names(listeners, problems)
     check_conflicts(listeners, problems)
+    _check_root_kept(daemon, listeners, problems)
     problems.raise_if_any()
     return Config(source, daemon, tuple(listeners))
+
+
+def _check_root_kept(
+    daemon: DaemonConfig, listeners: list[ListenerConfig], problems: Problems
+) -> None:
+    """A handler that needs root (a program run as another user) cannot serve once
+    ``[daemon] user`` has dropped it."""
+    if not daemon.user:
+        return
+    for listener in listeners:
+        reason = listener.handler.needs_root(listener.settings)
+        if reason:
+            problems.add(
+                f'[[listener]] #{listener.index} "{listener.name}"',
+                f"{reason}, which needs root; [daemon] user = {daemon.user!r} drops root "
+                "after binding (leave [daemon] user unset)",
+            )

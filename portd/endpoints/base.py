@@ -75,6 +75,11 @@ class Peer(Protocol):
     def source(self) -> str:
         """What per-source limits count by (an IP address, or a unix uid)."""
 
+    def environment(self, protocol: str, local: Any) -> dict[str, str]:
+        """The variables a program serving this peer gets, named as ucspi-tcp and
+        ucspi-unix name them (``PROTO``, ``TCPREMOTEIP``, ``UNIXREMOTEPID``, ...);
+        ``local`` is the socket's own address (getsockname())."""
+
     def __str__(self) -> str:
         """How logs name it: ``127.0.0.1:50000``, ``pid 42 uid 1000``."""
 
@@ -132,6 +137,10 @@ class Endpoint(Protocol):
         """``(receive, send)`` for a datagram socket: ``receive(buffer)`` reads one
         datagram into ``buffer`` and returns its size and typed sender; ``send(data,
         peer)`` sends one. Both raise OSError (BlockingIOError when nothing is there)."""
+
+    def datagram_peek(self, sock: socket.socket) -> Callable[[memoryview], tuple[int, Peer]]:
+        """``peek(buffer)`` for a datagram socket: like ``receive``, but the datagram stays
+        in the socket (a program given the socket reads it itself)."""
 
     def release(self, sockets: Sequence[socket.socket]) -> None:
         """After the listener's sockets closed for good: remove what binding left behind

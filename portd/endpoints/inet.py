@@ -111,6 +111,16 @@ class InetPeer(tuple[Any, ...]):
         """The address per-source limits count by (IPv4-mapped IPv6 as IPv4)."""
         return source_key(self[0])
 
+    def environment(self, protocol: str, local: Any) -> dict[str, str]:
+        """ucspi-tcp's variables for a program serving this peer (``local``: the socket's
+        own address, from getsockname()): ``PROTO=TCP``, ``TCPREMOTEIP``, ... (UDP:
+        ``PROTO=UDP`` and ``UDP...``, the peer being the datagram's sender)."""
+        proto = protocol.upper()
+        env = {"PROTO": proto, f"{proto}REMOTEIP": self[0], f"{proto}REMOTEPORT": str(self[1])}
+        if local:
+            env[f"{proto}LOCALIP"], env[f"{proto}LOCALPORT"] = local[0], str(local[1])
+        return env
+
     def __str__(self) -> str:
         return format_host_port(self[0], self[1])
 
@@ -245,6 +255,16 @@ class InetEndpoint(NamedTuple):
             return size, make(InetPeer, addr)
 
         return receive, sock.sendto
+
+    def datagram_peek(self, sock: socket.socket) -> Any:
+        """``peek(buffer)``: the next datagram's size and sender, left in the socket."""
+        recvfrom_into, make, flags = sock.recvfrom_into, tuple.__new__, socket.MSG_PEEK
+
+        def peek(buffer: memoryview) -> tuple[int, InetPeer]:
+            size, addr = recvfrom_into(buffer, 0, flags)
+            return size, make(InetPeer, addr)
+
+        return peek
 
     def release(self, sockets: Sequence[socket.socket]) -> None:
         """Nothing is left behind by an IP socket."""

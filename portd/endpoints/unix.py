@@ -103,6 +103,18 @@ class UnixPeer:
         """Where replies go (a datagram peer must have bound a path to get them)."""
         return "\0" + self.path[1:] if self.path.startswith(ABSTRACT) else self.path
 
+    def environment(self, protocol: str, local: Any) -> dict[str, str]:
+        """ucspi-unix's variables for a program serving this peer (``local``: the
+        socket's own address, from getsockname())."""
+        env = {"PROTO": "UNIX", "UNIXLOCALPATH": unix_address(local).path if local else ""}
+        if self.pid >= 0:
+            env.update(UNIXREMOTEPID=str(self.pid), UNIXREMOTEUID=str(self.uid),
+                       UNIXREMOTEGID=str(self.gid), UNIXREMOTEEUID=str(self.uid),
+                       UNIXREMOTEEGID=str(self.gid))  # fmt: skip
+        if self.path:
+            env["UNIXREMOTEPATH"] = self.path
+        return env
+
     def __str__(self) -> str:
         who = f"pid {self.pid} uid {self.uid}" if self.pid >= 0 else "unknown process"
         return f"{who} ({self.path})" if self.path else who
@@ -227,8 +239,8 @@ class UnixEndpoint(NamedTuple):
         the sender bound (an unbound sender cannot be answered: the send fails)."""
         space = socket.CMSG_SPACE(PEERCRED.size)
 
-        def receive(buffer: memoryview) -> tuple[int, UnixPeer]:
-            size, ancillary, _flags, addr = sock.recvmsg_into([buffer], space)
+        def receive(buffer: memoryview, flags: int = 0) -> tuple[int, UnixPeer]:
+            size, ancillary, _flags, addr = sock.recvmsg_into([buffer], space, flags)
             pid = uid = gid = -1
             for level, kind, data in ancillary:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
@@ -239,6 +251,11 @@ class UnixEndpoint(NamedTuple):
             sock.sendto(data, peer.sockaddr)
 
         return receive, send
+
+    def datagram_peek(self, sock: socket.socket) -> Any:
+        """``peek(buffer)``: the next datagram's size and sender, left in the socket."""
+        receive, _send = self.datagram_io(sock)
+        return lambda buffer: receive(buffer, socket.MSG_PEEK)
 
     def release(self, sockets: Sequence[socket.socket]) -> None:
         """Remove the socket file if it is stale: the listener's sockets have closed, and a

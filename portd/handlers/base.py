@@ -13,10 +13,17 @@ uses the connection's ``clock`` (timers) or ``start_task`` (a task the connectio
 if it raises, the failure is ``handler_failed`` and the connection is aborted). A
 handler that is naturally sequential (a proxy, a program on a port) subclasses
 :class:`portd.handlers.streams.StreamHandler` and writes ``async def serve(stream)``.
+
+A handler that runs a program per connection declares ``takes_sockets``: its
+connections start without portd reading a byte, ``conn.lend_socket()`` gives it the
+socket for the program's stdin and stdout, ``conn.hold()`` keeps the connection counted
+until the program is reaped, ``conn.watch(fd, callback)`` watches the program's
+descriptors, and ``conn.annotate(...)`` adds its exit status to ``connection_closed``.
 """
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -67,6 +74,13 @@ class Logger(Protocol):
 
     def error(self, event: str, **fields: Any) -> Any:
         """Log at error level."""
+
+
+class FdWatch(Protocol):
+    """A descriptor a connection watches for its handler."""
+
+    def cancel(self) -> None:
+        """Stop watching (idempotent)."""
 
 
 class Connection(Protocol):
@@ -156,6 +170,36 @@ class Connection(Protocol):
         a TLS connection, None for plaintext: the socket under a TLS connection carries
         ciphertext, so never hand it to anything that expects the peer's bytes."""
 
+    @property
+    def local_address(self) -> Any:
+        """The address the peer connected to, as getsockname() gives it."""
+
+    def lend_socket(self) -> socket.socket | None:
+        """For a handler that ``takes_sockets``: a duplicate of the connection's socket,
+        blocking, for a program to use as its stdin and stdout while portd reads nothing
+        (the caller closes the duplicate once the program has it). None when the bytes
+        must pass through portd: a TLS layer, a limit that watches the bytes, a handler
+        that does not take sockets, or a connection portd already read from. The
+        connection stays the server's: counted, drained, closed and logged as any other;
+        the peer's reset still ends it (``connection_lost``)."""
+
+    def reclaim_socket(self) -> bool:
+        """The program that had the lent socket is gone: portd may read it again (to
+        drain what the peer still sends before a clean close). True when the peer has
+        half-closed and left nothing unread: closing now is a clean FIN."""
+
+    def hold(self) -> Callable[[], None]:
+        """Keep the connection counted (its ``max_connections`` slot, the drain, ``portd
+        status``) until the returned release is called, even after its transport is
+        gone: a program outliving its client. ``connection_closed`` is written then."""
+
+    def annotate(self, **fields: Any) -> None:
+        """Add ``fields`` (an exit status) to the connection's ``connection_closed`` line."""
+
+    def watch(self, fd: int, callback: Callable[[], object], writable: bool = False) -> FdWatch:
+        """Call ``callback()`` while ``fd`` is readable (or writable), until cancelled or
+        the connection is over for good; the caller owns ``fd`` (cancel, then close)."""
+
 
 class DatagramEndpoint(Protocol):
     """What the server offers a datagram handler."""
@@ -177,12 +221,39 @@ class DatagramEndpoint(Protocol):
         """How many clients a handler may keep state for (the listener's
         ``max_connections``): a forward's NAT table stays within it."""
 
-    def watch(self, sock: Any, readable: Callable[[], object]) -> None:
+    def watch_socket(self, sock: Any, readable: Callable[[], object]) -> None:
         """Call ``readable()`` whenever ``sock`` (a handler's own non-blocking socket,
         such as a forward's upstream socket) has something to read."""
 
-    def unwatch(self, sock: Any) -> None:
+    def unwatch_socket(self, sock: Any) -> None:
         """Stop watching ``sock`` (before closing it)."""
+
+
+class LendingEndpoint(DatagramEndpoint, Protocol):
+    """What the server offers a handler that takes a datagram socket (inetd's ``wait``)."""
+
+    listener: str  # the listener's name
+
+    @property
+    def clock(self) -> Clock:
+        """The loop's clock and timers."""
+
+    @property
+    def local_address(self) -> Any:
+        """The socket's own address."""
+
+    def lend_socket(
+        self, shutdown: Callable[[], object], abort: Callable[[], object]
+    ) -> tuple[socket.socket, Callable[..., None]]:
+        """A duplicate of the socket (blocking) for a program, and the release to call
+        once it is gone (``release(drop=True)``: it never started, drop the datagram
+        that woke it); the caller closes the duplicate once the program has it. Until
+        the release portd reads nothing, and the drain counts the socket as live:
+        ``shutdown()`` is called when it starts, ``abort()`` when it ends."""
+
+    def watch(self, fd: int, callback: Callable[[], object], writable: bool = False) -> FdWatch:
+        """Call ``callback()`` while ``fd`` is readable (a program's pidfd), until the
+        returned watch is cancelled."""
 
 
 class StreamSession:
@@ -231,6 +302,8 @@ class Handler:
     # True: the datagram side keeps state per client (a forward's NAT table), bounded by
     # max_connections, which a UDP listener of this handler then takes.
     datagram_sessions: ClassVar[bool] = False
+    # True: connections start unread so conn.lend_socket() can give a program the socket.
+    takes_sockets: ClassVar[bool] = False
     # Limits this handler is safe with when the listener table does not set them, such
     # as {"idle_timeout_s": 60.0}: a listener key always wins.
     default_limits: ClassVar[Mapping[str, Any]] = {}
@@ -255,9 +328,16 @@ class Handler:
         return []
 
     @classmethod
+    def needs_root(cls, settings: Settings) -> str | None:
+        """Why serving with these settings needs portd to stay root after binding (a
+        program run as another user), or None. A config whose ``[daemon] user`` drops
+        root is then refused at load, by ``portd check`` as by ``portd serve``."""
+        return None
+
+    @classmethod
     def check_protocol(cls, settings: Settings, protocol: ProtocolName) -> list[str]:
-        """The problems of these settings on a listener of ``protocol`` (an option that
-        only one of the protocols the handler serves can take); empty when fine."""
+        """The problems of these settings on a ``protocol`` listener (an option that
+        means nothing on datagrams), found at load; empty when fine."""
         return []
 
     def open_session(self, conn: Connection) -> StreamSession:
@@ -267,6 +347,19 @@ class Handler:
     def datagram_received(self, data: bytes, peer: Peer, endpoint: DatagramEndpoint) -> None:
         """One datagram from ``peer``."""
         raise NotImplementedError(f"handler {self.name!r} does not serve UDP")
+
+    def datagram_socket_ready(self, peer: Peer, endpoint: LendingEndpoint) -> None:
+        """For a handler that ``takes_sockets``, on a datagram listener: a datagram from
+        ``peer`` waits in the socket, unread. Take the socket with
+        ``endpoint.lend_socket()`` (portd reads nothing until it is released), or return
+        without taking it and the datagram is dropped."""
+        raise NotImplementedError(f"handler {self.name!r} does not take datagram sockets")
+
+    def start_fields(self, relay_reason: str | None) -> Mapping[str, Any]:
+        """Fields for the listener's ``listener_started`` line. ``relay_reason`` names the
+        listener feature that makes every byte pass through portd (``tls``,
+        ``idle_timeout_s``), None when a program may hold the socket itself."""
+        return {}
 
     def busy_response(self) -> bytes | None:
         """A few bytes to send a client turned away because the listener is full (an

@@ -27,6 +27,13 @@ BUILTIN_HANDLERS = {
     "bandwidth": "portd.handlers.shaping:BandwidthHandler",
     "slicer": "portd.handlers.shaping:SlicerHandler",
     "forward": "portd.handlers.forward:ForwardHandler",
+    "exec": "portd.handlers.exec.handler:ExecHandler",
+    "discard": "portd.handlers.internal:DiscardHandler",
+    "chargen": "portd.handlers.internal:ChargenHandler",
+    "daytime": "portd.handlers.internal:DaytimeHandler",
+    "time": "portd.handlers.internal:TimeHandler",
+    "broker": "portd.handlers.broker:BrokerHandler",
+    "chat": "portd.handlers.broker:ChatHandler",
 }
 
 

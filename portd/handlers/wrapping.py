@@ -11,9 +11,10 @@ inherits plain forwarding for the rest.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import Any
 
-from portd.handlers.base import Connection, Handler, StreamSession
+from portd.handlers.base import Connection, FdWatch, Handler, StreamSession
 from portd.options import Option, Settings, defaults
 
 WRAPPABLE = ("echo", "http-hello")
@@ -108,6 +109,31 @@ class ConnectionProxy:
     def tls(self) -> Any:
         """The wrapped connection's TLS session (None for plaintext)."""
         return self.conn.tls
+
+    @property
+    def local_address(self) -> Any:
+        """The address the peer connected to."""
+        return self.conn.local_address
+
+    def lend_socket(self) -> None:
+        """Never: the fault must see every byte."""
+        return
+
+    def reclaim_socket(self) -> bool:
+        """Nothing was lent."""
+        return False
+
+    def hold(self) -> Callable[[], None]:
+        """A hold on the real connection."""
+        return self.conn.hold()
+
+    def annotate(self, **fields: Any) -> None:
+        """Fields for the real connection's connection_closed line."""
+        self.conn.annotate(**fields)
+
+    def watch(self, fd: int, callback: Callable[[], object], writable: bool = False) -> FdWatch:
+        """A watch the real connection owns."""
+        return self.conn.watch(fd, callback, writable)
 
 
 class SessionProxy(StreamSession):

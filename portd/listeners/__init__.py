@@ -2,7 +2,8 @@
 
 * ``accept``: the accept loop (batches, back-off, which errnos mean what);
 * ``host``: the narrow host every connection of the listener sees;
-* ``stream`` / ``datagram``: one stream connection, one datagram socket.
+* ``stream`` / ``datagram``: one stream connection, one datagram socket;
+* ``lending``: the transport of a connection whose socket a program may hold.
 
 The Listener owns its sockets from the moment it is made (the assembly made its
 handler and bound them), admits each peer through its gate before any transport or
@@ -26,6 +27,7 @@ from portd.listeners.adopt import adopt_socket
 from portd.listeners.datagram import DatagramServer
 from portd.listeners.host import ConnectionHost
 from portd.listeners.idle import IdleTimeouts
+from portd.listeners.lending import LendingTransport
 from portd.listeners.stream import StreamConnection
 from portd.logging import get_logger
 from portd.metrics.histogram import Histogram
@@ -47,6 +49,17 @@ class Observer(Protocol):
 
     def handler_failed(self, exc: BaseException) -> None:
         """The handler raised (already logged as ``handler_failed``)."""
+
+
+def bytes_seen_by_portd(config: ListenerConfig) -> str | None:
+    """The listener feature that needs every byte to pass through portd, so no program
+    may hold the socket itself, or None. A TLS layer belongs here too (its bytes are
+    not the program's), as does any limit that watches the bytes."""
+    if config.tls is not None:
+        return "tls"
+    if config.limits.idle_timeout_s:
+        return "idle_timeout_s"
+    return None
 
 
 class Listener:
@@ -98,10 +111,15 @@ class Listener:
             closed=self.connection_closed,
             failed=self.handler_failed,
         )
+        # A handler that may give a program the socket gets a transport that has read
+        # nothing when it decides, unless a listener feature must see the bytes.
+        self.relay_reason = bytes_seen_by_portd(config)
+        self.lends_sockets = handler.takes_sockets and self.relay_reason is None
         self.connections: set[StreamConnection] = set()
         self.observers: list[Observer] = []
         self.total_connections = 0
         self.accept_limit = 0  # stop accepting after this many (0: never); `portd listen`
+        self.drain_at_limit = True  # ...and tell the sessions (False: a program runs on)
         self.accepted = 0
         self.bytes_in = 0  # of closed connections; live ones are added by stats()
         self.bytes_out = 0
@@ -166,10 +184,13 @@ class Listener:
                     observers=self.observers,
                     log=self.log,
                     failed=self.handler_failed,
+                    released=self._check_idle,
+                    listener=self.name,
                 )
                 endpoint.start(loop)
                 self._endpoints.append(endpoint)
         fields: dict[str, Any] = {"port": self.port} if self.port else {}
+        fields.update(self.handler.start_fields(self.relay_reason))
         if self.tls is not None:
             fields.update(tls=True, tls_min_version=self.tls.min_version)
             for warning in self.tls.warnings:  # expired: said, and served (the operator decides)
@@ -195,22 +216,28 @@ class Listener:
         if refusal is not None:
             self._refuse(conn, refusal, peer)
             return True
-        self._adopting += 1
         assert self._loop is not None
         host = self.host  # the transport sets the socket non-blocking itself
-        if self.tls is not None:  # a handshake may take seconds: cancelled on abort
+        if self.lends_sockets:  # left blocking, as a program wants it (see lending)
+            protocol = StreamConnection(host, peer)
+            transport = LendingTransport(self._loop, conn, protocol, host.watcher())
+            protocol.connection_made(transport)
+        elif self.tls is not None:  # a handshake may take seconds: cancelled on abort
+            self._adopting += 1
             conn.setblocking(False)  # its first bytes may be peeked at before OpenSSL's
             task = self._loop.create_task(self._adopt_tls(conn, peer))
             self._handshakes.add(task)
             task.add_done_callback(self._handshakes.discard)
         else:
+            self._adopting += 1
             adopt_socket(
                 self._loop, lambda: StreamConnection(host, peer), conn,
                 lambda error: self._adopted(error, conn, peer),
             )  # fmt: skip
         self.accepted += 1
         if self.accepted == self.accept_limit:
-            self.stop_accepting()  # later clients in the backlog are reset, as nc -l does
+            # Later clients in the backlog are reset, as nc -l does.
+            self.stop_accepting(drain=self.drain_at_limit)
             return False
         return True
 
@@ -256,8 +283,10 @@ class Listener:
 
     @property
     def live(self) -> int:
-        """Connections accepted and not yet closed."""
-        return len(self.connections) + self._adopting
+        """Connections accepted and not yet closed (a datagram socket lent to a program
+        counts as one)."""
+        lent = sum(1 for endpoint in self._endpoints if endpoint.lent is not None)
+        return len(self.connections) + self._adopting + lent
 
     def _check_idle(self) -> None:
         if self._idle is not None and not self.live:
@@ -298,17 +327,20 @@ class Listener:
                 error=str(exc) if exc and conn.reason is None else conn.error,
                 **conn.session.log_fields(),
                 **({"tls_client": client} if client else {}),
+                **(conn.fields or {}),
             )
         for observer in self.observers:
             observer.connection_closed(conn)
         self._check_idle()
 
-    def stop_accepting(self, keep: Collection[socket.socket] = ()) -> None:
+    def stop_accepting(self, keep: Collection[socket.socket] = (), *, drain: bool = True) -> None:
         """Stop accepting connections and datagrams; tell live sessions the daemon drains.
 
         Args:
             keep: sockets a successor listener takes over (a reload): they are left open
                 and no longer belong to this listener; the others are closed.
+            drain: False when the listener only stops taking new clients (``portd listen``
+                after its one connection, as nc -l): its sessions go on undisturbed.
         """
         self._accept.stop()
         for endpoint in self._endpoints:
@@ -316,7 +348,7 @@ class Listener:
         handed_over = [sock for sock in self.sockets if sock in keep]
         self.sockets = [sock for sock in self.sockets if sock not in keep]
         self.close_sockets(released=not handed_over)
-        if not self.host.draining:
+        if drain and not self.host.draining:
             self.host.draining = True
             for conn in list(self.connections):
                 conn.shutdown_requested()
@@ -351,7 +383,8 @@ class Listener:
             else:
                 conn.abort()
         self.handler.abort_connections()
-        return len(live) + self._adopting
+        lent = sum(endpoint.abort_lent() for endpoint in self._endpoints)
+        return len(live) + self._adopting + lent
 
     def stats(self) -> dict[str, Any]:
         """This listener's numbers for ``portd status``."""
@@ -404,6 +437,10 @@ class Listener:
         self.handshake_log.flush()
         self.close_sockets()
         self.close_handler()
+        for endpoint in self._endpoints:
+            endpoint.close()
+        if self.host.readiness is not None:
+            self.host.readiness.close()
 
     def close_handler(self) -> None:
         """Release what the handler holds (idempotent)."""

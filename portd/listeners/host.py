@@ -12,6 +12,8 @@ from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from portd.listeners.readiness import Readiness
+
 if TYPE_CHECKING:
     from portd.handlers.base import Handler
     from portd.limits import Limits
@@ -24,7 +26,7 @@ class ConnectionHost:
 
     __slots__ = (
         "clock", "closed", "draining", "events", "failed", "handler", "idle", "limits", "log",
-        "name", "next_conn_id", "opened",
+        "name", "next_conn_id", "opened", "readiness",
     )  # fmt: skip
 
     def __init__(
@@ -54,3 +56,12 @@ class ConnectionHost:
         self.events: Counter[str] = Counter()
         self.clock: asyncio.AbstractEventLoop | None = None  # the loop, once serving
         self.idle: IdleTimeouts | None = None  # with idle_timeout_s, once serving
+        self.readiness: Readiness | None = None  # descriptors watched for the connections
+
+    def watcher(self) -> Readiness:
+        """The listener's one epoll set for what its connections watch (made when first
+        needed; the listener closes it)."""
+        if self.readiness is None:
+            assert self.clock is not None  # serving
+            self.readiness = Readiness(self.clock)
+        return self.readiness

@@ -4,6 +4,13 @@ This asyncio protocol sits between the event loop and a handler's session: it co
 bytes, owns closing, runs the idle and send timeouts, contains handler crashes (logged
 once, that connection only) and has its host write the one ``connection_closed`` line.
 It stays thin because every received chunk passes through it.
+
+For a handler that runs a program per connection it also lends the socket (see
+portd.listeners.lending), keeps the connection counted while a *hold* is taken (a
+program that outlives its client still holds a ``max_connections`` slot, is waited for
+by the drain, and has its exit status in the ``connection_closed`` line), carries the
+fields a handler adds to that line, and watches the descriptors a handler asks it to
+(a program's pipes, its pidfd) until the connection is over.
 """
 
 from __future__ import annotations
@@ -13,10 +20,12 @@ import contextlib
 import socket
 import struct
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, cast
 
+from portd.endpoints.counters import kernel_byte_counts
 from portd.handlers.base import StreamSession
+from portd.listeners.readiness import Readiness
 
 if TYPE_CHECKING:
     from portd.endpoints.base import Endpoint, Peer
@@ -40,8 +49,9 @@ class StreamConnection(asyncio.Protocol):
     """One accepted stream connection (TCP or unix), offered to the handler as a Connection."""
 
     __slots__ = (
-        "_send_timer", "_tasks", "bytes_in", "bytes_out", "conn_id", "ending", "failed", "host",
-        "idle_bucket", "last_active", "peer", "reason", "session", "started", "transport",
+        "_holds", "_lost", "_send_timer", "_tasks", "_tls", "_watches", "bytes_in", "bytes_out",
+        "conn_id", "ending", "failed", "fields", "host", "idle_bucket", "last_active", "peer",
+        "reason", "session", "started", "transport",
     )  # fmt: skip
 
     def __init__(self, host: ConnectionHost, peer: Peer) -> None:
@@ -59,11 +69,22 @@ class StreamConnection(asyncio.Protocol):
         self.session: StreamSession = DETACHED_SESSION  # until connection_made opens one
         self.conn_id = 0
         self.started = 0.0
+        self.fields: dict[str, Any] | None = None  # a handler's additions to connection_closed
+        self._holds = 0
+        self._lost: tuple[Exception | None] | None = None  # (how the transport ended,)
+        self._watches: set[FdWatch] | None = None
+        self._tls: TLSInfo | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement the interface without subclassing asyncio's.
         self.transport = cast(asyncio.Transport, transport)
         self.started = self.last_active = time.monotonic()
+        if transport.get_extra_info("ssl_object") is not None:
+            # Read now: asyncio's TLS transport forgets its session once closed twice,
+            # and a program's connection is often asked after that (connection_closed).
+            from portd.tls.info import tls_info
+
+            self._tls = tls_info(transport)
         host = self.host
         self.conn_id = host.next_conn_id()
         host.opened(self)
@@ -113,6 +134,10 @@ class StreamConnection(asyncio.Protocol):
             self.idle_bucket = None
         if self._send_timer is not None:
             self._send_timer.cancel()
+        if getattr(self.transport, "lent", False):  # portd did not carry the bytes: ask
+            counts = kernel_byte_counts(self.transport.get_extra_info("socket"))
+            if counts is not None:
+                self.bytes_in, self.bytes_out = counts
         try:
             self.session.connection_lost(exc)
         except Exception as error:  # noqa: BLE001
@@ -122,6 +147,15 @@ class StreamConnection(asyncio.Protocol):
                 task.cancel()
         if self.ending is None:
             self.ending = "closed" if exc is None else _describe_loss(exc)
+        self._lost = (exc,)
+        if self._holds:  # closed for good once the last hold is released
+            return
+        self._closed_for_good(exc)
+
+    def _closed_for_good(self, exc: Exception | None) -> None:
+        if self._watches:
+            for watch in list(self._watches):
+                watch.cancel()
         self.host.closed(self, exc)
         # The session holds this connection: without the cycle, refcounting frees both
         # now, and the collector has no per-connection garbage to find (its full passes,
@@ -221,6 +255,57 @@ class StreamConnection(asyncio.Protocol):
         if error is not None:
             self._handler_failed(error)
 
+    @property
+    def local_address(self) -> Any:
+        """The address the peer connected to (getsockname())."""
+        return self.transport.get_extra_info("sockname")
+
+    def lend_socket(self) -> socket.socket | None:
+        """A duplicate of the socket for a program's stdin and stdout, or None when the
+        bytes must pass through portd (see the Connection protocol)."""
+        lend = getattr(self.transport, "lend", None)
+        return lend() if lend is not None else None
+
+    def reclaim_socket(self) -> bool:
+        """The program that had the socket is gone: portd may read it again. True when
+        the peer half-closed and left nothing unread (see the Connection protocol)."""
+        reclaim = getattr(self.transport, "reclaim", None)
+        return bool(reclaim()) if reclaim is not None else False
+
+    def hold(self) -> Callable[[], None]:
+        """Keep the connection counted until the returned release is called, even once
+        its transport is gone (see the Connection protocol)."""
+        if self._lost is not None and not self._holds:
+            return _nothing  # already closed for good
+        self._holds += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
+            self._holds -= 1
+            if not self._holds and self._lost is not None:
+                self._closed_for_good(self._lost[0])
+
+        return release
+
+    def annotate(self, **fields: Any) -> None:
+        """Add ``fields`` to this connection's ``connection_closed`` line."""
+        if self.fields is None:
+            self.fields = {}
+        self.fields.update(fields)
+
+    def watch(self, fd: int, callback: Callable[[], object], writable: bool = False) -> FdWatch:
+        """Call ``callback()`` whenever ``fd`` is readable (writable), until the watch is
+        cancelled or the connection is over; the caller owns ``fd`` (cancel, then close)."""
+        watch = FdWatch(self.host.watcher(), fd, callback, writable, self)
+        if self._watches is None:
+            self._watches = set()
+        self._watches.add(watch)
+        return watch
+
     def write(self, data: bytes) -> None:
         """Queue ``data`` for the peer."""
         self.bytes_out += len(data)
@@ -292,6 +377,33 @@ class StreamConnection(asyncio.Protocol):
     @property
     def tls(self) -> TLSInfo | None:
         """The TLS session of a TLS connection, None for plaintext."""
-        from portd.tls.info import tls_info
+        return self._tls
 
-        return tls_info(self.transport)
+
+def _nothing() -> None:
+    """The release of a hold taken too late to matter."""
+
+
+class FdWatch:
+    """One descriptor a connection watches for a handler (see portd.listeners.readiness)."""
+
+    __slots__ = ("conn", "fd", "readiness", "writable")
+
+    def __init__(
+        self,
+        readiness: Readiness,
+        fd: int,
+        callback: Callable[[], object],
+        writable: bool,
+        conn: StreamConnection,
+    ) -> None:
+        self.readiness, self.fd, self.writable, self.conn = readiness, fd, writable, conn
+        readiness.watch(fd, callback, writable)
+
+    def cancel(self) -> None:
+        """Stop watching (idempotent)."""
+        watches = self.conn._watches
+        if watches is None or self not in watches:
+            return
+        watches.discard(self)
+        self.readiness.unwatch(self.fd, self.writable)

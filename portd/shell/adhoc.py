@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import tomllib
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -51,8 +51,15 @@ def parse_sets(pairs: Sequence[str], text_keys: Collection[str] = ()) -> dict[st
     return values
 
 
-def run_handler(options: ListenOptions, bind_text: str, handler: str, sets: Sequence[str]) -> int:
+def run_handler(
+    options: ListenOptions,
+    bind_text: str,
+    handler: str,
+    sets: Sequence[str],
+    given: Mapping[str, Any] | None = None,
+) -> int:
     """Serve ``handler`` on the bind; one connection unless -k (UDP: until interrupted).
+    ``given``: table entries a flag set (``--exec``'s command), which --set must not repeat.
 
     Raises:
         UsageError: unknown handler or a bad ``--set`` (each problem named, on one line).
@@ -72,7 +79,7 @@ def run_handler(options: ListenOptions, bind_text: str, handler: str, sets: Sequ
     with contextlib.ExitStack() as stack:
         if options.tls:
             table.update(_tls_keys(options, stack))
-        return _run(options, table, sets, text_keys)
+        return _run(options, table, sets, text_keys, given or {})
 
 
 def _tls_keys(options: ListenOptions, stack: contextlib.ExitStack) -> dict[str, str]:
@@ -93,7 +100,11 @@ def _tls_keys(options: ListenOptions, stack: contextlib.ExitStack) -> dict[str, 
 
 
 def _run(
-    options: ListenOptions, table: dict[str, Any], sets: Sequence[str], text_keys: set[str]
+    options: ListenOptions,
+    table: dict[str, Any],
+    sets: Sequence[str],
+    text_keys: set[str],
+    given: Mapping[str, Any],
 ) -> int:
     import anyio
 
@@ -104,7 +115,10 @@ def _run(
 
     try:
         sets_table = parse_sets(sets, text_keys)
-        config = parse_config({"listener": [{**table, **sets_table}]}, SOURCE)
+        clash = sorted(set(sets_table) & set(given))
+        if clash:
+            raise UsageError(f"--set {clash[0]}=...: --exec or --sh-exec gives it already")
+        config = parse_config({"listener": [{**table, **given, **sets_table}]}, SOURCE)
     except ConfigError as exc:  # on the command line these are usage errors (64)
         raise UsageError("; ".join(_as_argument(line) for line in exc.messages())) from None
     listener = config.listeners[0]
@@ -115,6 +129,10 @@ def _run(
     supervisor = Supervisor(replace(config, listeners=(listener,)))
     supervisor.bind_all()
     try:
+        if "command" in given:
+            from portd.shell.programs import warn_if_reachable
+
+            warn_if_reachable(supervisor.listeners[0].addresses, options.protocol, given["command"])
         announce(supervisor.listeners[0].addresses, options.label, options.port_file)
         result: int = anyio.run(
             _serve, supervisor, options, backend="asyncio", backend_options=loop_options("auto")
@@ -144,6 +162,7 @@ async def _serve(supervisor: Any, options: ListenOptions) -> int:
     import anyio
 
     listener = supervisor.listeners[0]
+    listener.drain_at_limit = not listener.handler.takes_sockets  # the program runs on
     if not (options.keep or options.protocol == "udp" or options.tls):
         listener.accept_limit = 1  # like nc -l: one connection, then no more listening
     await supervisor.start()
@@ -151,6 +170,6 @@ async def _serve(supervisor: Any, options: ListenOptions) -> int:
         await anyio.sleep_forever()
     await listener.wait_for_connection()
     if options.tls:  # the first connection whose handshake succeeded: a failed one
-        listener.stop_accepting()  # does not end listen (as in stdio mode)
+        listener.stop_accepting(drain=listener.drain_at_limit)  # does not end listen
     await listener.wait_idle()
     return 0

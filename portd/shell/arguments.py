@@ -12,7 +12,8 @@ from typing import Any
 
 EXIT_CODES = """\
 exit status:
-  0    done (listen: the peer closed and stdin is sent; connect -z: a port accepted)
+  0    done (listen: the peer closed and stdin is sent; connect -z: a port accepted;
+       listen --exec: the one client's program ended, whatever its own status)
   1    connect refused or timed out, a host that does not resolve, a reset, stdout full,
        a TLS handshake that failed (a certificate that did not verify: OpenSSL's reason)
   64   bad arguments     69  address busy or not available     77  privileged port
@@ -194,6 +195,7 @@ def add_listen(commands: Any) -> None:
             "  portd listen 127.0.0.1 0 --port-file p  kernel's choice of port, written to p\n"
             "  portd listen -U app.sock             a unix-domain socket (nc -lU; or unix:PATH)\n"
             "  portd listen -k --echo 7000          an echo server, until Ctrl-C\n"
+            "  portd listen -k --exec 'wc -c' 7000  a program per client (nc -e), until Ctrl-C\n"
             "  portd listen --tls 8443              TLS with an ephemeral certificate\n"
             "  portd listen --tls --cert c.pem --key k.pem --http 8443   https://"
         ),
@@ -245,6 +247,31 @@ def add_listen(commands: Any) -> None:
         action="store_const",
         const="http-hello",
         help="same as --handler http-hello",
+    )
+    handler.add_argument(
+        "-e",
+        "--exec",
+        dest="exec_command",
+        metavar="'PROG ARGS'",
+        help="run PROG for each client with the connection as its stdin and stdout (nc -e, "
+        "ncat --exec; split like a shell would, no shell runs); -k: one per client",
+    )
+    handler.add_argument(
+        "-c",
+        "--sh-exec",
+        dest="sh_command",
+        metavar="'COMMAND'",
+        help="the same, COMMAND run by /bin/sh -c (ncat -c, --sh-exec)",
+    )
+    handler.add_argument(
+        "--broker",
+        action="store_true",
+        help="pass what each client sends to every other client (ncat --broker; implies -k)",
+    )
+    handler.add_argument(
+        "--chat",
+        action="store_true",
+        help="the same for lines, named <user1>, <user2>, ... (ncat --chat; implies -k)",
     )
     listen.add_argument(
         "--set",
@@ -327,11 +354,16 @@ def run_listen(args: argparse.Namespace) -> int:
     from portd.shell.listen import run_listen as listen
 
     check_tls_flags(args)
+    table: dict[str, Any] = {}
+    if args.exec_command is not None or args.sh_command is not None or args.broker or args.chat:
+        from portd.shell.programs import handler_from_flags
+
+        args.handler, table = handler_from_flags(args) or (args.handler, {})
     options = ListenOptions(args)
     if args.handler:
         from portd.shell.adhoc import run_handler
 
-        return run_handler(options, options.bind_text, args.handler, args.set)
+        return run_handler(options, options.bind_text, args.handler, args.set, table)
     if args.set and not args.keep:
         raise UsageError("--set needs --handler (or --echo/--http), or -k for a limit")
     return listen(options)

@@ -15,12 +15,12 @@ from portd.errors import BindSyntaxError, HostNotFoundError, UsageError
 # Options of other netcats that portd does not take, and why, per command ("" = both).
 # The message is the reason and what to type instead; it follows "unknown option -X: ".
 NOT_SUPPORTED: Mapping[tuple[str, str], str] = {
-    ("", "-e"): "portd runs no program for a peer (nc -e, ncat --exec); "
-    "serve with a handler instead: portd listen --handler NAME",
-    ("", "-c"): "portd runs no program for a peer (ncat -c, --sh-exec); "
-    "serve with a handler instead: portd listen --handler NAME",
-    ("", "--exec"): "portd runs no program for a peer; serve with portd listen --handler NAME",
-    ("", "--sh-exec"): "portd runs no program for a peer; serve with portd listen --handler NAME",
+    ("connect", "-e"): "connect runs no program; to run one for each client that "
+    "connects: portd listen --exec 'PROG ARGS' PORT",
+    ("connect", "-c"): "connect runs no program; to run one for each client that "
+    "connects: portd listen --sh-exec 'COMMAND' PORT",
+    ("connect", "--exec"): "connect runs no program; portd listen --exec runs one per client",
+    ("connect", "--sh-exec"): "connect runs no program; portd listen --sh-exec runs one per client",
     ("", "-x"): "portd connects directly; it has no proxy support",
     ("", "-X"): "portd connects directly; it has no proxy support",
     ("", "--proxy"): "portd connects directly; it has no proxy support",
@@ -61,7 +61,7 @@ def expand_short_flags(
         name = arg.split("=", 1)[0] if arg.startswith("--") else arg
         if name in takes_value:
             if takes_value[name] and "=" not in arg and index < len(argv):
-                out.append(_attached(arg, argv[index]))
+                out.extend(_attached(arg, argv[index]))
                 index += 1
             else:
                 out.append(arg)
@@ -98,7 +98,7 @@ def _expand_bundle(
         if rest:
             out.append(flag + rest)
         elif index < len(argv):
-            out.append(_attached(flag, argv[index]))
+            out.extend(_attached(flag, argv[index]))
             index += 1
         else:
             out.append(flag)  # argparse says the value is missing
@@ -114,9 +114,12 @@ def _is_value(arg: str) -> bool:
     return body.replace(".", "", 1).isdigit()
 
 
-def _attached(option: str, value: str) -> str:
-    """An option and its value as one word, so a value like ``-1`` is never read as an option."""
-    return f"{option}={value}" if option.startswith("--") else option + value
+def _attached(option: str, value: str) -> list[str]:
+    """An option and its value as one word, so a value like ``-1`` is never read as an
+    option; an empty value stays a word of its own (``-e ""``)."""
+    if not value:
+        return [option, value]
+    return [f"{option}={value}" if option.startswith("--") else option + value]
 
 
 def unknown_option(name: str, command: str, bundle: str = "") -> UsageError:

@@ -171,6 +171,10 @@ class FakeConnection:
         self.ending: str | None = None
         self.reason = ""  # what reset() was told
         self.tasks: list[asyncio.Task[Any]] = []
+        self.local_address: Any = ("127.0.0.1", 7)
+        self.fields: dict[str, Any] = {}  # what annotate() added
+        self.holds = 0  # holds taken and not released
+        self.watches: dict[tuple[int, bool], Callable[[], object]] = {}
         self.tls: Any = None  # a TLSInfo to play a TLS connection
 
     @property
@@ -268,6 +272,51 @@ class FakeConnection:
             loop, protocol_factory, ssl=ssl, server_hostname=server_hostname
         )
 
+    def lend_socket(self) -> None:
+        """A fake has no socket to lend: the session relays."""
+        return
+
+    def reclaim_socket(self) -> bool:
+        """Nothing was lent."""
+        return False
+
+    def hold(self) -> Callable[[], None]:
+        """Count a hold (``holds``) until the returned release is called."""
+        self.holds += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.holds -= 1
+
+        return release
+
+    def annotate(self, **fields: Any) -> None:
+        """Record the fields for the connection_closed line (``fields``)."""
+        self.fields.update(fields)
+
+    def watch(self, fd: int, callback: Callable[[], object], writable: bool = False) -> FakeWatch:
+        """Record the watch (``watches``); :meth:`fire` calls its callback."""
+        self.watches[(fd, writable)] = callback
+        return FakeWatch(self.watches, (fd, writable))
+
+    def fire(self, fd: int, writable: bool = False) -> None:
+        """Play ``fd`` becoming readable (writable): call its watch's callback."""
+        self.watches[(fd, writable)]()
+
+
+class FakeWatch:
+    """A watch of a FakeConnection: cancelling forgets it."""
+
+    def __init__(self, watches: dict[tuple[int, bool], Any], key: tuple[int, bool]) -> None:
+        self.watches, self.key = watches, key
+
+    def cancel(self) -> None:
+        """Forget the watch."""
+        self.watches.pop(self.key, None)
+
 
 class RecordingEndpoint:
     """A DatagramEndpoint that records what a handler sends."""
@@ -287,10 +336,10 @@ class RecordingEndpoint:
     max_sessions = 1024
     watched: dict[Any, Callable[[], object]]
 
-    def watch(self, sock: Any, readable: Callable[[], object]) -> None:
+    def watch_socket(self, sock: Any, readable: Callable[[], object]) -> None:
         """Record the watch: call ``watched[sock]()`` to play its readiness."""
         self.__dict__.setdefault("watched", {})[sock] = readable
 
-    def unwatch(self, sock: Any) -> None:
+    def unwatch_socket(self, sock: Any) -> None:
         """Forget the watch."""
         self.__dict__.setdefault("watched", {}).pop(sock, None)

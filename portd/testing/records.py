@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -55,6 +56,8 @@ class ConnectionRecord:
         upstream_ended: how a forward's upstream side ended: ``closed``, ``reset``,
             ``upstream_failed: Connection refused``, ...; None when it never ended or
             for other handlers.
+        fields: what the handler added to the connection's ``connection_closed`` line
+            (``exec``: ``exit_code``, ``exit_signal``, ``program_ms``).
     """
 
     conn_id: int
@@ -66,6 +69,7 @@ class ConnectionRecord:
     received: bytes | None = None
     upstream: str | None = None
     upstream_ended: str | None = None
+    fields: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +112,7 @@ class Records:
             received,
             fields.get("upstream"),
             fields.get("upstream_ended"),
+            dict(conn.fields or {}),
         )
         self._add(self._connections, record)
 

@@ -49,9 +49,9 @@ def test_an_option_before_the_words_is_not_misreported(spawn: Spawner) -> None:
 @pytest.mark.parametrize(
     ("args", "line"),
     [
-        (["listen", "-e", "/bin/sh", "0"],
-         "portd listen: error: unknown option -e: portd runs no program for a peer (nc -e, "
-         "ncat --exec); serve with a handler instead: portd listen --handler NAME"),
+        (["connect", "-e", "/bin/sh", "127.0.0.1", "1"],
+         "portd connect: error: unknown option -e: connect runs no program; to run one for "
+         "each client that connects: portd listen --exec 'PROG ARGS' PORT"),
         (["listen", "-lvx", "0"],
          "portd listen: error: unknown option -x (in -lvx): portd connects directly; it has no "
          "proxy support"),
@@ -63,7 +63,7 @@ def test_an_option_before_the_words_is_not_misreported(spawn: Spawner) -> None:
          "portd listen: error: unknown option -z: -z checks a port without sending: portd "
          "connect -z HOST PORT (or portd scan HOST PORTS)"),
     ],
-    ids=["exec", "in-a-bundle", "unknown", "long", "l-in-connect", "z-in-listen"],
+    ids=["exec-in-connect", "in-a-bundle", "unknown", "long", "l-in-connect", "z-in-listen"],
 )  # fmt: skip
 def test_unknown_options_are_named_with_what_to_type(
     spawn: Spawner, args: list[str], line: str

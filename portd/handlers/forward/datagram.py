@@ -70,7 +70,7 @@ class ClientSession:
         self.chosen: dict[str, list[Toxic]] = {}
         self.plain = True  # no toxic applies and nothing is delayed: straight through
         self.toxics_changed()
-        forward.endpoint.watch(self.sock, self._readable)
+        forward.endpoint.watch_socket(self.sock, self._readable)
         self.send, self.deliver_to = self.sock.send, forward.endpoint.send
 
     def toxics_changed(self) -> None:
@@ -157,7 +157,7 @@ class ClientSession:
     def close(self) -> None:
         """Stop watching and close the upstream socket; drop what latency held."""
         if not self.closed:
-            self.forward.endpoint.unwatch(self.sock)
+            self.forward.endpoint.unwatch_socket(self.sock)
             self.sock.close()
         for queue in self.delayed.values():
             queue.clear()
