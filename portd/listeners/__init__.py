@@ -27,7 +27,7 @@ from portd.listeners.adopt import adopt_socket
 from portd.listeners.datagram import DatagramServer
 from portd.listeners.host import ConnectionHost
 from portd.listeners.idle import IdleTimeouts
-from portd.listeners.lending import LendingTransport
+from portd.listeners.lending import LendingTransport, bytes_seen_by_portd
 from portd.listeners.stream import StreamConnection
 from portd.logging import get_logger
 from portd.metrics.histogram import Histogram
@@ -49,17 +49,6 @@ class Observer(Protocol):
 
     def handler_failed(self, exc: BaseException) -> None:
         """The handler raised (already logged as ``handler_failed``)."""
-
-
-def bytes_seen_by_portd(config: ListenerConfig) -> str | None:
-    """The listener feature that needs every byte to pass through portd, so no program
-    may hold the socket itself, or None. A TLS layer belongs here too (its bytes are
-    not the program's), as does any limit that watches the bytes."""
-    if config.tls is not None:
-        return "tls"
-    if config.limits.idle_timeout_s:
-        return "idle_timeout_s"
-    return None
 
 
 class Listener:

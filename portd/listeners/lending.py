@@ -27,13 +27,27 @@ import errno
 import os
 import select
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from portd.listeners.readiness import Readiness
+
+if TYPE_CHECKING:
+    from portd.config import ListenerConfig
 
 READ_BYTES = 256 * 1024  # per recv(), as asyncio's selector transport reads
 WRITE_HIGH_WATER = 64 * 1024  # queued in portd: pause the protocol (asyncio's default)
 WRITE_LOW_WATER = 16 * 1024
+
+
+def bytes_seen_by_portd(config: ListenerConfig) -> str | None:
+    """The listener feature that needs every byte to pass through portd, so no program
+    may hold the socket itself, or None. A TLS layer belongs here too (its bytes are
+    not the program's), as does any limit that watches the bytes."""
+    if config.tls is not None:
+        return "tls"
+    if config.limits.idle_timeout_s:
+        return "idle_timeout_s"
+    return None
 
 
 class LendingTransport(asyncio.Transport):
