@@ -115,6 +115,9 @@ CORPUS: dict[str, Callable[[Path], str]] = {
     "abstract-control-socket": lambda tmp: '[daemon]\ncontrol_socket = "@portd"\n' + ECHO,
     "relative-control-socket": lambda tmp: '[daemon]\ncontrol_socket = "ctl.sock"\n' + ECHO,
     "no-listeners": lambda tmp: "[daemon]\n",
+    "toxiproxy-api-with-workers": lambda tmp: (
+        '[daemon]\ntoxiproxy_api = "127.0.0.1:0"\nworkers = 2\n' + ECHO
+    ),
     "exec-ok": lambda tmp: EXEC + 'command = ["cat"]\n',
     "exec-string-without-shell": lambda tmp: EXEC + 'command = "cat -u"\n',
     "exec-program-not-found": lambda tmp: EXEC + 'command = ["no-such-program-here"]\n',

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import Daemon, require_tool
+from tests.support import Daemon, require_tool, run_portd
 from tests.test_reload import Load, config_path, reload
 from tests.test_systemd import Activator, NotifySocket, listening
 from tests.test_systemd import notify as notify  # a fixture  # noqa: PLC0414
@@ -296,3 +296,19 @@ def test_ready_is_sent_once_every_worker_serves(
 def echo_once(port: int, data: bytes) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
         return echo(client, data)
+
+
+def test_workers_from_the_command_line_refuse_a_toxiproxy_api(tmp_path: Path) -> None:
+    """The API's proxies live in one process: --workers over such a config is one line
+    and 78, as `portd check` says of the same file with workers = 2."""
+    path = tmp_path / "api.toml"
+    path.write_text(
+        '[daemon]\ntoxiproxy_api = "127.0.0.1:0"\n'
+        '[[listener]]\nbind = "127.0.0.1:0"\nhandler = "echo"\n'
+    )
+    result = run_portd("serve", "-c", str(path), "--workers", "2")
+    assert result.returncode == 78, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "portd: --workers 2: toxiproxy_api needs workers = 1: proxies made through the API "
+        "live in one process"
+    ]
