@@ -118,5 +118,7 @@ def test_classifiers_name_the_pythons_ci_runs() -> None:
 def test_no_link_points_at_a_page_that_does_not_exist() -> None:
     """portd is installed from a checkout or a wheel: no package index page to link to."""
     assert "urls" not in PYPROJECT["project"]
-    for path in [ROOT / "README.md", *sorted((ROOT / "systemd").iterdir())]:
+    from tests.docs import PAGES
+
+    for path in [*PAGES, *sorted((ROOT / "systemd").iterdir())]:
         assert "pypi.org" not in path.read_text(encoding="utf-8"), path

@@ -4,7 +4,7 @@ Two threads move bytes with blocking I/O: stdin and stdout may be regular files,
 epoll cannot watch, and blocking reads and writes give flow control for free (a slow
 stdout stops reads from the socket; a peer that does not read stops reads from stdin).
 
-End-of-stream rules, the same for listen and connect (README, "EOF handling"):
+End-of-stream rules, the same for listen and connect (docs/shell.md, "EOF handling"):
 
 - stdin ends: half-close the connection and keep reading (default); close at once
   (``--close-on-eof``); or half-close and quit SECS later (``-q SECS``).

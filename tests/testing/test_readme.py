@@ -58,3 +58,13 @@ def test_the_forward_examples_pass(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest()
     assert result.ret == 0, result.stdout.str()
     assert result.parseoutcomes()["passed"] == 4
+
+
+def test_the_readme_tour_example_passes(pytester: pytest.Pytester) -> None:
+    """README's own "Real ports for tests" block, the one a newcomer reads first."""
+    (tour,) = blocks("python", section("Real ports for tests"))
+    pytester.makeini("[pytest]\naddopts = -p no:cacheprovider -p no:hypothesispytest\n")
+    pytester.makepyfile(test_tour=tour)
+    result = pytester.runpytest_subprocess()
+    assert result.ret == 0, result.stdout.str()
+    assert result.parseoutcomes()["passed"] == 1
