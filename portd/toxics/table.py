@@ -14,6 +14,7 @@ added), ``nth`` (the Nth connection of the forward) and ``peer`` (the client's a
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
@@ -42,6 +43,7 @@ class ToxicTable:
         self._toxics: dict[str, tuple[Toxic, int]] = {}
         self.opened = 0  # connections that have subscribed so far (for nth, only_new)
         self.subscribers: set[Subscriber] = set()
+        self.applied: Counter[str] = Counter()  # connections each toxic was applied to
         for toxic in toxics:
             self.add(toxic, notify=False)
 
@@ -149,6 +151,7 @@ class Targeting:
         self.source = source
         self.rng = rng
         self._drawn: dict[tuple[str, float], bool] = {}
+        self._applied: set[str] = set()  # counted in table.applied once per connection
 
     def applies(self, toxic: Toxic) -> bool:
         """True when this connection gets ``toxic``."""
@@ -166,5 +169,11 @@ class Targeting:
         return self._drawn[key]
 
     def chosen(self, stream: str) -> list[Toxic]:
-        """The toxics of ``stream`` this connection gets, in chain order."""
-        return [t for t in self.table.toxics if t.stream == stream and self.applies(t)]
+        """The toxics of ``stream`` this connection gets, in chain order (each counted
+        once per connection in the table's ``applied``)."""
+        chosen = [t for t in self.table.toxics if t.stream == stream and self.applies(t)]
+        for toxic in chosen:
+            if toxic.name not in self._applied:
+                self._applied.add(toxic.name)
+                self.table.applied[toxic.name] += 1
+        return chosen

@@ -242,3 +242,28 @@ def test_the_metrics_code_loads_only_when_asked_and_prometheus_client_never(
     assert ("portd.metrics.exposition" in imported) == metrics
     assert ("portd.metrics.server" in imported) == metrics
     assert not {name for name in imported if name.startswith("prometheus_client")}
+
+
+def test_a_forwards_toxics_are_counted_per_connection_they_were_applied_to(
+    start_daemon: StartDaemon,
+) -> None:
+    from portd.testing import serve
+
+    with serve("echo") as upstream:
+        host, port = upstream.address
+        forward = listener("f", "forward", upstream=f"{host}:{port}")
+        toxics = (
+            '[[listener.toxic]]\ntype = "latency"\nname = "lag"\nlatency = 0\n'
+            '[[listener.toxic]]\ntype = "latency"\nname = "second"\nlatency = 0\nnth = 2\n'
+        )
+        daemon = start_daemon(config(forward + toxics, daemon='metrics = "127.0.0.1:0"'))
+        port = daemon.ready()["f"]
+        for count in (1, 2, 3):  # one at a time: the second is the Nth = 2
+            exchange(port, 1)
+            daemon.events_until("connection_closed", count)
+        parsed = samples(scrape(metrics_port(daemon))[1])
+        shown = status(daemon)["listeners"][0]["handler_events"]
+    event = "portd_handler_events_total"
+    assert value(parsed, event, listener="f", event="toxic_applied:lag") == 3
+    assert value(parsed, event, listener="f", event="toxic_applied:second") == 1
+    assert shown == {"toxic_applied:lag": 3, "toxic_applied:second": 1}

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from portd.endpoints.base import Endpoint, Peer, ProtocolName
@@ -189,6 +189,11 @@ class ForwardHandler(Handler):
     def next_random(self, index: int) -> random.Random:
         """A reproducible random source for client ``index``."""
         return random.Random(f"{self.settings['seed']}:{index}")  # noqa: S311 - fault timings
+
+    def counters(self) -> Mapping[str, int]:
+        """Connections each toxic was applied to, as ``toxic_applied:NAME`` (for status
+        and /metrics' ``portd_handler_events_total``)."""
+        return {f"toxic_applied:{name}": n for name, n in self.table.applied.items()}
 
     def abort_connections(self) -> None:
         for session in list(self.lingering):
