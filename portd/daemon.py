@@ -353,6 +353,7 @@ def freeze_start_up_objects() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, *gc.get_threshold()[1:])
+    gc.enable()  # paused through start-up by portd serve
 
 
 def _first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:

@@ -259,3 +259,22 @@ def test_refuse_from_a_config_holds_a_port_that_refuses(start_daemon: StartDaemo
         other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         with pytest.raises(OSError, match="Address already in use"):
             other.bind(("127.0.0.1", port))  # nobody else can take the port meanwhile
+
+
+def test_the_collector_paused_through_start_up_runs_again_once_serving() -> None:
+    """portd serve pauses the collector while it builds listeners; the step that marks
+    serving (also in each worker) must turn it back on, or cycles would pile up."""
+    import gc
+
+    from portd.daemon import YOUNG_COLLECTION_THRESHOLD, freeze_start_up_objects
+
+    threshold = gc.get_threshold()
+    gc.disable()
+    try:
+        freeze_start_up_objects()
+        assert gc.isenabled()
+        assert gc.get_threshold()[0] == YOUNG_COLLECTION_THRESHOLD
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
+        gc.enable()

@@ -83,6 +83,9 @@ def _serve(line: socket.socket, identity: Identity | None) -> int:
     signal.set_wakeup_fd(woken_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)  # wakes select() through the pipe
     _load_what_workers_run()  # as root still: the new user may not read portd's files
+    import gc
+
+    gc.enable()  # paused by portd serve's start-up, which the spawner leaves here
     if identity is not None:
         from portd.privileges import drop_privileges
 
