@@ -31,7 +31,7 @@ def assert_safe(name: str) -> None:
 
 
 def test_the_default_template_names_time_peer_and_connection() -> None:
-    fields = name_fields("127.0.0.1:50000", 17, "up", ACCEPTED)
+    fields = name_fields("127.0.0.1:50000", 17, "up", ACCEPTED)  # noqa: fixed-port (a name field)
     assert parse_template(DEFAULT_TEMPLATE).render(fields) == (
         "20261121T222139.123456Z_127.0.0.1-50000_17"
     )

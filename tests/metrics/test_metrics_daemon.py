@@ -203,8 +203,8 @@ def test_a_bind_beyond_loopback_is_served_and_logged(start_daemon: StartDaemon) 
 def test_a_bare_port_is_on_loopback() -> None:
     from portd.config.daemon import metrics_bind
 
-    assert metrics_bind("9465") == "127.0.0.1:9465"
-    assert metrics_bind("[::1]:9465") == "[::1]:9465"
+    assert metrics_bind("9465") == "127.0.0.1:9465"  # noqa: fixed-port (parsed, not bound)
+    assert metrics_bind("[::1]:9465") == "[::1]:9465"  # noqa: fixed-port
 
 
 def test_a_worker_killed_outright_keeps_what_it_last_reported(start_daemon: StartDaemon) -> None:

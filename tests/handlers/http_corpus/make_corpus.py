@@ -52,7 +52,7 @@ VALID: list[tuple[str, bytes, Expected]] = [
     ("get-leading-empty-lines", b"\r\n\r\n" + GET, 200),
     ("get-leading-bare-lf", b"\n\n" + GET, 200),
     ("get-host-with-port", line(b"GET / HTTP/1.1", b"Host: example.test:8080", host=False), 200),
-    ("get-host-ipv6-literal", line(b"GET / HTTP/1.1", b"Host: [::1]:8080", host=False), 200),
+    ("get-host-ipv6-literal", line(b"GET / HTTP/1.1", b"Host: [::1]:8080", host=False), 200),  # noqa: fixed-port
     ("get-host-empty", line(b"GET / HTTP/1.1", b"Host:", host=False), 200),
     ("get-host-trailing-space", line(b"GET / HTTP/1.1", b"Host: a   ", host=False), 200),
     ("get-obs-text-value", get(b"X-Latin1: caf\xe9"), 200),
