@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from portd.handlers.shaping import QUEUE_HIGH_BYTES, PacedSession, PacingHandler
 from portd.options import defaults
 from portd.testing import Server, ServerFactory
 from portd.testing.kit import FakeConnection, ManualClock
+from tests.support import Daemon
 
 
 class TimedConnection(FakeConnection):
@@ -248,15 +250,23 @@ def test_slicer_without_a_delay_does_bounded_work_per_turn_and_copies_nothing() 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_a_slicer_without_a_delay_leaves_other_clients_served_at_once(
-    portd_server: ServerFactory, loop: str
+    start_daemon: Callable[..., Daemon], loop: str
 ) -> None:
     """Ordering, not timing: while one client's 256 KiB goes out a byte at a time, another
-    client's echoes keep coming back (the loop held for ~1.8 s and then sent it all)."""
-    server = portd_server("slicer", piece_bytes=1, delay_s=0, loop=loop)
+    client's echoes keep coming back (the loop held for ~1.8 s and then sent it all).
+
+    A daemon of its own, not an in-process test server: there the server's thread and
+    this one share the GIL, and uvloop's thread, busy slicing, kept it for hundreds of
+    milliseconds at a time (3 echoes in a second), which says nothing of the loop."""
+    daemon = start_daemon(
+        f'[daemon]\nloop = "{loop}"\n[[listener]]\nname = "s"\nbind = "127.0.0.1:0"\n'
+        'handler = "slicer"\npiece_bytes = 1\ndelay_s = 0\n'
+    )
+    address = ("127.0.0.1", daemon.ready()["s"])
     payload = bytes(256 << 10)
     with (
-        socket.create_connection(server.address, timeout=30) as bulk,
-        socket.create_connection(server.address, timeout=30) as probe,
+        socket.create_connection(address, timeout=30) as bulk,
+        socket.create_connection(address, timeout=30) as probe,
     ):
         bulk.sendall(payload)
         bulk.recv(1)  # the slicing is under way
