@@ -32,13 +32,12 @@ import json
 import statistics
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from forward_peers import PEERS, start_echo, start_peer, toxiproxy_binary
 from model import Benchmark, Comparison, Measure, Sample, Session, Settings
-from report import BenchmarkResult, format_table, save_results, to_json
+from report import BenchmarkResult, print_results, results_document, save_results
 from servers import HERE, Server, ServerError
 
 DEFAULT_ROUNDS = 5
@@ -201,23 +200,14 @@ def main(argv: list[str] | None = None) -> int:
     """Run the rounds, print the table and the added latency, write the JSON."""
     benches = build_benchmarks()
     args = _parser([b.name for b in benches]).parse_args(argv)
-    from run import run_benchmark
+    from run import run_benchmarks
 
     chosen = [b for b in benches if not args.only or b.name in args.only]
     results = [BenchmarkResult(bench) for bench in chosen]
     started = datetime.datetime.now(datetime.UTC)
-    with tempfile.TemporaryDirectory(prefix="portd-bench-forward-") as workdir:
-        settings = Settings(args.duration, WARMUP_S, Path(workdir))
-        for result in results:
-            run_benchmark(result, args.rounds, settings)
-            result.finish()
-    print(f"\nportd forward benchmarks, {started:%Y-%m-%d %H:%M} UTC: {args.rounds} rounds")
-    print("ratio = median / median; paired = median of the per-round ratios.\n")
-    print(format_table(results))
-    document: dict[str, object] = {
-        "started": started.isoformat(),
-        "benchmarks": {result.benchmark.name: to_json(result) for result in results},
-    }
+    run_benchmarks(results, args.rounds, args.duration, WARMUP_S, "portd-bench-forward-")
+    print_results("forward", started, args.rounds, results)
+    document = results_document(started, results)
     for result in results:
         if result.benchmark.name == "fwd-latency":
             added = added_latency(result)

@@ -37,14 +37,13 @@ import resource
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
 from model import Benchmark, BenchmarkError, Comparison, Measure, Sample, Session, Settings
-from report import BenchmarkResult, format_table, save_results, to_json
+from report import BenchmarkResult, print_results, results_document, save_results
 from servers import HOST, READY_TIMEOUT_S, Server, ServerError, ServerSpec, launch, portd_argv
 
 BODY = "Hello from portd\n"
@@ -341,28 +340,17 @@ WORKER_BENCHMARKS = (HTTP_WORKERS_KEEPALIVE, HTTP_WORKERS_CLOSE)
 def main(argv: list[str] | None = None) -> int:
     """Run the rounds, print the table, write the JSON."""
     args = _parser().parse_args(argv)
-    from run import run_benchmark
+    from run import run_benchmarks
 
     chosen = [*HTTP_BENCHMARKS, *(WORKER_BENCHMARKS if args.workers else ())]
     results = [
         BenchmarkResult(bench) for bench in chosen if not args.only or bench.name in args.only
     ]
     started = datetime.datetime.now(datetime.UTC)
-    with tempfile.TemporaryDirectory(prefix="portd-bench-http-") as workdir:
-        settings = Settings(args.duration, WARMUP_S, Path(workdir))
-        for result in results:
-            run_benchmark(result, args.rounds, settings)
-            result.finish()
-    print(f"\nportd http-hello benchmarks, {started:%Y-%m-%d %H:%M} UTC: {args.rounds} rounds")
-    print("ratio = median / median; paired = median of the per-round ratios.\n")
-    print(format_table(results))
-    for note in dict.fromkeys(n for result in results for n in result.benchmark.notes):
-        print(f"note: {note}")
-    document = {
-        "started": started.isoformat(),
-        "benchmarks": {result.benchmark.name: to_json(result) for result in results},
-    }
-    save_results(document, started, "http-hello", args.json)
+    run_benchmarks(results, args.rounds, args.duration, WARMUP_S, "portd-bench-http-")
+    notes = dict.fromkeys(n for result in results for n in result.benchmark.notes)
+    print_results("http-hello", started, args.rounds, results, notes=notes)
+    save_results(results_document(started, results), started, "http-hello", args.json)
     return 0
 
 

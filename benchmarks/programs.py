@@ -42,14 +42,13 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from loads import CpuSampler, run_clients
 from model import Benchmark, BenchmarkError, Comparison, Measure, Sample, Settings
-from report import BenchmarkResult, format_table, save_results, to_json
+from report import BenchmarkResult, print_results, results_document, save_results
 from servers import HOST, READY_TIMEOUT_S, Server, ServerError, ServerSpec, launch, portd_argv
 
 CONCURRENCY = 8
@@ -247,29 +246,19 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"needs {' and '.join(missing)} (apt-get install socat ucspi-tcp)", file=sys.stderr)
         return 69
-    from run import run_benchmark
+    from run import run_benchmarks
 
     results = [BenchmarkResult(bench) for bench in BENCHMARKS if bench.name in args.only]
     started = datetime.datetime.now(datetime.UTC)
     load_before = os.getloadavg()
-    with tempfile.TemporaryDirectory(prefix="portd-bench-exec-") as workdir:
-        settings = Settings(args.duration, WARMUP_S, Path(workdir))
-        for result in results:
-            run_benchmark(result, args.rounds, settings)
-            result.finish()
+    run_benchmarks(results, args.rounds, args.duration, WARMUP_S, "portd-bench-exec-")
     load_after = os.getloadavg()
-    print(f"\nportd exec benchmarks, {started:%Y-%m-%d %H:%M} UTC: {args.rounds} rounds, "
-          f"{os.cpu_count()} cores")  # fmt: skip
-    print("ratio = median / median; paired = median of the per-round ratios.\n")
-    print(format_table(results))
+    print_results("exec", started, args.rounds, results, heading_extra=f", {os.cpu_count()} cores")
     print(f"load average (1, 5, 15 min): before {_loads(load_before)}, after {_loads(load_after)}")
     for result in results:
         print("; ".join(spread(result)))
-    document = {
-        "started": started.isoformat(),
-        "load_average": {"before": load_before, "after": load_after},
-        "benchmarks": {result.benchmark.name: to_json(result) for result in results},
-    }
+    loads = {"before": load_before, "after": load_after}
+    document = results_document(started, results, load_average=loads)
     save_results(document, started, "exec", args.json)
     return 0
 

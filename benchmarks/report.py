@@ -6,6 +6,7 @@ import dataclasses
 import datetime
 import json
 import statistics
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -225,6 +226,39 @@ def to_json(result: BenchmarkResult) -> dict[str, Any]:
             for server, summary in result.summaries.items()
         },
         "verdicts": [dataclasses.asdict(verdict) for verdict in result.verdicts],
+    }
+
+
+RATIO_LEGEND = "ratio = median / median; paired = median of the per-round ratios.\n"
+
+
+def print_results(
+    title: str,
+    started: datetime.datetime,
+    rounds: int,
+    results: list[BenchmarkResult],
+    *,
+    notes: Iterable[str] = (),
+    heading_extra: str = "",
+) -> None:
+    """The heading, the legend, the table and the notes of one runner's results."""
+    print(
+        f"\nportd {title} benchmarks, {started:%Y-%m-%d %H:%M} UTC: {rounds} rounds{heading_extra}"
+    )
+    print(RATIO_LEGEND)
+    print(format_table(results))
+    for note in notes:
+        print(f"note: {note}")
+
+
+def results_document(
+    started: datetime.datetime, results: list[BenchmarkResult], **extra: Any
+) -> dict[str, Any]:
+    """What save_results writes: the start, anything ``extra``, every benchmark's figures."""
+    return {
+        "started": started.isoformat(),
+        **extra,
+        "benchmarks": {result.benchmark.name: to_json(result) for result in results},
     }
 
 

@@ -57,6 +57,17 @@ def build_parser(names: list[str]) -> argparse.ArgumentParser:
     return parser
 
 
+def run_benchmarks(
+    results: list[BenchmarkResult], rounds: int, duration_s: float, warmup_s: float, prefix: str
+) -> None:
+    """Every benchmark of a runner, in a scratch directory of its own, each summarized."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as workdir:
+        settings = Settings(duration_s, warmup_s, Path(workdir))
+        for result in results:
+            run_benchmark(result, rounds, settings)
+            result.finish()
+
+
 def run_benchmark(result: BenchmarkResult, rounds: int, settings: Settings) -> None:
     """All rounds of one benchmark, servers interleaved; a failed sample is recorded, not fatal."""
     bench = result.benchmark

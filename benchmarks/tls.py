@@ -43,14 +43,13 @@ import socket
 import ssl
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from http_hello import BODY, CONNECTIONS, CONTENT_TYPE, run_wrk
 from model import Benchmark, BenchmarkError, Comparison, Measure, Sample, Session, Settings
-from report import BenchmarkResult, format_table, save_results, to_json
+from report import BenchmarkResult, print_results, results_document, save_results
 from servers import HOST, READY_TIMEOUT_S, Server, ServerError, ServerSpec, launch, portd_argv
 
 DEFAULT_ROUNDS = 5
@@ -392,26 +391,14 @@ def main(argv: list[str] | None = None) -> int:
         port, seconds, _ = args.echo_client
         print(json.dumps(echo_client(int(port), float(seconds))))
         return 0
-    from run import run_benchmark
+    from run import run_benchmarks
 
     chosen = [bench for bench in TLS_BENCHMARKS if not args.only or bench.name in args.only]
     results = [BenchmarkResult(bench) for bench in chosen]
     started = datetime.datetime.now(datetime.UTC)
-    with tempfile.TemporaryDirectory(prefix="portd-bench-tls-") as workdir:
-        settings = Settings(args.duration, WARMUP_S, Path(workdir))
-        for result in results:
-            run_benchmark(result, args.rounds, settings)
-            result.finish()
-    print(f"\nportd TLS benchmarks, {started:%Y-%m-%d %H:%M} UTC: {args.rounds} rounds")
-    print("ratio = median / median; paired = median of the per-round ratios.\n")
-    print(format_table(results))
-    for note in NOTES:
-        print(f"note: {note}")
-    document = {
-        "started": started.isoformat(),
-        "benchmarks": {result.benchmark.name: to_json(result) for result in results},
-    }
-    save_results(document, started, "tls", args.json)
+    run_benchmarks(results, args.rounds, args.duration, WARMUP_S, "portd-bench-tls-")
+    print_results("TLS", started, args.rounds, results, notes=NOTES)
+    save_results(results_document(started, results), started, "tls", args.json)
     return 0
 
 
