@@ -151,7 +151,7 @@ def test_a_reload_with_the_same_rate_is_no_fresh_burst() -> None:
 
 def test_datagram_gate_drops_low_source_ports_unless_allowed() -> None:
     assert DatagramGate(Limits()).admit(ip("127.0.0.1", 7)) == "low_source_port"
-    assert DatagramGate(Limits()).admit(ip("127.0.0.1", 40000)) is None
+    assert DatagramGate(Limits()).admit(ip("127.0.0.1", 40000)) is None  # noqa: fixed-port
     assert DatagramGate(Limits(allow_low_source_ports=True)).admit(ip("127.0.0.1", 7)) is None
 
 

@@ -17,7 +17,7 @@ def test_v1_names_family_addresses_and_ports() -> None:
     )
     six = inet_peer(("2001:db8::7", 50000, 0, 0))
     assert proxy_header("v1", six, ("2001:db8::1", 443, 0, 0)) == (
-        b"PROXY TCP6 2001:db8::7 2001:db8::1 50000 443\r\n"
+        b"PROXY TCP6 2001:db8::7 2001:db8::1 50000 443\r\n"  # noqa: fixed-port
     )
 
 

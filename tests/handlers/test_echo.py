@@ -32,7 +32,7 @@ def test_eof_from_the_peer_closes_after_the_echo_is_flushed() -> None:
 def test_udp_echo_replies_once_with_the_same_bytes_to_the_sender() -> None:
     endpoint = RecordingEndpoint()
     handler = EchoHandler({})
-    v4, v6 = inet_peer(("127.0.0.1", 5000)), inet_peer(("::1", 6000, 0, 0))
+    v4, v6 = inet_peer(("127.0.0.1", 5000)), inet_peer(("::1", 6000, 0, 0))  # noqa: fixed-port
     handler.datagram_received(b"ping", v4, endpoint)
     handler.datagram_received(b"", v6, endpoint)
     assert endpoint.sent == [(b"ping", v4), (b"", v6)]

@@ -40,7 +40,7 @@ def test_the_default_template_names_time_peer_and_connection() -> None:
 @pytest.mark.parametrize(
     ("peer", "host", "rendered"),
     [
-        ("[::1]:50000", "--1", "--1-50000"),
+        ("[::1]:50000", "--1", "--1-50000"),  # noqa: fixed-port
         ("[fe80::1%eth0]:7", "fe80--1_eth0", "fe80--1_eth0-7"),
         ("[::ffff:127.0.0.1]:1", "--ffff-127.0.0.1", "--ffff-127.0.0.1-1"),
         ("?", "_", "_"),

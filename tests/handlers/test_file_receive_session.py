@@ -34,7 +34,7 @@ class FakeConnection(kit.FakeConnection):
     and for reading resuming (the worker threads report back through the loop)."""
 
     def __init__(self) -> None:
-        peer = inet_peer(("127.0.0.1", 50000))
+        peer = inet_peer(("127.0.0.1", 50000))  # noqa: fixed-port
         super().__init__(peer=peer, listener="up", conn_id=7, clock=asyncio.get_running_loop())
         self.log = structlog.get_logger().bind(listener="up", conn_id=7, peer=str(peer))
         self.ended = anyio.Event()

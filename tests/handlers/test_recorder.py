@@ -145,7 +145,7 @@ def test_dropped_replies_are_logged_with_a_true_count() -> None:
     endpoint = RecordingEndpoint()
     handler = RecorderHandler({**defaults(RecorderHandler.options), "reply": "longer"})
     for _ in range(30):
-        handler.datagram_received(b"?", inet_peer(("127.0.0.1", 9999)), endpoint)
+        handler.datagram_received(b"?", inet_peer(("127.0.0.1", 9999)), endpoint)  # noqa: fixed-port
     handler.close()
     assert endpoint.sent == []
     dropped = endpoint.log.named("reply_dropped")
