@@ -36,6 +36,7 @@ from portd.shell.relay import (
     write_all,
 )
 from portd.shell.stats import Transfer
+from portd.shell.threads import start_thread
 
 DEFAULT_MAX_CLIENTS = 128  # -k: each client takes a thread; beyond this, refuse
 ACCEPT_RETRY_S = 0.1  # -k: out of descriptors, accept again after this
@@ -244,7 +245,7 @@ class _Clients:
                 time.sleep(ACCEPT_RETRY_S)  # a back-off, not a readiness wait
                 continue
             if self.tls_context is not None:
-                threading.Thread(target=self._add_tls, args=(conn, peer), daemon=True).start()
+                start_thread(self._add_tls, conn, peer)
             else:
                 self.add(conn, peer)
 
@@ -276,7 +277,7 @@ class _Clients:
             self._refuse(conn, peer, reason)
             return
         try:
-            threading.Thread(target=self._pump, args=(conn, client), daemon=True).start()
+            start_thread(self._pump, conn, client)
         except RuntimeError:  # can't start new thread: RLIMIT_NPROC, cgroup pids.max
             with self.lock:
                 self.clients.discard(conn)
@@ -362,8 +363,8 @@ def _serve_many(sockets: list[socket.socket], options: ListenOptions, tls: Any =
     clients = _Clients(options)
     clients.tls_context = tls
     if options.policy.read_stdin:
-        threading.Thread(target=clients.broadcast_stdin, daemon=True).start()
-    threading.Thread(target=clients.accept_forever, args=(sockets,), daemon=True).start()
+        start_thread(clients.broadcast_stdin)
+    start_thread(clients.accept_forever, sockets)
     clients.ended.wait()
     if clients.message:
         print(f"portd: {clients.message}", file=sys.stderr)

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 from portd.shell.stats import Transfer
+from portd.shell.threads import start_thread
 
 BUFFER_SIZE = 256 * 1024
 Receive = Callable[[memoryview], tuple[int, Any]]  # a datagram into the buffer: size, sender
@@ -138,7 +139,7 @@ class Session:
         timeout_s = self.options.idle_timeout_s
         if timeout_s:
             self.touch()
-            threading.Thread(target=self._end_when_idle, args=(timeout_s,), daemon=True).start()
+            start_thread(self._end_when_idle, timeout_s)
 
     def _end_when_idle(self, timeout_s: float) -> None:
         while not self.done.wait(max(0.0, self.last_active + timeout_s - time.monotonic())):
@@ -150,7 +151,11 @@ class Session:
         """Apply -q after stdin's end: finish once the delay has passed."""
         delay = self.policy.quit_after_s
         if delay is not None and delay >= 0:
-            threading.Timer(delay, self.finish).start()
+            start_thread(self._finish_after, delay)
+
+    def _finish_after(self, delay: float) -> None:
+        if not self.done.wait(delay):
+            self.finish()
 
 
 class StreamRelay:
@@ -167,11 +172,9 @@ class StreamRelay:
 
     def run(self) -> None:
         """Relay until the session ends; the caller closes the socket."""
-        reader = threading.Thread(target=self._socket_to_stdout, daemon=True)
-        writer = threading.Thread(target=self._stdin_to_socket, daemon=True)
-        reader.start()
+        reader = start_thread(self._socket_to_stdout)
         if self.session.policy.read_stdin:
-            writer.start()
+            start_thread(self._stdin_to_socket)
         self.session.watch_idle()
         self.session.done.wait()
         with contextlib.suppress(OSError):
@@ -269,9 +272,9 @@ class DatagramRelay:
     def run(self) -> None:
         """Relay until the session ends; the caller closes the sockets."""
         for sock in self.sockets:
-            threading.Thread(target=self._socket_to_stdout, args=(sock,), daemon=True).start()
+            start_thread(self._socket_to_stdout, sock)
         if self.session.policy.read_stdin:
-            threading.Thread(target=self._stdin_to_socket, daemon=True).start()
+            start_thread(self._stdin_to_socket)
         if self.connected:
             self.session.watch_idle()
         self.session.done.wait()

@@ -7,6 +7,8 @@ import threading
 import time
 from typing import Any
 
+from portd.shell.threads import start_thread
+
 PROGRESS_AFTER_S = 1.0
 PROGRESS_EVERY_S = 0.5
 UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
@@ -59,8 +61,7 @@ class Transfer:
         self._stop = threading.Event()
         self._progress: threading.Thread | None = None
         if sys.stderr.isatty():
-            self._progress = threading.Thread(target=self._show_progress, daemon=True)
-            self._progress.start()
+            self._progress = start_thread(self._show_progress)
 
     def _show_progress(self) -> None:
         if self._stop.wait(PROGRESS_AFTER_S):

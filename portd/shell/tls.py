@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from portd.errors import TLSHandshakeError
+from portd.shell.threads import start_thread
 from portd.tls.info import sha256_fingerprint, subject_text
 
 BRIDGE_LIMIT = 256 * 1024
@@ -169,7 +170,7 @@ class Bridge:
         self._notified = False
         self._raw_gone = False
         self.description = self._describe_session()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread: threading.Thread | None = None
 
     def describe(self) -> str:
         """What was negotiated (read once, before the bridge thread owns the session)."""
@@ -193,7 +194,7 @@ class Bridge:
         """Start pumping; returns the plaintext socket (blocking) the relay uses."""
         self.raw.setblocking(False)
         self._inner.setblocking(False)
-        self._thread.start()
+        self._thread = start_thread(self._run)
         return self.plain
 
     def finish(self) -> None:
@@ -201,7 +202,8 @@ class Bridge:
         close (waiting JOIN_S at most)."""
         with contextlib.suppress(OSError):
             self.raw.shutdown(socket.SHUT_RD)  # wakes the bridge: the peer's side is done
-        self._thread.join(JOIN_S)
+        if self._thread is not None:
+            self._thread.join(JOIN_S)
 
     def _run(self) -> None:
         try:

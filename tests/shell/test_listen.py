@@ -324,6 +324,52 @@ def test_ctrl_c_during_a_transfer_exits_130_at_once(spawn: Spawner) -> None:
     assert listen.lines == [listening_line(port)]
 
 
+CTRL_C_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def helper_threads(pid: int, count: int) -> list[int]:
+    """The thread ids of ``pid`` other than its main thread, once there are ``count``
+    (a thread has no event that says it started)."""
+    deadline = time.monotonic() + PROMPT_S
+    while True:
+        tids = [int(t.name) for t in Path(f"/proc/{pid}/task").iterdir() if int(t.name) != pid]
+        if len(tids) >= count or time.monotonic() > deadline:
+            return tids
+        time.sleep(0.01)
+
+
+def blocked_signals(pid: int, tid: int) -> int:
+    """The thread's blocked-signal mask (SigBlk in /proc), bit N-1 for signal N."""
+    status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+    found = re.search(r"^SigBlk:\s*([0-9a-f]+)$", status, re.M)
+    assert found is not None, status
+    return int(found[1], 16)
+
+
+@pytest.mark.parametrize(("keep", "helpers"), [(False, 2), (True, 3)], ids=["one", "keep"])
+def test_every_helper_thread_leaves_ctrl_c_to_the_main_thread(
+    spawn: Spawner, keep: bool, helpers: int
+) -> None:
+    """The kernel hands a process its SIGINT on any thread that does not block it, and
+    Python wakes its main thread only for a signal that lands there: Ctrl-C on the
+    thread reading stdin did nothing (CI saw it on 3.13). The relay's threads (stdin,
+    socket; with -k, accept) block the signals, so the main thread gets them."""
+    listen = spawn.portd("listen", *(["-k"] if keep else []), "127.0.0.1:0", stdin=subprocess.PIPE)
+    port = listen.port()
+    with tcp_client(port) as client:
+        client.sendall(b"in flight")
+        listen.expect_output(9)
+        pid = listen.proc.pid
+        tids = helper_threads(pid, helpers)
+        assert len(tids) >= helpers
+        for tid in tids:
+            mask = blocked_signals(pid, tid)
+            assert [s.name for s in CTRL_C_SIGNALS if not mask >> (s - 1) & 1] == [], tid
+        assert blocked_signals(pid, pid) >> (signal.SIGINT - 1) & 1 == 0
+        listen.interrupt()
+        assert listen.wait(timeout=PROMPT_S) == 130
+
+
 def reset_while_in_the_backlog(process: Process, port: int) -> str:
     """Connect and reset while ``process`` is stopped, so it accepts an already-reset
     connection; return that client's address."""

@@ -1,0 +1,42 @@
+"""Background threads of the shell commands, started so that signals reach the main thread.
+
+The kernel hands a process-directed signal (Ctrl-C's SIGINT, a SIGTERM) to any thread
+that does not block it, and Python runs signal handlers only in the main thread. A main
+thread parked in a lock wait (``Event.wait``) is woken by a signal delivered to it, not
+by one delivered elsewhere: Ctrl-C that landed on the thread reading stdin did nothing.
+Every thread here starts with the asynchronous signals blocked (a thread inherits its
+creator's mask), so the kernel always picks the main thread.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable
+from typing import Any
+
+MAIN_THREAD_SIGNALS = frozenset(
+    {
+        signal.SIGINT,
+        signal.SIGTERM,
+        signal.SIGHUP,
+        signal.SIGQUIT,
+        signal.SIGUSR1,
+        signal.SIGUSR2,
+        signal.SIGALRM,
+        signal.SIGCHLD,
+        signal.SIGWINCH,
+    }
+)
+
+
+def start_thread(target: Callable[..., object], *args: Any) -> threading.Thread:
+    """Start a daemon thread running ``target(*args)`` that never receives the
+    asynchronous signals; RuntimeError if the system refuses a thread (RLIMIT_NPROC)."""
+    thread = threading.Thread(target=target, args=args, daemon=True)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, MAIN_THREAD_SIGNALS)
+    try:
+        thread.start()
+    finally:  # a signal that came meanwhile is pending, and delivered here at once
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    return thread
