@@ -47,6 +47,7 @@ from portd import __version__
 from portd.endpoints.base import ProtocolName
 from portd.handlers.base import Connection, Handler, StreamSession
 from portd.handlers.http.deadline import FirstDeadlines
+from portd.handlers.http.heads import KnownHeads
 from portd.handlers.http.responses import Responses, check_field_value
 from portd.handlers.http.session import LINGER_MAX_BYTES, LINGER_S, HttpHelloSession
 from portd.options import Option, Settings
@@ -103,6 +104,7 @@ class HttpHelloHandler(Handler):
         self.responses = Responses(
             settings["body"].encode("utf-8"), settings["content_type"], settings["server_header"]
         )
+        self.known_heads = KnownHeads()  # verdicts on heads seen, shared by sessions
         # Every session's first deadline is header_timeout_s after its connect: one queue.
         self._first: FirstDeadlines | None = None
 

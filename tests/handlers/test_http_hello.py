@@ -15,6 +15,7 @@ import pytest
 
 from portd.config import parse_config
 from portd.errors import ConfigError
+from portd.handlers.http.heads import KNOWN_HEAD_BYTES, KNOWN_HEADS
 from portd.handlers.http.responses import Responses
 from portd.handlers.http_hello import LINGER_MAX_BYTES, LINGER_S, HttpHelloHandler, HttpHelloSession
 from portd.options import defaults
@@ -46,11 +47,16 @@ def make_handler(**settings: Any) -> HttpHelloHandler:
 
 
 def open_session(
-    conn: FakeConnection | None = None, clock: ManualClock | None = None, **settings: Any
+    conn: FakeConnection | None = None,
+    clock: ManualClock | None = None,
+    handler: HttpHelloHandler | None = None,
+    **settings: Any,
 ) -> tuple[HttpHelloSession, FakeConnection, ManualClock]:
+    """A session on ``conn`` (a new FakeConnection), of ``handler`` (a new one with
+    ``settings``): sessions of one handler share what it remembers (KnownHeads)."""
     conn = conn or FakeConnection()
     clock = clock or conn.clock
-    session = HttpHelloSession(conn, make_handler(**settings), clock)
+    session = HttpHelloSession(conn, handler or make_handler(**settings), clock)
     conn.session = session
     return session, conn, clock
 
@@ -551,6 +557,65 @@ def test_an_error_while_draining_closes_without_lingering() -> None:
     session.shutdown_requested()
     session.data_received(b"GET / HTTP/1.1\r\n\r\n")  # a new connection would have closed...
     assert conn.closed
+
+
+# Heads seen before (KnownHeads): answered from the verdict, as when first parsed.
+
+
+def test_a_remembered_head_is_answered_without_the_parser() -> None:
+    handler = make_handler()
+    open_session(handler=handler)[0].data_received(GET)
+    session, conn, _ = open_session(handler=handler)
+    session.parser = None  # type: ignore[assignment]  # any use of it would raise
+    session.data_received(GET)
+    session.data_received(GET)
+    assert conn.written == (OK_HEAD + b"\r\n" + BODY) * 2
+    assert session.requests == 2
+
+
+def test_a_remembered_head_while_draining_gets_close() -> None:
+    handler = make_handler()
+    open_session(handler=handler)[0].data_received(GET)
+    session, conn, _ = open_session(FakeConnection(draining=True), handler=handler)
+    session.data_received(GET)
+    assert conn.written == OK_HEAD + b"Connection: close\r\n\r\n" + BODY
+    assert conn.closed
+
+
+def test_a_remembered_head_that_fills_the_peer_s_window_waits_for_it() -> None:
+    handler = make_handler(header_timeout_s=3, keepalive_timeout_s=5)
+    open_session(handler=handler)[0].data_received(GET)
+    session, conn, clock = open_session(FakeConnection(high_water=100), handler=handler)
+    session.data_received(GET)
+    assert session.paused  # the answer filled the window: the header timeout applies
+    clock.advance(2.99)
+    assert not conn.aborted
+    clock.advance(0.01)
+    assert conn.aborted
+
+
+def test_remembered_heads_are_bounded_in_number_and_size() -> None:
+    handler = make_handler()
+    for index in range(KNOWN_HEADS * 3):
+        session, conn, _ = open_session(handler=handler)
+        session.data_received(f"GET /{index} HTTP/1.1\r\nHost: a\r\n\r\n".encode())
+        assert statuses(bytes(conn.written)) == [200]
+        assert 0 < len(handler.known_heads.heads) <= KNOWN_HEADS
+    long_head = b"GET /" + b"a" * KNOWN_HEAD_BYTES + b" HTTP/1.1\r\nHost: a\r\n\r\n"
+    open_session(handler=handler)[0].data_received(long_head)
+    assert long_head not in handler.known_heads.heads
+
+
+def test_only_heads_answered_200_are_remembered() -> None:
+    handler = make_handler()
+    rejected = [
+        b"GET / HTTP/1.1\r\n\r\n",  # no Host: 400
+        b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n",  # 413
+        b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",  # 400
+    ]
+    for head in rejected:
+        open_session(handler=handler)[0].data_received(head)
+    assert handler.known_heads.heads == {}
 
 
 # Options.

@@ -1,7 +1,8 @@
 """Properties of http-hello over arbitrary input: whatever bytes arrive, and however
 the reads split them, the session raises nothing, writes only well-formed responses
 with allowed statuses (an error is the last thing written), answers the same whole or
-split, and holds at most one request head of unparsed input."""
+split, holds at most one request head of unparsed input, and answers a head it has
+seen before (KnownHeads) as it did the first time."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import itertools
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from portd.handlers.http.heads import MAX_FIELDS_BYTES, MAX_LINE
+from portd.handlers.http.heads import MAX_FIELDS_BYTES, MAX_LINE, KnownHeads
+from portd.handlers.http_hello import HttpHelloHandler
 from portd.testing.kit import FakeConnection
-from tests.handlers.test_http_hello import check_responses, open_session
+from tests.handlers.test_http_hello import check_responses, make_handler, open_session
 
 MAX_HEAD_HELD = MAX_LINE + 2 + MAX_FIELDS_BYTES + 2  # a request line, fields, a CR or CRLF
 
@@ -71,3 +73,53 @@ def test_any_input_followed_by_eof_is_answered_or_closed_never_left_hanging(data
         assert session.eof_received() is False
     assert session._buf == b""
     check_responses(bytes(conn.written))
+
+
+# Whole GET heads, as one read each: the reads KnownHeads may answer without parsing.
+TARGETS = [b"/", b"/a?b=c", b"*", b"http://h/", b"/%zz", b"/%41", b"/a#f", b"//", b"/\x7f"]
+FIELDS = [
+    b"Host: a", b"Host: a b", b"Host:", b"host: a", b"HOST: a:80", b"Host: [::1]:8",
+    b"Connection: close", b"Connection: keep-alive", b"Connection: Upgrade", b"Upgrade: h2c",
+    b"Content-Length: 0", b"Content-Length: 5", b"Transfer-Encoding: chunked",
+    b"Transfer-Encoding: gzip", b"X: y", b"X : y", b" folded", b"X:\x00",
+]  # fmt: skip
+whole_heads = st.builds(
+    lambda target, version, fields: b"GET " + target + b" " + version + b"\r\n"
+    + b"".join(field + b"\r\n" for field in fields) + b"\r\n",
+    st.sampled_from(TARGETS),
+    st.sampled_from([b"HTTP/1.1", b"HTTP/1.0", b"HTTP/1.2"]),
+    st.lists(st.sampled_from(FIELDS), max_size=4),
+)  # fmt: skip
+
+
+def answers(
+    handler: HttpHelloHandler, reads: list[bytes], draining: bool
+) -> tuple[bytes, bool, bool]:
+    session, conn, _ = open_session(FakeConnection(draining=draining), handler=handler)
+    for data in reads:
+        if not conn.done:
+            session.data_received(data)
+    return bytes(conn.written), conn.closed, conn.eof_sent
+
+
+@PROPERTY
+@given(head=whole_heads, repeats=st.integers(min_value=1, max_value=3), draining=st.booleans())
+def test_a_head_seen_before_is_answered_as_the_first_time(
+    head: bytes, repeats: int, draining: bool
+) -> None:
+    parsing = make_handler()
+    parsing.known_heads = ForgetfulHeads()  # every head parsed, every time
+    parsed = answers(parsing, [head] * repeats, draining)
+    handler = make_handler()
+    first = answers(handler, [head] * repeats, draining)  # the repeats may be remembered
+    again = answers(handler, [head] * repeats, draining)
+    assert first == parsed
+    assert again == parsed
+    check_responses(parsed[0])
+
+
+class ForgetfulHeads(KnownHeads):
+    """KnownHeads that never remembers."""
+
+    def remember(self, head: bytes, keep_alive: bool) -> None:
+        pass

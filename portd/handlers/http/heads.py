@@ -164,3 +164,28 @@ def _line_excess(begin: int, pos: int, line_end: int, next_line: int) -> int:
 def is_valid_host(value: bytes) -> bool:
     """True when a Host value has only URI host and port characters (RFC 9112 §3.2)."""
     return not value.rstrip(b" \t").translate(None, HOST_CHARS)
+
+
+KNOWN_HEADS = 64  # distinct heads a handler remembers (the map is emptied when full)
+KNOWN_HEAD_BYTES = 1024  # longer heads are judged every time
+
+
+class KnownHeads:
+    """Heads answered with a plain 200 before, byte for byte, and whether each kept the
+    connection alive: the verdict is a function of the bytes alone, so the same head
+    again (a load balancer's probe, a client repeating itself) is answered without
+    being parsed. Bounded: at most KNOWN_HEADS heads of KNOWN_HEAD_BYTES each."""
+
+    __slots__ = ("get", "heads")
+
+    def __init__(self) -> None:
+        self.heads: dict[bytes, bool] = {}
+        self.get = self.heads.get  # the data path's lookup, one call
+
+    def remember(self, head: bytes, keep_alive: bool) -> None:
+        """Record the verdict on ``head``, a whole GET head llhttp parsed to a 200."""
+        heads = self.heads
+        if len(head) <= KNOWN_HEAD_BYTES:
+            if len(heads) >= KNOWN_HEADS:
+                heads.clear()  # follow the heads in use; a flood of new ones costs a parse each
+            heads[head] = keep_alive

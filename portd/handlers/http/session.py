@@ -82,6 +82,8 @@ class HttpHelloSession(StreamSession):
         """``first``: where the first deadline waits (the handler's queue for ``clock``)."""
         self.conn = conn
         self.responses = handler.responses
+        self.handler_heads = handler.known_heads
+        self.known = handler.known_heads.get
         self.header_timeout_s: float = handler.settings["header_timeout_s"]
         self.keepalive_timeout_s: float = handler.settings["keepalive_timeout_s"]
         self.clock = clock
@@ -121,16 +123,19 @@ class HttpHelloSession(StreamSession):
         if self._buf:
             data = self._buf + data
             self._buf = b""
-        elif (
-            not self._in_head
-            and not self.paused
-            and data.startswith(b"GET ")
-            and data.find(b"\r\n\r\n") == len(data) - 4
-            and len(data) <= MAX_LINE
-            and data.count(b"\r\n") <= MAX_FIELDS
-            and self._answer_whole(data)
-        ):
-            return
+        elif not self._in_head and not self.paused:
+            keep_alive = self.known(data)
+            if keep_alive is not None:
+                self._answer_ok(keep_alive)
+                return
+            if (
+                data.startswith(b"GET ")
+                and data.find(b"\r\n\r\n") == len(data) - 4
+                and len(data) <= MAX_LINE
+                and data.count(b"\r\n") <= MAX_FIELDS
+                and self._answer_whole(data)
+            ):
+                return
         served = self.requests
         self._run(data)
         self._after_input(served != self.requests)
@@ -156,23 +161,29 @@ class HttpHelloSession(StreamSession):
                 self._reject(400, line & HEAD)
             return True
         if self._hosts == 1 and not (self._bad or self._content or self.responses.streamed):
-            # What _answer would decide, without its bookkeeping.
+            keep_alive = self._keep_alive
             self._hosts = 0
-            self.requests += 1
-            if self._keep_alive and not self.stopping and self.keepalive_timeout_s:
-                self._keep_alive = False
-                self.conn.write(self.responses.ok(KEEP_ALIVE, 0))
-            else:
-                self._keep_alive = False
-                self.conn.write(self.responses.ok(CLOSE, 0))
-                self._close()
-                return True
-        else:
-            self._answer(0)
-            self._flush()
+            self._keep_alive = False
+            self.handler_heads.remember(data, keep_alive)
+            self._answer_ok(keep_alive)
+            return True
+        self._answer(0)
+        self._flush()
         if self.state == OPEN and not self.paused:
             self.deadline.move(self.clock.time() + self.keepalive_timeout_s)
         return True
+
+    def _answer_ok(self, keep_alive: bool) -> None:
+        """What _answer decides for a whole GET head that passed, without its bookkeeping:
+        200, then wait for the next head or close."""
+        self.requests += 1
+        if keep_alive and not self.stopping and self.keepalive_timeout_s:
+            self.conn.write(self.responses.ok(KEEP_ALIVE, 0))  # may call pause_writing
+            if not self.paused:
+                self.deadline.move(self.clock.time() + self.keepalive_timeout_s)
+        else:
+            self.conn.write(self.responses.ok(CLOSE, 0))
+            self._close()
 
     def eof_received(self) -> bool:
         self.eof = True
