@@ -124,17 +124,10 @@ class HttpHelloSession(StreamSession):
             data = self._buf + data
             self._buf = b""
         elif not self._in_head and not self.paused:
-            keep_alive = self.known(data)
-            if keep_alive is not None:
-                self._answer_ok(keep_alive)
+            if (keep_alive := self.known(data)) is not None:
+                self._answer_ok(keep_alive)  # a head answered 200 before
                 return
-            if (
-                data.startswith(b"GET ")
-                and data.find(b"\r\n\r\n") == len(data) - 4
-                and len(data) <= MAX_LINE
-                and data.count(b"\r\n") <= MAX_FIELDS
-                and self._answer_whole(data)
-            ):
+            if self._answer_whole(data):
                 return
         served = self.requests
         self._run(data)
@@ -143,10 +136,14 @@ class HttpHelloSession(StreamSession):
     def _answer_whole(self, data: bytes) -> bool:
         """The common case in one call: a chunk that is one GET head, whole, too small
         for any size limit, with a plain request line. The verdicts are _run's; False
-        (nothing done) for another request line, which _run then judges in full."""
+        (nothing done) for any other chunk, which _run then judges in full."""
         eol = data.find(b"\r\n")
         if not (
-            data.startswith(b"HTTP/1.1", eol - 8)
+            data.startswith(b"GET ")
+            and data.find(b"\r\n\r\n") == len(data) - 4
+            and len(data) <= MAX_LINE
+            and data.count(b"\r\n") <= MAX_FIELDS
+            and data.startswith(b"HTTP/1.1", eol - 8)
             and data.count(b" ", 0, eol) == 2
             and is_valid_target(data, 4, eol - 9)
         ):
@@ -161,9 +158,7 @@ class HttpHelloSession(StreamSession):
                 self._reject(400, line & HEAD)
             return True
         if self._hosts == 1 and not (self._bad or self._content or self.responses.streamed):
-            keep_alive = self._keep_alive
-            self._hosts = 0
-            self._keep_alive = False
+            keep_alive, self._hosts, self._keep_alive = self._keep_alive, 0, False
             self.handler_heads.remember(data, keep_alive)
             self._answer_ok(keep_alive)
             return True
@@ -174,8 +169,7 @@ class HttpHelloSession(StreamSession):
         return True
 
     def _answer_ok(self, keep_alive: bool) -> None:
-        """What _answer decides for a whole GET head that passed, without its bookkeeping:
-        200, then wait for the next head or close."""
+        """_answer's verdict on a whole GET head that passed: 200, then wait or close."""
         self.requests += 1
         if keep_alive and not self.stopping and self.keepalive_timeout_s:
             self.conn.write(self.responses.ok(KEEP_ALIVE, 0))  # may call pause_writing
