@@ -243,6 +243,9 @@ class Daemon:
                     self.log.info("control_socket_ready", path=control_path)
                 if self.notifier.watchdog_interval_s:
                     group.start_soon(self._keep_watchdog_fed, self.notifier.watchdog_interval_s)
+                from portd.memory import keep_memory_returned  # after READY: ctypes
+
+                group.start_soon(keep_memory_returned, self.log)
                 received = await self._serve_until_stop(signals)
                 if metrics is not None:
                     metrics.close()

@@ -1,0 +1,106 @@
+"""portd.memory: freed memory goes back to the system once enough was freed, with
+glibc's own allocator in the last test."""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import pytest
+
+from portd.memory import TRIM_DROP_BYTES, Allocator, MemoryKeeper
+from portd.testing.kit import RecordingLog
+
+MIB = 1 << 20
+
+
+class FakeAllocator:
+    def __init__(self) -> None:
+        self.used = 0
+        self.trims = 0
+
+    def in_use(self) -> int:
+        return self.used
+
+    def trim(self) -> None:
+        self.trims += 1
+
+
+def keeper() -> tuple[MemoryKeeper, FakeAllocator, RecordingLog]:
+    allocator, log = FakeAllocator(), RecordingLog()
+    return MemoryKeeper(allocator, log, threshold=32 * MIB), allocator, log
+
+
+def test_memory_in_use_or_growing_is_never_trimmed() -> None:
+    memory, allocator, _ = keeper()
+    for used in (10, 200, 500, 500, 490):  # MiB: a burst of connections opening
+        allocator.used = used * MIB
+        assert memory.check() is False
+    assert allocator.trims == 0
+
+
+def test_a_drop_below_the_peak_is_trimmed_once() -> None:
+    memory, allocator, log = keeper()
+    allocator.used = 500 * MIB
+    memory.check()
+    allocator.used = 20 * MIB  # the connections closed
+    assert memory.check() is True
+    assert memory.check() is False  # nothing more was freed
+    assert allocator.trims == 1
+    assert log.events == [("debug", "memory_returned", {"freed_mib": 480.0, "in_use_mib": 20.0})]
+
+
+def test_the_peak_starts_again_after_a_trim() -> None:
+    memory, allocator, _ = keeper()
+    for used, trimmed in [(300, False), (100, True), (120, False), (80, True), (70, False)]:
+        allocator.used = used * MIB
+        assert memory.check() is trimmed, used
+
+
+def test_a_drop_under_the_threshold_waits() -> None:
+    memory, allocator, _ = keeper()
+    allocator.used = 100 * MIB
+    memory.check()
+    allocator.used = 69 * MIB
+    assert memory.check() is False
+    allocator.used = 67 * MIB
+    assert memory.check() is True
+
+
+def rss() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_glibc_keeps_scattered_frees_until_the_keeper_trims_them() -> None:
+    """Small blocks freed with a survivor between them (as OpenSSL's per-connection
+    buffers are) stay resident: malloc_trim through the keeper gives them back."""
+    allocator = Allocator()
+    if allocator.in_use is None:
+        pytest.skip("not glibc >= 2.33: no mallinfo2/malloc_trim")
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    size, count = 4096, (TRIM_DROP_BYTES * 4) // 4096
+    before = allocator.in_use()
+    blocks = []
+    for _ in range(count):
+        block = libc.malloc(size)
+        ctypes.memset(block, 1, size)  # resident
+        blocks.append(block)
+    assert allocator.in_use() - before >= count * size  # mallinfo2's fields read right
+    memory = MemoryKeeper(allocator, RecordingLog())
+    assert memory.check() is False
+    for index, block in enumerate(blocks):
+        if index % 64:
+            libc.free(block)
+    held = rss()
+    try:
+        assert memory.check() is True
+        assert held - rss() > TRIM_DROP_BYTES * 2  # most of the 128 MiB went back
+    finally:
+        for block in blocks[::64]:
+            libc.free(block)
