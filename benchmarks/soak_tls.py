@@ -3,7 +3,9 @@ connections and a burst of failed handshakes against a TLS echo listener.
 
 1. Open N TLS connections (full handshakes from a few client threads), each echoing
    64 bytes once, then idle: the daemon's RSS growth per connection and its descriptors;
-   close them all and wait for the descriptors to return to their baseline.
+   close them all and wait for the descriptors to return to their baseline, and for
+   the memory the connections freed to go back to the system (RSS within
+   RETURNED_LIMIT_MIB of the baseline, RETURN_WAIT_S at most).
 2. Failed handshakes: FAILED_HANDSHAKES plaintext requests in a row (each one a
    ``tls_handshake_failed``); the RSS left after them must not climb (CPython's
    asyncio TLS transport leaked the protocol of every failed handshake before 3.11.8 /
@@ -32,6 +34,8 @@ CLIENT_THREADS = 8
 MESSAGE = b"m" * 64
 TLS_KIB_LIMIT = 64  # per idle TLS connection: OpenSSL's buffers are most of it
 FAILURE_GROWTH_LIMIT_MIB = 8.0
+RETURNED_LIMIT_MIB = 48.0  # RSS above the baseline once the freed memory went back
+RETURN_WAIT_S = 30.0  # the daemon checks every 10 s (portd/memory.py)
 
 
 def _config(directory: Path) -> Path:
@@ -140,6 +144,9 @@ def tls_round(directory: Path, count: int) -> dict[str, Any]:
             conn.close()
         _wait_fds(daemon, lambda: daemon.fds() <= base_fds)
         after_close_fds, after_close_rss = daemon.fds() - base_fds, daemon.rss_mib()
+        closed = time.monotonic()
+        _wait_fds(daemon, lambda: daemon.rss_mib() <= base_rss + RETURNED_LIMIT_MIB, RETURN_WAIT_S)
+        returned_s, returned_rss = time.monotonic() - closed, daemon.rss_mib()
         for _ in range(FAILED_HANDSHAKES):
             _plaintext_request(daemon.port)
         _wait_fds(daemon, lambda: daemon.fds() <= base_fds)
@@ -147,7 +154,7 @@ def tls_round(directory: Path, count: int) -> dict[str, Any]:
     finally:
         code = daemon.stop()
     kib = (held_rss - base_rss) * 1024 / count
-    failure_growth = after_failures_rss - after_close_rss
+    failure_growth = after_failures_rss - returned_rss
     result = {
         "connections": count,
         "handshakes_per_s": round(count / handshake_s, 1),
@@ -155,6 +162,8 @@ def tls_round(directory: Path, count: int) -> dict[str, Any]:
         "kib_per_connection": round(kib, 1),
         "fds_after_close": after_close_fds,
         "rss_after_close_mib": round(after_close_rss - base_rss, 1),
+        "rss_returned_mib": round(returned_rss - base_rss, 1),
+        "returned_after_s": round(returned_s, 1),
         "failed_handshakes": FAILED_HANDSHAKES,
         "failed_logged": daemon.failed_count,
         "rss_growth_after_failures_mib": round(failure_growth, 1),
@@ -164,6 +173,7 @@ def tls_round(directory: Path, count: int) -> dict[str, Any]:
         held_fds == count
         and after_close_fds == 0
         and kib <= TLS_KIB_LIMIT
+        and returned_rss - base_rss <= RETURNED_LIMIT_MIB
         and failure_growth <= FAILURE_GROWTH_LIMIT_MIB
         and daemon.failed_count == FAILED_HANDSHAKES
         and daemon.events.get("handler_failed", 0) + daemon.events.get("loop_error", 0) == 0
