@@ -81,16 +81,16 @@ class AcceptLoop:
         assert self._loop is not None
         self.accepting = on
         for sock in self.sockets:
-            if on:
-                self._loop.add_reader(sock.fileno(), self._ready, sock)
+            if on:  # the family and type as ints, read here once, not at every wake-up
+                shape = int(sock.family), int(sock.type)  # enum conversions: 1.4 µs
+                self._loop.add_reader(sock.fileno(), self._ready, sock, *shape)
             else:
                 self._loop.remove_reader(sock.fileno())
 
-    def _ready(self, sock: socket.socket) -> None:
-        on_accept = self.on_accept
+    def _ready(self, sock: socket.socket, family: int, kind: int) -> None:
+        on_accept, proto = self.on_accept, sock.proto
         # socket.accept() spends more on its wrapper (the family and type turned into
         # enums, a timeout check) than on accept4(): the socket is made here from ints.
-        family, kind, proto = int(sock.family), int(sock.type), sock.proto
         accept = sock._accept  # type: ignore[attr-defined]
         for _ in range(ACCEPT_BATCH):
             try:
