@@ -52,6 +52,7 @@ class ListenerConfig:
     socket_options: SocketOptions = field(default_factory=SocketOptions)
     log_connections: bool = True
     tls: TLSConfig | None = None  # a TLS layer on the stream endpoint (portd.tls)
+    files_digest: str = ""  # of the files the handler reads (Handler.files_digest)
 
     @property
     def protocol(self) -> ProtocolName:
@@ -128,10 +129,15 @@ def _complete(
     name = values["name"] or default_name(handler.name, endpoint)
     if refused or not _check_name(name, where, problems):
         return None
+    try:
+        digest = handler.files_digest(settings)
+    except OptionError as exc:  # a file that changed since check_settings read it
+        problems.add(where, str(exc))
+        return None
     limits = build_limits(values, table, handler)
     return ListenerConfig(
         index, name, endpoint, handler, settings, addresses, limits, sockets,
-        values["log_connections"], tls,
+        values["log_connections"], tls, digest,
     )  # fmt: skip
 
 

@@ -328,6 +328,19 @@ class Handler:
         return []
 
     @classmethod
+    def files_digest(cls, settings: Settings) -> str:
+        """A digest of the files these settings name and :meth:`__init__` reads (a
+        forward's upstream CA), "" when none: it is part of the listener's config, so a
+        reload that finds such a file renewed in place (same path, new bytes) sees a
+        changed listener, as it does for the ``tls_*`` files. Called once
+        :meth:`check_settings` found no problem.
+
+        Raises:
+            OptionError: a file that cannot be read any more (names key and path).
+        """
+        return ""
+
+    @classmethod
     def needs_root(cls, settings: Settings) -> str | None:
         """Why serving with these settings needs portd to stay root after binding (a
         program run as another user), or None. A config whose ``[daemon] user`` drops

@@ -19,6 +19,9 @@ import pytest
 from portd.testing import Proxy, Server, forward, serve
 
 WAIT_S = 10.0
+CHUNK_BYTES = 16 << 10
+IN_FLIGHT_BYTES = 1 << 20  # per client under load: 4 times a pipe's high-water mark
+ROUND_BYTES = 16 << 20  # echoed while each toxic is in force: its pipes fill and pause
 
 
 @pytest.fixture
@@ -274,23 +277,42 @@ class Progress:
 async def _stream(
     port: int, stop: threading.Event, progress: Progress, totals: list[tuple[str, str, int]]
 ) -> None:
-    """One client sending numbered chunks and checking the echo, until told to stop."""
+    """One client sending numbered chunks and checking the echo, until told to stop.
+
+    At most IN_FLIGHT_BYTES are sent and not yet echoed. Without that bound the bytes in
+    flight are bounded only by the kernel's socket buffers, which loopback autotuning
+    grows to tens of MB per connection: 50 clients put about 1 GB in them, enough to
+    put the host's TCP memory under pressure (tcp_mem) once another test runs beside
+    this one; the kernel then drops loopback segments, and a connection waiting on
+    retransmission timers that back off exponentially stalls past every timeout (the
+    hang CI saw, reproduced with two of these runs side by side).
+    """
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     sent, received = hashlib.sha256(), hashlib.sha256()
-    count, index = 0, 0
+    count, index, sent_bytes = 0, 0, 0
+    echoed = asyncio.Event()
 
     async def read() -> None:
         nonlocal count
-        while data := await reader.read(65536):
-            received.update(data)
-            progress.add(len(data), first=not count)
-            count += len(data)
+        try:
+            while data := await reader.read(65536):
+                received.update(data)
+                progress.add(len(data), first=not count)
+                count += len(data)
+                echoed.set()
+        finally:
+            echoed.set()  # a writer waiting on the echo learns that reading ended
 
     reading = asyncio.create_task(read())
-    while not stop.is_set():
-        chunk = index.to_bytes(4, "big") * 4096
+    while not stop.is_set() and not reading.done():
+        if sent_bytes - count > IN_FLIGHT_BYTES - CHUNK_BYTES:
+            echoed.clear()
+            await echoed.wait()
+            continue
+        chunk = index.to_bytes(4, "big") * (CHUNK_BYTES // 4)
         index += 1
         sent.update(chunk)
+        sent_bytes += len(chunk)
         writer.write(chunk)
         await writer.drain()
     writer.write_eof()
@@ -303,8 +325,10 @@ def test_toxics_change_under_load_without_a_hang_or_a_lost_byte(
     echo_proxy: tuple[Server, Proxy],
 ) -> None:
     """50 connections stream through the proxy while toxics come and go 30 times, with
-    traffic between every change: each change returns within a second, and every byte
-    comes back, in order."""
+    traffic between every change (ROUND_BYTES echoed while each toxic is in force, so
+    its pipes fill, pause their source and are taken out holding bytes): each change
+    returns within a second, and every byte comes back, in order. The bytes in flight
+    are bounded (IN_FLIGHT_BYTES per client, see _stream), not left to the kernel."""
     _, proxy = echo_proxy
     stop = threading.Event()
     progress = Progress()
@@ -335,7 +359,8 @@ def test_toxics_change_under_load_without_a_hang_or_a_lost_byte(
             started = time.perf_counter()
             proxy.add_toxic(kind, stream=("upstream", "downstream")[round_ % 2], **attributes)
             slowest = max(slowest, time.perf_counter() - started)
-            progress.wait(streaming=50, more_than=progress.received + 65536, failures=failures)
+            more_than = progress.received + ROUND_BYTES
+            progress.wait(streaming=50, more_than=more_than, failures=failures)
             started = time.perf_counter()
             proxy.remove_toxic(proxy.toxics[0].name)
             slowest = max(slowest, time.perf_counter() - started)

@@ -22,7 +22,12 @@ from portd.endpoints.parse import parse_endpoint
 from portd.endpoints.proxy_header import VERSIONS, proxy_header
 from portd.errors import BindSyntaxError, ConfigError, OptionError
 from portd.handlers.base import Connection, DatagramEndpoint, Handler, StreamSession
-from portd.handlers.forward.tls import UPSTREAM_TLS_OPTIONS, upstream_context, upstream_tls_problems
+from portd.handlers.forward.tls import (
+    UPSTREAM_TLS_OPTIONS,
+    upstream_context,
+    upstream_files_digest,
+    upstream_tls_problems,
+)
 from portd.options import Option, Settings
 from portd.toxics.spec import Toxic, parse_toxic, protocol_problem
 from portd.toxics.table import ToxicTable
@@ -108,6 +113,10 @@ class ForwardHandler(Handler):
     @classmethod
     def check_settings(cls, settings: Settings) -> list[str]:
         return upstream_tls_problems(settings)
+
+    @classmethod
+    def files_digest(cls, settings: Settings) -> str:
+        return upstream_files_digest(settings)
 
     @classmethod
     def check_protocol(cls, settings: Settings, protocol: ProtocolName) -> list[str]:

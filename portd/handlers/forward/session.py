@@ -108,6 +108,7 @@ class ForwardSession(StreamSession):
         self.upstream_paused = 0  # why the upstream is not read
         self.client_done = self.upstream_done = False  # each direction's EOF delivered
         self.client_eof = False  # the client's FIN (or TLS close_notify) arrived
+        self.upstream_half_closed = False  # the upstream's FIN (or close_notify) arrived
         self._client_tls: bool | None = None
         self.bytes_up = self.bytes_down = 0
         self.ended = ""  # how the upstream side ended
@@ -329,6 +330,7 @@ class ForwardSession(StreamSession):
 
     def upstream_eof(self) -> None:
         """The upstream half-closed: pass it on after what it sent."""
+        self.upstream_half_closed = True
         if self.down_pipe is not None:
             self.down_pipe.push(EOF)
         else:
@@ -347,6 +349,14 @@ class ForwardSession(StreamSession):
             self.conn.reset(f"upstream: {self.ended}")
         else:
             self.ended = self.ended or "closed"
+            pipe = self.down_pipe
+            if pipe is not None and pipe.stages:
+                # A toxic may hold the upstream's last bytes (a TLS upstream closes right
+                # after its close_notify): the end follows them, in order.
+                if not self.upstream_half_closed:
+                    pipe.push(EOF)
+                pipe.push(CLOSE)
+                return
             if not self.upstream_done:  # closed without a FIN first: end the client too
                 self._to_client(EOF)
             self.conn.close()

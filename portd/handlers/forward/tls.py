@@ -4,11 +4,14 @@ A forward terminates TLS like any stream listener (the ``tls_*`` keys, a layer o
 endpoint); these keys make it originate TLS to its upstream, verified against the
 system's trust store or ``upstream_ca``, by the upstream's host name or
 ``upstream_servername`` (also the SNI it sends). The files are read when the config is
-checked, so ``portd check`` refuses what ``portd serve`` would.
+checked, so ``portd check`` refuses what ``portd serve`` would, and their digest is part
+of the listener's config, so a reload that finds one renewed in place rebuilds the
+context (new connections use it; live ones keep theirs).
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from portd.errors import OptionError
@@ -35,6 +38,25 @@ def upstream_tls_problems(settings: Settings) -> list[str]:
     except OptionError as exc:
         return [str(exc)]
     return []
+
+
+def upstream_files_digest(settings: Settings) -> str:
+    """sha256 over the bytes of the ``upstream_ca``, ``upstream_cert`` and
+    ``upstream_key`` files that are set ("" without ``upstream_tls``).
+
+    Raises:
+        OptionError: a file that cannot be read (names key and path).
+    """
+    if not settings["upstream_tls"]:
+        return ""
+    from portd.tls.context import config_label, read_pem
+
+    digest = hashlib.sha256()
+    for key in KEYS:
+        path = settings[key]
+        digest.update(read_pem(config_label(key, path), path) if path else b"")
+        digest.update(b"\0")
+    return digest.hexdigest()
 
 
 def upstream_context(settings: Settings) -> Any:
