@@ -190,6 +190,8 @@ class Daemon:
                 self.snapshot, self.reload, self.log,
             )  # fmt: skip
         try:
+            import portd.memory  # noqa: F401 - loaded as root: after the drop, ctypes may be unreadable
+
             self.drop_privileges()
             return await self._serve(control.path if control is not None else "")
         finally:
@@ -243,7 +245,7 @@ class Daemon:
                     self.log.info("control_socket_ready", path=control_path)
                 if self.notifier.watchdog_interval_s:
                     group.start_soon(self._keep_watchdog_fed, self.notifier.watchdog_interval_s)
-                from portd.memory import keep_memory_returned  # after READY: ctypes
+                from portd.memory import keep_memory_returned  # loaded by run()
 
                 group.start_soon(keep_memory_returned, self.log)
                 received = await self._serve_until_stop(signals)
