@@ -8,6 +8,10 @@ warm-up run, requests/s as wrk reports them:
 * **http-keepalive**: 64 keep-alive connections. portd, nginx and uvicorn.
 * **http-close**: the same with ``Connection: close`` on every request, so every
   request is a new connection. portd and nginx.
+* **http-varied**: keep-alive, every request for a path never asked before (a wrk Lua
+  script), so no head repeats: portd's remembered verdicts (KnownHeads) never apply
+  and every head goes through the parser. portd and nginx, no target: it shows what
+  the verdicts save in http-keepalive.
 
 The servers, kept for all rounds, each on one core's worth of process:
 
@@ -182,17 +186,32 @@ def wait_until_answers(server: Server) -> None:
         time.sleep(PROBE_INTERVAL_S)
 
 
+VARIED_SCRIPT = """local n = 0
+request = function()
+  n = n + 1
+  return wrk.format(nil, "/varied/" .. n)
+end
+"""
+
+
 def run_wrk(
-    port: int, seconds: float, close: bool, scheme: str = "http", threads: int = 1
+    port: int,
+    seconds: float,
+    close: bool,
+    scheme: str = "http",
+    threads: int = 1,
+    *,
+    script: Path | None = None,
 ) -> dict[str, float]:
     """One wrk run; requests/s, requests, errors, the p99 latency and wrk's CPU seconds
-    (``scheme`` https: over TLS, for tls.py).
+    (``scheme`` https: over TLS, for tls.py; ``script``: a wrk Lua script).
 
     Raises:
         BenchmarkError: wrk failed, or a response was not a 2xx.
     """
     argv = ["wrk", f"-t{threads}", f"-c{CONNECTIONS}", f"-d{max(1, round(seconds))}s", "--latency"]
     argv += ["-H", "Connection: close"] if close else []
+    argv += ["-s", str(script)] if script is not None else []
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(
         [*argv, f"{scheme}://{HOST}:{port}/"], capture_output=True, text=True,
@@ -240,12 +259,19 @@ def balance(before: list[float], after: list[float]) -> float:
     return min(spent) / max(spent)
 
 
-def http_session(names: tuple[str, ...], close: bool, threads: int = 1) -> Session:
-    """A suite.Session: every server started once, one wrk run per sample."""
+def http_session(
+    names: tuple[str, ...], close: bool, threads: int = 1, varied: bool = False
+) -> Session:
+    """A suite.Session: every server started once, one wrk run per sample (``varied``:
+    a new path for every request)."""
 
     @contextlib.contextmanager
     def session(settings: Settings) -> Iterator[Measure]:
         servers: dict[str, Server] = {}
+        script = None
+        if varied:
+            script = settings.workdir / "varied.lua"
+            script.write_text(VARIED_SCRIPT, encoding="utf-8")
         try:
             for name in names:
                 servers[name] = start(name, settings.workdir)
@@ -253,9 +279,11 @@ def http_session(names: tuple[str, ...], close: bool, threads: int = 1) -> Sessi
             def measure(name: str) -> Sample:
                 server = servers[name]
                 if settings.warmup_s > 0:
-                    run_wrk(server.port, settings.warmup_s, close, threads=threads)
+                    run_wrk(server.port, settings.warmup_s, close, threads=threads, script=script)
                 cpu_before, workers_before = server.cpu_s(), worker_cpu_s(server)
-                result = run_wrk(server.port, settings.duration_s, close, threads=threads)
+                result = run_wrk(
+                    server.port, settings.duration_s, close, threads=threads, script=script
+                )
                 server_cpu_s = server.cpu_s() - cpu_before
                 even = balance(workers_before, worker_cpu_s(server))
                 server.check_alive()
@@ -306,6 +334,16 @@ HTTP_CLOSE = Benchmark(
     comparisons=(Comparison("portd", "nginx", 0.95),),
     notes=NOTES,
 )
+HTTP_VARIED = Benchmark(
+    name="http-varied",
+    title=f"GET over {CONNECTIONS} keep-alive connections, a new path every request",
+    unit="req/s",
+    higher_is_better=True,
+    servers=("portd", "nginx"),
+    session=http_session(("portd", "nginx"), close=False, varied=True),
+    comparisons=(Comparison("portd", "nginx"),),
+    notes=(*NOTES, "http-varied: wrk -s with a Lua script that asks /varied/N, N = 1, 2, ..."),
+)
 WORKER_SERVERS = ("portd-2", "portd-2-rp", "nginx-2", "nginx-2-rp")
 WORKER_NOTES = (
     f"wrk -t{WORKER_CONNECTIONS_THREADS} -c{CONNECTIONS}: client and both workers share "
@@ -333,7 +371,7 @@ HTTP_WORKERS_CLOSE = Benchmark(
     comparisons=(Comparison("portd-2", "nginx-2"), Comparison("portd-2-rp", "nginx-2-rp")),
     notes=WORKER_NOTES,
 )
-HTTP_BENCHMARKS = (HTTP_KEEPALIVE, HTTP_CLOSE)
+HTTP_BENCHMARKS = (HTTP_KEEPALIVE, HTTP_CLOSE, HTTP_VARIED)
 WORKER_BENCHMARKS = (HTTP_WORKERS_KEEPALIVE, HTTP_WORKERS_CLOSE)
 
 
