@@ -329,11 +329,13 @@ CTRL_C_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 def helper_threads(pid: int, count: int) -> list[int]:
     """The thread ids of ``pid`` other than its main thread, once there are ``count``
-    (a thread has no event that says it started)."""
+    and the main thread is out of starting them (it blocks the signals meanwhile, so
+    that the new thread inherits the mask): neither has an event to wait for."""
     deadline = time.monotonic() + PROMPT_S
     while True:
         tids = [int(t.name) for t in Path(f"/proc/{pid}/task").iterdir() if int(t.name) != pid]
-        if len(tids) >= count or time.monotonic() > deadline:
+        settled = len(tids) >= count and not blocked_signals(pid, pid) >> (signal.SIGINT - 1) & 1
+        if settled or time.monotonic() > deadline:
             return tids
         time.sleep(0.01)
 
