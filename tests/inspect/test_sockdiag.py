@@ -74,8 +74,9 @@ def test_netlink_tells_a_dual_stack_socket(v6only: bool) -> None:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
         sock.bind(("::", 0))
         sock.listen()
-        port = sock.getsockname()[1]
-        (entry,) = [e for e in inet_sockets(("tcp",), LISTEN_STATES) if e.port == port]
+        # By inode, not port: with V6ONLY, another test's IPv4 socket may hold the number.
+        inode = os.fstat(sock.fileno()).st_ino
+        (entry,) = [e for e in inet_sockets(("tcp",), LISTEN_STATES) if e.inode == inode]
     assert (entry.address, entry.v6only) == ("::", v6only)
 
 
