@@ -82,8 +82,7 @@ class HttpHelloSession(StreamSession):
         """``first``: where the first deadline waits (the handler's queue for ``clock``)."""
         self.conn = conn
         self.responses = handler.responses
-        self.handler_heads = handler.known_heads
-        self.known = handler.known_heads.get
+        self.heads = handler.known_heads
         self.header_timeout_s: float = handler.settings["header_timeout_s"]
         self.keepalive_timeout_s: float = handler.settings["keepalive_timeout_s"]
         self.clock = clock
@@ -124,7 +123,7 @@ class HttpHelloSession(StreamSession):
             data = self._buf + data
             self._buf = b""
         elif not self._in_head and not self.paused:
-            if (keep_alive := self.known(data)) is not None:
+            if (keep_alive := self.heads.get(data)) is not None:
                 self._answer_ok(keep_alive)  # a head answered 200 before
                 return
             if self._answer_whole(data):
@@ -159,7 +158,7 @@ class HttpHelloSession(StreamSession):
             return True
         if self._hosts == 1 and not (self._bad or self._content or self.responses.streamed):
             keep_alive, self._hosts, self._keep_alive = self._keep_alive, 0, False
-            self.handler_heads.remember(data, keep_alive)
+            self.heads.remember(data, keep_alive)
             self._answer_ok(keep_alive)
             return True
         self._answer(0)
