@@ -82,13 +82,21 @@ def reload(daemon: Daemon) -> dict[str, object]:
     return daemon.wait_for("reload_complete")
 
 
-def test_a_renewed_upstream_ca_is_used_by_new_connections_and_live_ones_go_on(
+def forward_trusting_a_ca_file(
     start_daemon: StartDaemon, tmp_path: Path
-) -> None:
+) -> tuple[Daemon, int, Path]:
+    """A TLS upstream and a forward that verifies it against ``upstream_ca``: the
+    forward daemon, its port and the CA file."""
     upstream = start_upstream(start_daemon, tmp_path, client_auth=False)
     ca = session_ca(tmp_path)
     daemon = start_forward(start_daemon, upstream, f'upstream_ca = "{ca}"\n')
-    port = daemon.ready()["fwd"]
+    return daemon, daemon.ready()["fwd"], ca
+
+
+def test_a_renewed_upstream_ca_is_used_by_new_connections_and_live_ones_go_on(
+    start_daemon: StartDaemon, tmp_path: Path
+) -> None:
+    daemon, port, ca = forward_trusting_a_ca_file(start_daemon, tmp_path)
     live = echoes(port)
     with live:
         replace_file(ca, Authority("another CA").cert_pem)  # the upstream's CA is not in it
@@ -141,10 +149,7 @@ def _client_subjects(upstream: Daemon) -> list[str]:
 def test_a_renewed_upstream_ca_that_fails_to_load_keeps_the_old_context(
     start_daemon: StartDaemon, tmp_path: Path
 ) -> None:
-    upstream = start_upstream(start_daemon, tmp_path, client_auth=False)
-    ca = session_ca(tmp_path)
-    daemon = start_forward(start_daemon, upstream, f'upstream_ca = "{ca}"\n')
-    port = daemon.ready()["fwd"]
+    daemon, port, ca = forward_trusting_a_ca_file(start_daemon, tmp_path)
     replace_file(ca, b"-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
     daemon.signal(signal.SIGHUP)
     failed = daemon.wait_for("reload_failed")
