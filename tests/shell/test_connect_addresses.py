@@ -13,37 +13,38 @@ from tests.support import PORTD
 
 __all__ = ["netns"]
 
-DROP_V4 = """
-table ip t {
-    chain input {
+PORT = 8080  # a fixed port is fine here: the namespace is the test's own
+DROP_V4 = f"""
+table ip t {{
+    chain input {{
         type filter hook input priority 0; policy accept;
-        tcp dport 8080 drop
-    }
-}
+        tcp dport {PORT} drop
+    }}
+}}
 """
 
 
 def test_connect_names_each_address_of_a_name_that_fails(netns: Netns) -> None:
     """[::1] refuses (nothing listens), 127.0.0.1 drops: two different failures, one line."""
     netns.nft(DROP_V4)
-    connect = netns.portd("connect", "-w", "0.3", "localhost", "8080")
+    connect = netns.portd("connect", "-w", "0.3", "localhost", str(PORT))
     assert connect.returncode == 1
     assert connect.stderr.splitlines() == [
-        "portd: connect to localhost:8080 (tcp) failed: [::1]:8080 connection refused, "
-        "127.0.0.1:8080 timed out after 0.3 s"
+        f"portd: connect to localhost:{PORT} (tcp) failed: [::1]:{PORT} connection refused, "
+        f"127.0.0.1:{PORT} timed out after 0.3 s"
     ]
 
 
 def test_connect_verbose_shows_every_address_tried(netns: Netns) -> None:
     """Nothing on ::1, a listener on 127.0.0.1: -v shows the refusal, then the success."""
-    listen = netns.start(*PORTD, "listen", "127.0.0.1:8080")  # stdin ends: it half-closes
+    listen = netns.start(*PORTD, "listen", f"127.0.0.1:{PORT}")  # stdin ends: it half-closes
     listen.expect("^listening on ")
-    connect = netns.portd("connect", "-v", "-d", "localhost", "8080")
+    connect = netns.portd("connect", "-v", "-d", "localhost", str(PORT))
     assert connect.returncode == 0, connect.stderr
     lines = connect.stderr.splitlines()
-    assert re.fullmatch(r"trying \[::1\]:8080: connection refused after [\d.]+ ms", lines[0])
-    assert re.fullmatch(r"trying 127\.0\.0\.1:8080: connected in [\d.]+ ms", lines[1])
-    assert lines[2] == "connected to localhost:8080 (tcp)"
+    assert re.fullmatch(rf"trying \[::1\]:{PORT}: connection refused after [\d.]+ ms", lines[0])
+    assert re.fullmatch(rf"trying 127\.0\.0\.1:{PORT}: connected in [\d.]+ ms", lines[1])
+    assert lines[2] == f"connected to localhost:{PORT} (tcp)"
 
 
 def test_connect_tells_no_route_from_unreachable_network(netns: Netns) -> None:
@@ -63,10 +64,10 @@ def test_connect_tells_no_route_from_unreachable_network(netns: Netns) -> None:
 
 def test_wait_names_each_address_still_down(netns: Netns) -> None:
     netns.nft(DROP_V4)
-    wait = netns.portd("wait", "--timeout", "1", "-v", "localhost:8080")
+    wait = netns.portd("wait", "--timeout", "1", "-v", f"localhost:{PORT}")
     assert wait.returncode == 1
     assert wait.stderr.splitlines() == [
-        "localhost:8080 is down: [::1]:8080 connection refused, 127.0.0.1:8080 timed out",
-        "portd: localhost:8080 is still down after 1 s: "
-        "[::1]:8080 connection refused, 127.0.0.1:8080 timed out",
+        f"localhost:{PORT} is down: [::1]:{PORT} connection refused, 127.0.0.1:{PORT} timed out",
+        f"portd: localhost:{PORT} is still down after 1 s: "
+        f"[::1]:{PORT} connection refused, 127.0.0.1:{PORT} timed out",
     ]

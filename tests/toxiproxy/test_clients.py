@@ -41,8 +41,8 @@ def echo_ms(port: int) -> float:
 
 
 def test_curl_does_what_toxiproxys_readme_does(toxiproxy: ToxiproxyDaemon) -> None:
-    """README: create -l localhost:26379 -u localhost:6379 redis; list; toxic add -t
-    latency -a latency=1000 redis; toxic remove -n latency_downstream redis; delete redis."""
+    """README's steps, each on port 0: create a proxy, list, add a latency toxic of
+    1000 ms, remove latency_downstream, delete the proxy."""
     with serve("echo") as echo:
         code, body = curl(toxiproxy, "-X", "POST", "-d", json.dumps(
             {"name": "redis", "listen": "localhost:0", "upstream": f"localhost:{echo.port}"}
