@@ -32,7 +32,7 @@ def serve_table(tmp_path: Path, marker: str) -> tuple[Daemon, int, str]:
 
 def test_the_exec_table_counts_what_nc_sends(tmp_path: Path) -> None:
     nc = require_tool("nc")
-    block = console_block("$ printf hello | nc -N 127.0.0.1 7100").splitlines()
+    block = console_block("$ printf hello | nc -N 127.0.0.1 7100").splitlines()  # noqa: fixed-port (README's text)
     daemon, port, readme_port = serve_table(tmp_path, 'handler = "exec"')
     try:
         line = block[0][2:].replace(readme_port, str(port))
@@ -48,7 +48,7 @@ def test_the_exec_table_counts_what_nc_sends(tmp_path: Path) -> None:
 
 
 def test_the_listen_exec_lines(spawn: Spawner) -> None:
-    lines = console_block("$ portd listen -k --exec 'wc -c' 127.0.0.1:7000").splitlines()
+    lines = console_block("$ portd listen -k --exec 'wc -c' 127.0.0.1:7000").splitlines()  # noqa: fixed-port (README's text)
     counting = spawn.portd(*shlex.split(lines[0][2:].replace(":7000", ":0"))[1:])
     port = counting.port()
     assert counting.lines[0] == lines[1].replace("7000", str(port))
@@ -84,7 +84,7 @@ def test_the_exec_behind_tls_lines(spawn: Spawner) -> None:
 
 def test_the_daytime_table_answers_nc_u(tmp_path: Path) -> None:
     nc = require_tool("nc")
-    block = console_block("$ echo | nc -u -w 1 127.0.0.1 7013").splitlines()
+    block = console_block("$ echo | nc -u -w 1 127.0.0.1 7013").splitlines()  # noqa: fixed-port (README's text)
     daemon, port, readme_port = serve_table(tmp_path, 'handler = "daytime"')
     try:
         words = shlex.split(block[0][2:].split("|", 1)[1].replace(readme_port, str(port)))
