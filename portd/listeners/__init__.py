@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from portd.limits import ConnectionGate, DatagramGate, RefusalLog, Tally
 from portd.listeners.accept import AcceptLoop
-from portd.listeners.adopt import adopt_socket
+from portd.listeners.adopt import Adoptions
 from portd.listeners.datagram import DatagramServer
 from portd.listeners.host import ConnectionHost
 from portd.listeners.idle import IdleTimeouts
@@ -131,7 +131,8 @@ class Listener:
         self._idle: asyncio.Event | None = None
         self._opened: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._accept = AcceptLoop(sockets, self._accepted, self.log)
+        self._adoptions = Adoptions(self._adopted)
+        self._accept = AcceptLoop(sockets, self._accepted, self.log, self._adoptions.batch_done)
 
     @property
     def name(self) -> str:
@@ -161,6 +162,7 @@ class Listener:
                 if self.origin == "reused":  # the backlog may have changed; inherited keep theirs
                     for sock in self.sockets:
                         sock.listen(self.config.socket_options.backlog)
+                self._adoptions.start(loop)
                 self._accept.start(loop)
         else:
             for sock in self.sockets:
@@ -219,10 +221,7 @@ class Listener:
             task.add_done_callback(self._handshakes.discard)
         else:
             self._adopting += 1
-            adopt_socket(
-                self._loop, lambda: StreamConnection(host, peer), conn,
-                lambda error: self._adopted(error, conn, peer),
-            )  # fmt: skip
+            self._adoptions.adopt(lambda: StreamConnection(host, peer), conn, peer)
         self.accepted += 1
         if self.accepted == self.accept_limit:
             # Later clients in the backlog are reset, as nc -l does.
@@ -241,7 +240,7 @@ class Listener:
         conn.close()
         self.refusal_log.refused(reason, str(peer))
 
-    def _adopted(self, error: OSError | None, conn: socket.socket, peer: Peer) -> None:
+    def _adopted(self, error: Exception | None, conn: socket.socket, peer: Peer) -> None:
         if error is not None:  # the peer left before the transport was made
             conn.close()
             self.gate.release(peer)

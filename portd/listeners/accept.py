@@ -34,7 +34,7 @@ ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, e
 ACCEPT_BACKOFF_START_S = 0.05
 ACCEPT_BACKOFF_MAX_S = 1.0
 
-# (accepted socket, peer address from accept(), listening socket) -> keep accepting?
+# (accepted socket, peer address from accept()) -> keep accepting?
 OnAccept = Callable[[socket.socket, Any], bool]
 
 
@@ -55,9 +55,18 @@ class AcceptedSocket(socket.socket):
 class AcceptLoop:
     """Accepts on a listener's sockets and hands every connection to ``on_accept``."""
 
-    def __init__(self, sockets: Sequence[socket.socket], on_accept: OnAccept, log: Any) -> None:
+    def __init__(
+        self,
+        sockets: Sequence[socket.socket],
+        on_accept: OnAccept,
+        log: Any,
+        batch_done: Callable[[], None] | None = None,
+    ) -> None:
+        """``on_accept`` gets every accepted socket; ``batch_done``, if given, is called
+        after each wake-up's accepts (see portd.listeners.adopt)."""
         self.sockets = list(sockets)
         self.on_accept = on_accept
+        self.batch_done = batch_done
         self.log = log
         self.accepting = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -88,6 +97,11 @@ class AcceptLoop:
                 self._loop.remove_reader(sock.fileno())
 
     def _ready(self, sock: socket.socket, family: int, kind: int) -> None:
+        self._accept_batch(sock, family, kind)
+        if self.batch_done is not None:
+            self.batch_done()
+
+    def _accept_batch(self, sock: socket.socket, family: int, kind: int) -> None:
         on_accept, proto = self.on_accept, sock.proto
         # socket.accept() spends more on its wrapper (the family and type turned into
         # enums, a timeout check) than on accept4(): the socket is made here from ints.

@@ -1,51 +1,89 @@
-"""Turning an accepted socket into a transport, without a task per connection.
+"""Turning accepted sockets into transports, without a task or a callback per connection.
 
 ``loop.connect_accepted_socket`` is a coroutine: it makes the transport at once, then
 waits for the protocol's ``connection_made`` (scheduled by the loop) before it returns.
 Wrapping it in a task per accepted socket, as ``create_task`` would, costs an object, a
 loop iteration and a wake-up per connection, the largest share of the accept path
-after the kernel's own work. Here the coroutine is stepped directly, the way a task
-steps it: the first step runs inside the accept callback, and the rest once the
-future it waits on is done.
+after the kernel's own work. Here each coroutine is stepped directly, the way a task
+steps it: the first step runs inside the accept callback. The rest waits for the end of
+the accept batch: one callback, scheduled behind every ``connection_made`` of the batch,
+finishes them all (a done-callback per waiter and its scheduled call cost more than the
+adoption's own Python).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-# Called once, with None when the transport is made, or the OSError that stopped it.
-Adopted = Callable[[OSError | None], None]
+# Called once per socket: (None when the transport is made, or the error that stopped it;
+# the socket; the caller's token for it).
+Adopted = Callable[[Exception | None, socket.socket, Any], None]
+_Step = tuple[Coroutine[Any, Any, Any], Any, socket.socket, Any]  # (coro, awaited, sock, token)
 
 
-def adopt_socket(
-    loop: asyncio.AbstractEventLoop,
-    protocol_factory: Callable[[], asyncio.Protocol],
-    sock: socket.socket,
-    adopted: Adopted,
-) -> None:
-    """Serve ``sock`` (accepted, blocking or not) with a protocol from ``protocol_factory``.
+class Adoptions:
+    """The sockets of one acceptor on their way to becoming transports."""
 
-    The transport owns ``sock`` once made; if making it fails, ``adopted`` gets the
-    error and the caller still owns (and closes) the socket.
-    """
-    _step(loop, loop.connect_accepted_socket(protocol_factory, sock), adopted)
+    __slots__ = ("_adopted", "_loop", "_scheduled", "_waiting")
 
+    def __init__(self, adopted: Adopted) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._adopted = adopted
+        self._waiting: list[_Step] = []
+        self._scheduled = False
 
-def _step(
-    loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], adopted: Adopted
-) -> None:
-    try:
-        waiting = coro.send(None)
-    except StopIteration:
-        adopted(None)
-        return
-    except OSError as exc:  # the peer left before the transport was made
-        adopted(exc)
-        return
-    if isinstance(waiting, asyncio.Future):
-        waiting.add_done_callback(lambda _: _step(loop, coro, adopted))
-    else:  # a bare yield (asyncio.sleep(0)): come back on the next iteration
-        loop.call_soon(_step, loop, coro, adopted)
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Make transports on ``loop`` from now on."""
+        self._loop = loop
+
+    def adopt(
+        self, protocol_factory: Callable[[], asyncio.Protocol], sock: socket.socket, token: Any
+    ) -> None:
+        """Serve ``sock`` (accepted, blocking or not) with a protocol from
+        ``protocol_factory``; ``adopted`` hears how it went, with ``token``.
+
+        The transport owns ``sock`` once made; if making it fails, ``adopted`` gets the
+        error and the caller still owns (and closes) the socket.
+        """
+        assert self._loop is not None  # started
+        self._step(self._loop.connect_accepted_socket(protocol_factory, sock), sock, token)
+
+    def batch_done(self) -> None:
+        """The acceptor has taken every socket of this wake-up: finish them after the
+        ``connection_made`` calls the loop has just queued."""
+        if self._waiting and not self._scheduled:
+            assert self._loop is not None
+            self._scheduled = True
+            self._loop.call_soon(self._finish)
+
+    def _step(self, coro: Coroutine[Any, Any, Any], sock: socket.socket, token: Any) -> None:
+        try:
+            awaited = coro.send(None)
+        except StopIteration:
+            self._adopted(None, sock, token)
+            return
+        except (OSError, RuntimeError) as exc:  # the peer left before the transport was
+            # made (RuntimeError: the loop closed the transport before connection_made)
+            self._adopted(exc, sock, token)
+            return
+        self._waiting.append((coro, awaited, sock, token))
+
+    def _finish(self) -> None:
+        self._scheduled = False
+        waiting, self._waiting = self._waiting, []
+        for coro, awaited, sock, token in waiting:
+            if not isinstance(awaited, asyncio.Future) or awaited.done():
+                self._step(coro, sock, token)  # a bare yield (sleep(0)) only wants a turn
+            else:  # not made yet (never seen): resume when it is
+                awaited.add_done_callback(functools.partial(self._resume, coro, sock, token))
+        self.batch_done()  # what those steps left waiting
+
+    def _resume(
+        self, coro: Coroutine[Any, Any, Any], sock: socket.socket, token: Any, _done: object
+    ) -> None:
+        self._step(coro, sock, token)
+        self.batch_done()

@@ -17,7 +17,7 @@ from email.utils import formatdate
 from typing import Any, cast
 
 from portd.listeners.accept import AcceptLoop
-from portd.listeners.adopt import adopt_socket
+from portd.listeners.adopt import Adoptions
 from portd.metrics.exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, render
 
 MAX_HEAD_BYTES = 8192
@@ -42,11 +42,13 @@ class MetricsServer:
         self.clients = 0
         self.tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._accept = AcceptLoop(self.sockets, self._accepted, log)
+        self._adoptions = Adoptions(self._adopted)
+        self._accept = AcceptLoop(self.sockets, self._accepted, log, self._adoptions.batch_done)
 
     def start(self) -> None:
         """Answer scrapes on the running loop."""
         self._loop = asyncio.get_running_loop()
+        self._adoptions.start(self._loop)
         self._accept.start(self._loop)
 
     def _accepted(self, conn: socket.socket, addr: Any) -> bool:
@@ -55,11 +57,10 @@ class MetricsServer:
             conn.close()  # a flood of scrapers must not cost the daemon memory
             return True
         self.clients += 1
-        adopt_socket(self._loop, lambda: _Scrape(self), conn,
-                     lambda error: self._adopted(error, conn))  # fmt: skip
+        self._adoptions.adopt(lambda: _Scrape(self), conn, None)
         return True
 
-    def _adopted(self, error: OSError | None, conn: socket.socket) -> None:
+    def _adopted(self, error: Exception | None, conn: socket.socket, _token: object) -> None:
         if error is not None:
             conn.close()
             self.clients -= 1
