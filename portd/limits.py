@@ -262,20 +262,21 @@ class ConnectionGate:
 
     def admit(self, peer: Any) -> str | None:
         """None when the peer is admitted (and counted), else the refusal reason."""
-        reason = self._check(peer)
+        source = peer.source
+        reason = self._check(peer, source)
         if reason is not None:
             self.refusals[reason] += 1
             return reason
-        self.tally.add(peer.source)
+        self.tally.add(source)
         return None
 
-    def _check(self, peer: Any) -> str | None:
+    def _check(self, peer: Any, source: str) -> str | None:
         if self.rules is not None and not self.rules.permits(peer):
             return "denied"
         if self.tally.count() >= self.limits.max_connections:
             return "max_connections"
         cap = self.limits.max_connections_per_source
-        if cap and self.tally.of(peer.source) >= cap:
+        if cap and self.tally.of(source) >= cap:
             return "max_connections_per_source"
         if self.bucket is not None and not self.bucket.take():
             return "connection_rate"

@@ -23,11 +23,14 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from portd.endpoints.base import SOCKET_TYPES, ProtocolName, SocketOptions
-from portd.endpoints.unix_paths import PEERCRED, clear_stale_socket, peer_credentials
+from portd.endpoints.unix_paths import PEERCRED, clear_stale_socket
 from portd.errors import AddressInUseError, BindError, BindPermissionError, BindSyntaxError
 
 MAX_PATH_BYTES = 107  # sun_path is 108 bytes with its NUL
 ABSTRACT = "@"
+# SO_PEERCRED's parts, looked up once: peer() runs for every accepted connection.
+SOL_SOCKET, SO_PEERCRED, CRED_SIZE = socket.SOL_SOCKET, socket.SO_PEERCRED, PEERCRED.size
+_getsockopt, _unpack_credentials = socket.socket.getsockopt, PEERCRED.unpack
 
 
 class UnixAddress(NamedTuple):
@@ -81,10 +84,21 @@ def unix_address(name: str | bytes) -> UnixAddress:
     return UnixAddress(ABSTRACT + name[1:] if name.startswith("\0") else name)
 
 
+_SOURCES: dict[int, str] = {}
+MAX_SOURCES = 4096  # uids remembered; past that the table starts again
+
+
+def _source_of(uid: int) -> str:
+    if len(_SOURCES) >= MAX_SOURCES:
+        _SOURCES.clear()
+    source = _SOURCES[uid] = f"uid {uid}"
+    return source
+
+
 class UnixPeer:
     """A unix-socket peer: its bound path ("" when unnamed) and its credentials."""
 
-    __slots__ = ("gid", "path", "pid", "uid")
+    __slots__ = ("gid", "path", "pid", "source", "uid")
     kind = "unix"
 
     def __init__(self, path: str, pid: int, uid: int, gid: int) -> None:
@@ -92,11 +106,9 @@ class UnixPeer:
         self.pid = pid
         self.uid = uid
         self.gid = gid
-
-    @property
-    def source(self) -> str:
-        """Per-source limits count by uid."""
-        return f"uid {self.uid}"
+        # Per-source limits count by uid; admission and release read it, so it is made
+        # once per uid (a peer's one string is shared, not made per connection).
+        self.source: str = _SOURCES.get(uid) or _source_of(uid)
 
     @property
     def sockaddr(self) -> str:
@@ -231,7 +243,7 @@ class UnixEndpoint(NamedTuple):
 
     def peer(self, sock: socket.socket, addr: Any) -> UnixPeer:
         """The connected client: the path it bound (rarely any) and its credentials."""
-        pid, uid, gid = peer_credentials(sock)
+        pid, uid, gid = _unpack_credentials(_getsockopt(sock, SOL_SOCKET, SO_PEERCRED, CRED_SIZE))
         return UnixPeer(unix_address(addr).path if addr else "", pid, uid, gid)
 
     def datagram_io(self, sock: socket.socket) -> tuple[Any, Any]:

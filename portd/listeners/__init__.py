@@ -104,6 +104,8 @@ class Listener:
         # nothing when it decides, unless a listener feature must see the bytes.
         self.relay_reason = bytes_seen_by_portd(config)
         self.lends_sockets = handler.takes_sockets and self.relay_reason is None
+        self.host.lends = self.lends_sockets
+        self.host.tls = config.tls is not None
         self.connections: set[StreamConnection] = set()
         self.observers: list[Observer] = []
         self.total_connections = 0
@@ -300,7 +302,7 @@ class Listener:
         self.gate.release(conn.peer)
         self.bytes_in += conn.bytes_in
         self.bytes_out += conn.bytes_out
-        self.endings[conn.how_it_ended] += 1
+        self.endings[conn.ending or "open"] += 1  # how_it_ended, without the call
         if self.durations is not None:
             self.durations.observe(time.monotonic() - conn.started)
         if self._log_closed:  # off for busy listeners; the counts stay
@@ -319,7 +321,8 @@ class Listener:
             )
         for observer in self.observers:
             observer.connection_closed(conn)
-        self._check_idle()
+        if self._idle is not None:  # someone waits for the last connection
+            self._check_idle()
 
     def stop_accepting(self, keep: Collection[socket.socket] = (), *, drain: bool = True) -> None:
         """Stop accepting connections and datagrams; tell live sessions the daemon drains.

@@ -25,8 +25,8 @@ class ConnectionHost:
     """Shared by every connection of one listener; the listener keeps it current."""
 
     __slots__ = (
-        "clock", "closed", "draining", "events", "failed", "handler", "idle", "limits", "log",
-        "name", "next_conn_id", "opened", "readiness",
+        "clock", "closed", "draining", "events", "failed", "handler", "idle", "lends", "limits",
+        "log", "name", "next_conn_id", "opened", "readiness", "tls",
     )  # fmt: skip
 
     def __init__(
@@ -57,6 +57,9 @@ class ConnectionHost:
         self.clock: asyncio.AbstractEventLoop | None = None  # the loop, once serving
         self.idle: IdleTimeouts | None = None  # with idle_timeout_s, once serving
         self.readiness: Readiness | None = None  # descriptors watched for the connections
+        # What the connections' transports may be, so a plaintext one asks for neither.
+        self.tls = False  # a TLS layer (its session is read when the connection is made)
+        self.lends = False  # a LendingTransport (a program may have had the socket)
 
     def watcher(self) -> Readiness:
         """The listener's one epoll set for what its connections watch (made when first

@@ -21,7 +21,7 @@ import socket
 import struct
 import time
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from portd.endpoints.counters import kernel_byte_counts
 from portd.handlers.base import StreamSession
@@ -53,6 +53,7 @@ class StreamConnection(asyncio.Protocol):
         "conn_id", "ending", "failed", "fields", "host", "idle_bucket", "last_active", "peer",
         "reason", "session", "started", "transport",
     )  # fmt: skip
+    transport: asyncio.Transport  # from connection_made on
 
     def __init__(self, host: ConnectionHost, peer: Peer) -> None:
         self.host = host
@@ -76,16 +77,17 @@ class StreamConnection(asyncio.Protocol):
         self._tls: TLSInfo | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement the interface without subclassing asyncio's.
-        self.transport = cast(asyncio.Transport, transport)
-        self.started = self.last_active = time.monotonic()
-        if transport.get_extra_info("ssl_object") is not None:
+        # uvloop's transports implement asyncio.Transport without subclassing it (and no
+        # typing.cast: a function call per connection).
+        self.transport = transport  # type: ignore[assignment]
+        self.started = self.last_active = _monotonic()
+        host = self.host
+        if host.tls and transport.get_extra_info("ssl_object") is not None:
             # Read now: asyncio's TLS transport forgets its session once closed twice,
             # and a program's connection is often asked after that (connection_closed).
             from portd.tls.info import tls_info
 
             self._tls = tls_info(transport)
-        host = self.host
         self.conn_id = host.next_conn_id()
         host.opened(self)
         if host.idle is not None:
@@ -134,7 +136,8 @@ class StreamConnection(asyncio.Protocol):
             self.idle_bucket = None
         if self._send_timer is not None:
             self._send_timer.cancel()
-        if getattr(self.transport, "lent", False):  # portd did not carry the bytes: ask
+        if self.host.lends and getattr(self.transport, "lent", False):  # portd did not
+            # carry the bytes: ask the kernel
             counts = kernel_byte_counts(self.transport.get_extra_info("socket"))
             if counts is not None:
                 self.bytes_in, self.bytes_out = counts
