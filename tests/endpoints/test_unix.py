@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from portd.endpoints import unix
 from portd.endpoints.base import SocketOptions
 from portd.endpoints.parse import parse_endpoint
 from portd.endpoints.unix import UnixAddress, UnixEndpoint, UnixPeer, parse_unix
@@ -180,6 +181,15 @@ def test_an_accepted_peer_carries_the_clients_credentials(tmp_path: Path) -> Non
     assert (peer.pid, peer.uid, peer.gid) == (os.getpid(), os.getuid(), os.getgid())
     assert str(peer) == f"pid {os.getpid()} uid {os.getuid()}"
     assert peer.source == f"uid {os.getuid()}"
+
+
+def test_peers_of_one_uid_share_one_source_and_the_table_of_sources_stays_bounded() -> None:
+    first, second = UnixPeer("", 10, 1000, 1000), UnixPeer("", 11, 1000, 1000)
+    assert first.source == second.source == "uid 1000"
+    assert first.source is second.source  # one string per uid, not one per connection
+    many = [UnixPeer("", 1, uid, 0).source for uid in range(2 * unix.MAX_SOURCES)]
+    assert many == [f"uid {uid}" for uid in range(2 * unix.MAX_SOURCES)]
+    assert len(unix._SOURCES) <= unix.MAX_SOURCES
 
 
 def test_each_datagram_carries_its_senders_credentials_and_gets_an_answer(tmp_path: Path) -> None:
