@@ -36,7 +36,7 @@ from portd.shell.relay import (
     write_all,
 )
 from portd.shell.stats import Transfer
-from portd.shell.threads import start_thread
+from portd.shell.threads import start_thread, wait_in_main
 
 DEFAULT_MAX_CLIENTS = 128  # -k: each client takes a thread; beyond this, refuse
 ACCEPT_RETRY_S = 0.1  # -k: out of descriptors, accept again after this
@@ -365,7 +365,7 @@ def _serve_many(sockets: list[socket.socket], options: ListenOptions, tls: Any =
     if options.policy.read_stdin:
         start_thread(clients.broadcast_stdin)
     start_thread(clients.accept_forever, sockets)
-    clients.ended.wait()
+    wait_in_main(clients.ended)
     if clients.message:
         print(f"portd: {clients.message}", file=sys.stderr)
     return clients.status

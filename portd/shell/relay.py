@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 from portd.shell.stats import Transfer
-from portd.shell.threads import start_thread
+from portd.shell.threads import start_thread, wait_in_main
 
 BUFFER_SIZE = 256 * 1024
 Receive = Callable[[memoryview], tuple[int, Any]]  # a datagram into the buffer: size, sender
@@ -176,7 +176,7 @@ class StreamRelay:
         if self.session.policy.read_stdin:
             start_thread(self._stdin_to_socket)
         self.session.watch_idle()
-        self.session.done.wait()
+        wait_in_main(self.session.done)
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)  # unblocks the reader's recv
         reader.join()
@@ -277,7 +277,7 @@ class DatagramRelay:
             start_thread(self._stdin_to_socket)
         if self.connected:
             self.session.watch_idle()
-        self.session.done.wait()
+        wait_in_main(self.session.done)
 
     def _socket_to_stdout(self, sock: socket.socket) -> None:
         buffer = bytearray(BUFFER_SIZE)

@@ -6,6 +6,9 @@ thread parked in a lock wait (``Event.wait``) is woken by a signal delivered to 
 by one delivered elsewhere: Ctrl-C that landed on the thread reading stdin did nothing.
 Every thread here starts with the asynchronous signals blocked (a thread inherits its
 creator's mask), so the kernel always picks the main thread.
+
+The main thread itself waits with ``wait_in_main``, never with a bare ``Event.wait()``:
+see there for the signal a blocking wait can miss.
 """
 
 from __future__ import annotations
@@ -29,6 +32,10 @@ MAIN_THREAD_SIGNALS = frozenset(
     }
 )
 
+# How long a missed signal can wait for its handler (see wait_in_main): short enough that
+# Ctrl-C never feels ignored, long enough that an idle wait costs nothing measurable.
+SIGNAL_CHECK_S = 0.1
+
 
 def start_thread(target: Callable[..., object], *args: Any) -> threading.Thread:
     """Start a daemon thread running ``target(*args)`` that never receives the
@@ -40,3 +47,18 @@ def start_thread(target: Callable[..., object], *args: Any) -> threading.Thread:
     finally:  # a signal that came meanwhile is pending, and delivered here at once
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
     return thread
+
+
+def wait_in_main(event: threading.Event) -> None:
+    """Block the main thread until ``event`` is set; a signal's handler (Ctrl-C's
+    KeyboardInterrupt, SIGTERM's exit) still runs within ``SIGNAL_CHECK_S``.
+
+    A lock wait is woken by a signal that lands during the wait, not by one that lands
+    on the way in: the main thread, queued for the GIL behind the relay threads, took
+    the signal, its C handler only marked it for the next bytecode, and a bare wait
+    never ran one (``portd listen -u`` then ignored Ctrl-C, about once in 100 quick
+    exchanges). A timed wait returns to Python between slices, so a marked signal's
+    handler runs there.
+    """
+    while not event.wait(SIGNAL_CHECK_S):
+        pass
