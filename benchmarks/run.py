@@ -52,7 +52,7 @@ def build_parser(names: list[str]) -> argparse.ArgumentParser:
         type=Path,
         metavar="DIR",
         help="a directory holding another portd package (git archive REV portd | tar -x -C "
-        "DIR): it runs as portd-base in the same rounds of the TCP and UDP benchmarks",
+        "DIR): it runs as portd-base in the same rounds of the load and memory benchmarks",
     )
     return parser
 

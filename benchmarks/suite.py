@@ -214,12 +214,16 @@ BASELINE_SPECS = {
     "throughput": TCP_THROUGHPUT,
     "connections": TCP_SHORT,
     "udp": UDP_SPECS,
+    "unix-throughput": UNIX_THROUGHPUT,
+    "unix-connections": UNIX_SHORT,
     "memory": (PORTD, REFERENCE),
 }
 LOAD_SESSIONS = {
     "throughput": throughput_session,
     "connections": connections_session,
     "udp": udp_session,
+    "unix-throughput": throughput_session,
+    "unix-connections": connections_session,
 }
 
 
@@ -246,8 +250,8 @@ def with_baseline(bench: Benchmark, specs: tuple[ServerSpec, ...], baseline: Pat
 
 
 def all_benchmarks(baseline: Path | None = None) -> list[Benchmark]:
-    """Every benchmark in the order run.py runs them; with ``baseline``, the TCP and UDP
-    ones also run portd from that tree (``portd-base``), to tell a regression from noise."""
+    """Every benchmark in the order run.py runs them; with ``baseline``, the load and
+    memory ones also run portd from that tree (``portd-base``), to tell a regression from noise."""
     benchmarks = _benchmarks()
     if baseline is None:
         return benchmarks
