@@ -10,6 +10,12 @@ Run: ``python benchmarks/reference_echo.py {tcp,udp}``: it binds 127.0.0.1 port 
 prints one JSON line ``{"event": "listening", "port": N}`` on stdout once it serves;
 ``unix --path PATH``: a unix stream socket (``create_unix_server``, the same protocol),
 announced as ``{"event": "listening", "path": PATH}``. It exits on SIGTERM or SIGINT.
+
+``--adopt`` (tcp, unix): accept as portd does instead (``add_reader``, accept() on the
+listening socket, ``connect_accepted_socket`` stepped without a task, finished once per
+accept batch; see portd/listeners/adopt.py). The same echo, so the difference to the
+plain reference is the price of that design (a Python socket object and an adoption per
+connection), and the difference to portd is portd's own work per connection.
 """
 
 from __future__ import annotations
@@ -18,13 +24,17 @@ import argparse
 import asyncio
 import json
 import signal
+import socket
 import sys
+from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any, cast
 
 import uvloop
 
 HOST = "127.0.0.1"
 BACKLOG = 1024  # the same as portd's default, so neither drops SYNs the other would keep
+BATCH = 64  # accepts per wake-up, as portd's ACCEPT_BATCH
 
 
 class EchoProtocol(asyncio.Protocol):
@@ -57,12 +67,84 @@ class DatagramEchoProtocol(asyncio.DatagramProtocol):
         self.transport.sendto(data, addr)
 
 
-async def serve(protocol: str, path: str | None = None) -> None:
+class Adopter:
+    """Accepts on ``sock`` itself and makes each connection's transport the way portd
+    does: one accept batch per wake-up, each ``connect_accepted_socket`` coroutine stepped
+    at once and finished by one scheduled call after the batch."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+        self.loop = loop
+        self.sock = sock
+        self.shape = int(sock.family), int(sock.type), sock.proto
+        self.waiting: list[Coroutine[Any, Any, Any]] = []
+        loop.add_reader(sock.fileno(), self.ready)
+
+    def ready(self) -> None:
+        accept = self.sock._accept  # type: ignore[attr-defined]
+        for _ in range(BATCH):
+            try:
+                fd, _addr = accept()
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                continue
+            conn = socket.socket(*self.shape, fd)
+            self.step(self.loop.connect_accepted_socket(EchoProtocol, conn), conn)
+        if self.waiting:
+            self.loop.call_soon(self.finish)
+
+    def step(self, coro: Coroutine[Any, Any, Any], conn: socket.socket) -> None:
+        try:
+            coro.send(None)
+        except StopIteration:
+            return
+        except (OSError, RuntimeError):
+            conn.close()
+            return
+        self.waiting.append(coro)
+
+    def finish(self) -> None:
+        waiting, self.waiting = self.waiting, []
+        for coro in waiting:
+            try:
+                coro.send(None)
+            except StopIteration:
+                continue
+            except (OSError, RuntimeError):
+                continue
+            self.waiting.append(coro)  # not made yet: another turn
+        if self.waiting:
+            self.loop.call_soon(self.finish)
+
+
+def listening_socket(protocol: str, path: str | None) -> socket.socket:
+    """A non-blocking listening socket on 127.0.0.1 port 0 (tcp) or at ``path`` (unix)."""
+    if protocol == "unix":
+        assert path is not None
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        Path(path).unlink(missing_ok=True)
+        sock.bind(path)
+    else:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind((HOST, 0))
+    sock.listen(BACKLOG)
+    sock.setblocking(False)
+    return sock
+
+
+async def serve(protocol: str, path: str | None = None, adopt: bool = False) -> None:
     """Serve until SIGTERM/SIGINT, after printing the bound port (or path)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    if adopt:
+        sock = listening_socket(protocol, path)
+        Adopter(loop, sock)
+        where = {"path": path} if path else {"port": sock.getsockname()[1]}
+        print(json.dumps({"event": "listening", "protocol": protocol, **where}), flush=True)
+        await stop.wait()
+        return
     if protocol == "unix":
         await loop.create_unix_server(EchoProtocol, path, backlog=BACKLOG)
         print(json.dumps({"event": "listening", "protocol": protocol, "path": path}), flush=True)
@@ -85,10 +167,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("protocol", choices=("tcp", "udp", "unix"))
     parser.add_argument("--path", help="unix: the socket's path")
+    parser.add_argument("--adopt", action="store_true", help="accept and adopt as portd does")
     args = parser.parse_args()
     if (args.protocol == "unix") != (args.path is not None):
         parser.error("--path goes with unix, and only with it")
-    uvloop.run(serve(args.protocol, args.path))
+    if args.adopt and args.protocol == "udp":
+        parser.error("--adopt is for stream sockets (tcp, unix)")
+    uvloop.run(serve(args.protocol, args.path, args.adopt))
     return 0
 
 

@@ -68,6 +68,7 @@ class ServerSpec:
     socat_echo: tuple[str, ...] = ("PIPE",)  # socat's options and its second address
     family: Family = "inet"  # unix: a stream socket at a path (transport tcp)
     tree: str = ""  # portd only: run the portd package in this directory (--baseline)
+    adopt: bool = False  # reference only: accept and adopt as portd does (reference-adopt)
 
 
 class Server:
@@ -213,7 +214,7 @@ def start_server(spec: ServerSpec, workdir: Path) -> Server:
         finish = _no_port if unix else _find_portd_port
     else:
         where = ["unix", "--path", str(path)] if unix else [spec.transport]
-        argv = [sys.executable, str(REFERENCE_SCRIPT), *where]
+        argv = [sys.executable, str(REFERENCE_SCRIPT), *where, *(["--adopt"] * spec.adopt)]
         server = launch(spec, argv, stdout=subprocess.PIPE)
         finish = _read_reference_port
     server.path = str(path) if unix else ""

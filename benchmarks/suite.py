@@ -70,6 +70,8 @@ SOCAT_STREAM = ServerSpec("socat", "socat", socat_echo=("-b", "131072", "EXEC:ca
 SOCAT_SHORT = ServerSpec("socat", "socat")
 SOCAT_DATAGRAM = ServerSpec("socat", "socat", "udp")
 REFERENCE = ServerSpec("reference", "reference")
+# The reference accepting and adopting sockets as portd does: the floor of that design.
+REFERENCE_ADOPT = ServerSpec("reference-adopt", "reference", adopt=True)
 TCP_THROUGHPUT = (PORTD, SOCAT_STREAM, REFERENCE)
 TCP_SHORT = (PORTD, SOCAT_SHORT, REFERENCE)
 UDP_SPECS = (
@@ -84,8 +86,7 @@ UNIX_THROUGHPUT = tuple(
     for spec in (PORTD, SOCAT_STREAM, REFERENCE)
 )
 UNIX_SHORT = tuple(
-    ServerSpec(spec.name, spec.program, socat_echo=spec.socat_echo, family="unix")
-    for spec in (PORTD, SOCAT_SHORT, REFERENCE)
+    replace(spec, family="unix") for spec in (PORTD, SOCAT_SHORT, REFERENCE, REFERENCE_ADOPT)
 )
 
 
@@ -216,7 +217,7 @@ BASELINE_SPECS = {
     "udp": UDP_SPECS,
     "unix-throughput": UNIX_THROUGHPUT,
     "unix-connections": UNIX_SHORT,
-    "memory": (PORTD, REFERENCE),
+    "memory": (PORTD, REFERENCE, REFERENCE_ADOPT),
 }
 LOAD_SESSIONS = {
     "throughput": throughput_session,
@@ -311,9 +312,9 @@ def _benchmarks() -> list[Benchmark]:
             title=f"{CONCURRENT_CONNECTIONS} concurrent short unix stream connections",
             unit="conn/s",
             higher_is_better=True,
-            servers=peers,
+            servers=(*peers, "reference-adopt"),
             session=connections_session(UNIX_SHORT),
-            comparisons=_versus_peers(2.0, 0.9),
+            comparisons=(*_versus_peers(2.0, 0.9), Comparison("portd", "reference-adopt")),
             notes=(_socat_note(UNIX_SHORT[1]),),
         ),
         Benchmark(
@@ -321,9 +322,9 @@ def _benchmarks() -> list[Benchmark]:
             title=f"RSS per idle TCP connection ({IDLE_CONNECTIONS:,} open)",
             unit="KiB",
             higher_is_better=False,
-            servers=("portd", "reference"),
-            session=memory_session((PORTD, REFERENCE)),
-            comparisons=(Comparison("portd", "reference"),),
+            servers=("portd", "reference", "reference-adopt"),
+            session=memory_session((PORTD, REFERENCE, REFERENCE_ADOPT)),
+            comparisons=(Comparison("portd", "reference"), Comparison("portd", "reference-adopt")),
             limits=(Limit("portd", 2.0),),
         ),
         Benchmark(
