@@ -36,7 +36,7 @@ from portd.shell.relay import (
     write_all,
 )
 from portd.shell.stats import Transfer
-from portd.shell.threads import start_thread, wait_in_main
+from portd.shell.threads import SIGNAL_CHECK_S, start_thread, wait_in_main
 
 DEFAULT_MAX_CLIENTS = 128  # -k: each client takes a thread; beyond this, refuse
 ACCEPT_RETRY_S = 0.1  # -k: out of descriptors, accept again after this
@@ -164,7 +164,8 @@ def _accept_one(sockets: list[socket.socket], endpoint: Any) -> tuple[socket.soc
     client reset while it waited in the backlog, and such a connection is still returned.
     """
     while True:
-        readable, _, _ = select.select(sockets, [], [])
+        # In slices, as wait_in_main waits: a Ctrl-C on the way into select() still ends it.
+        readable, _, _ = select.select(sockets, [], [], SIGNAL_CHECK_S)
         for sock in readable:
             try:
                 conn, address = sock.accept()
