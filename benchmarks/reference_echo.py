@@ -20,6 +20,7 @@ connection), and the difference to portd is portd's own work per connection.
 
 from __future__ import annotations
 
+import _socket
 import argparse
 import asyncio
 import json
@@ -67,6 +68,15 @@ class DatagramEchoProtocol(asyncio.DatagramProtocol):
         self.transport.sendto(data, addr)
 
 
+class AcceptedSocket(socket.socket):
+    """Reads its family and type as ints, as portd's accepted sockets do (uvloop reads both
+    of every connection; socket.socket makes an enum of each)."""
+
+    __slots__ = ()
+    family = _socket.socket.family  # type: ignore[assignment]
+    type = _socket.socket.type  # type: ignore[assignment]
+
+
 class Adopter:
     """Accepts on ``sock`` itself and makes each connection's transport the way portd
     does: one accept batch per wake-up, each ``connect_accepted_socket`` coroutine stepped
@@ -76,7 +86,7 @@ class Adopter:
         self.loop = loop
         self.sock = sock
         self.shape = int(sock.family), int(sock.type), sock.proto
-        self.waiting: list[Coroutine[Any, Any, Any]] = []
+        self.waiting: list[tuple[Coroutine[Any, Any, Any], socket.socket]] = []
         loop.add_reader(sock.fileno(), self.ready)
 
     def ready(self) -> None:
@@ -84,36 +94,29 @@ class Adopter:
         for _ in range(BATCH):
             try:
                 fd, _addr = accept()
-            except (BlockingIOError, InterruptedError):
+            except OSError:  # nothing more (EAGAIN), or an error: no back-off here
                 break
-            except OSError:
-                continue
-            conn = socket.socket(*self.shape, fd)
+            conn = AcceptedSocket(*self.shape, fd)
             self.step(self.loop.connect_accepted_socket(EchoProtocol, conn), conn)
         if self.waiting:
             self.loop.call_soon(self.finish)
 
     def step(self, coro: Coroutine[Any, Any, Any], conn: socket.socket) -> None:
+        """One step of an adoption; what is not done yet waits for finish()."""
         try:
             coro.send(None)
         except StopIteration:
             return
-        except (OSError, RuntimeError):
+        except (OSError, RuntimeError):  # the peer left before its transport was made
             conn.close()
             return
-        self.waiting.append(coro)
+        self.waiting.append((coro, conn))
 
     def finish(self) -> None:
         waiting, self.waiting = self.waiting, []
-        for coro in waiting:
-            try:
-                coro.send(None)
-            except StopIteration:
-                continue
-            except (OSError, RuntimeError):
-                continue
-            self.waiting.append(coro)  # not made yet: another turn
-        if self.waiting:
+        for coro, conn in waiting:
+            self.step(coro, conn)
+        if self.waiting:  # not made yet: another turn
             self.loop.call_soon(self.finish)
 
 
