@@ -9,6 +9,7 @@ import socket
 import ssl
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -140,3 +141,24 @@ def test_an_upstreams_fin_ends_a_tls_clients_connection_after_its_bytes(loop: st
                     assert upstream.recv(1) == b""  # a FIN, not a reset
             (record,) = proxy.wait_connections(1)
     assert (record.bytes_out, record.upstream_ended) == (100_000, "closed")
+
+
+@pytest.mark.parametrize("toxic", [
+    {"type": "latency", "latency": 100},
+    {"type": "bandwidth", "rate": 20},
+    {"type": "slicer", "average_size": 16, "size_variation": 4, "delay": 2_000},
+], ids=lambda toxic: toxic["type"])  # fmt: skip
+def test_a_tls_upstreams_last_reply_outlives_its_close_behind_a_downstream_toxic(
+    loop: str, toxic: dict[str, Any]
+) -> None:
+    """A TLS upstream closes right after its close_notify (asyncio's TLS has no
+    half-close): its last reply, still held by the toxic, reaches the client whole and
+    before the client's EOF."""
+    request = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    with serve("http-hello", tls=True) as upstream, forward(upstream, loop=loop) as proxy:
+        proxy.add_toxic(**toxic)
+        answer = exchange(proxy.address, request, answer_size=1 << 20)  # read to the EOF
+        (record,) = proxy.wait_connections(1)
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert answer.endswith(b"\r\n\r\nHello from portd\n")
+    assert (record.bytes_out, record.upstream_ended) == (len(answer), "closed")
