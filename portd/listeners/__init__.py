@@ -242,7 +242,7 @@ class Listener:
         conn.close()
         self.refusal_log.refused(reason, str(peer))
 
-    def _adopted(self, error: Exception | None, conn: socket.socket, peer: Peer) -> None:
+    def _adopted(self, error: BaseException | None, conn: socket.socket, peer: Peer) -> None:
         if error is not None:  # the peer left before the transport was made
             conn.close()
             self.gate.release(peer)
@@ -302,7 +302,7 @@ class Listener:
         self.gate.release(conn.peer)
         self.bytes_in += conn.bytes_in
         self.bytes_out += conn.bytes_out
-        self.endings[conn.ending or "open"] += 1  # how_it_ended, without the call
+        self.endings[conn.how_it_ended] += 1
         if self.durations is not None:
             self.durations.observe(time.monotonic() - conn.started)
         if self._log_closed:  # off for busy listeners; the counts stay

@@ -97,9 +97,11 @@ class AcceptLoop:
                 self._loop.remove_reader(sock.fileno())
 
     def _ready(self, sock: socket.socket, family: int, kind: int) -> None:
-        self._accept_batch(sock, family, kind)
-        if self.batch_done is not None:
-            self.batch_done()
+        try:
+            self._accept_batch(sock, family, kind)
+        finally:  # what the batch took before a failure is still finished
+            if self.batch_done is not None:
+                self.batch_done()
 
     def _accept_batch(self, sock: socket.socket, family: int, kind: int) -> None:
         on_accept, proto = self.on_accept, sock.proto

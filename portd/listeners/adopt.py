@@ -21,7 +21,7 @@ from typing import Any
 
 # Called once per socket: (None when the transport is made, or the error that stopped it;
 # the socket; the caller's token for it).
-Adopted = Callable[[Exception | None, socket.socket, Any], None]
+Adopted = Callable[[BaseException | None, socket.socket, Any], None]
 _Step = tuple[Coroutine[Any, Any, Any], Any, socket.socket, Any]  # (coro, awaited, sock, token)
 
 
@@ -61,25 +61,35 @@ class Adoptions:
             self._loop.call_soon(self._finish)
 
     def _step(self, coro: Coroutine[Any, Any, Any], sock: socket.socket, token: Any) -> None:
+        error: BaseException | None = None
         try:
             awaited = coro.send(None)
         except StopIteration:
-            self._adopted(None, sock, token)
+            pass
+        except (OSError, RuntimeError, asyncio.CancelledError) as exc:  # the peer left
+            # before the transport was made (RuntimeError: the loop closed the transport
+            # before connection_made; CancelledError: its waiter was cancelled)
+            error = exc
+        else:
+            self._waiting.append((coro, awaited, sock, token))
             return
-        except (OSError, RuntimeError) as exc:  # the peer left before the transport was
-            # made (RuntimeError: the loop closed the transport before connection_made)
-            self._adopted(exc, sock, token)
-            return
-        self._waiting.append((coro, awaited, sock, token))
+        self._adopted(error, sock, token)
 
     def _finish(self) -> None:
+        assert self._loop is not None
         self._scheduled = False
         waiting, self._waiting = self._waiting, []
         for coro, awaited, sock, token in waiting:
-            if not isinstance(awaited, asyncio.Future) or awaited.done():
-                self._step(coro, sock, token)  # a bare yield (sleep(0)) only wants a turn
-            else:  # not made yet (never seen): resume when it is
-                awaited.add_done_callback(functools.partial(self._resume, coro, sock, token))
+            try:
+                if not isinstance(awaited, asyncio.Future) or awaited.done():
+                    self._step(coro, sock, token)  # a bare yield (sleep(0)) wants a turn
+                else:  # not made yet (never seen): resume when it is
+                    resume = functools.partial(self._resume, coro, sock, token)
+                    awaited.add_done_callback(resume)
+            except Exception as exc:  # noqa: BLE001 - one failure must not strand the rest
+                self._loop.call_exception_handler(
+                    {"message": "finishing an accepted socket's transport failed", "exception": exc}
+                )
         self.batch_done()  # what those steps left waiting
 
     def _resume(

@@ -60,7 +60,7 @@ class MetricsServer:
         self._adoptions.adopt(lambda: _Scrape(self), conn, None)
         return True
 
-    def _adopted(self, error: Exception | None, conn: socket.socket, _token: object) -> None:
+    def _adopted(self, error: BaseException | None, conn: socket.socket, _token: object) -> None:
         if error is not None:
             conn.close()
             self.clients -= 1

@@ -31,10 +31,10 @@ class Made(asyncio.Protocol):
 async def test_a_batch_is_adopted_and_reported_after_each_connection_made() -> None:
     loop = asyncio.get_running_loop()
     order: list[str] = []
-    reports: list[tuple[Exception | None, socket.socket, Any]] = []
+    reports: list[tuple[BaseException | None, socket.socket, Any]] = []
     everyone_reported = asyncio.Event()
 
-    def adopted(error: Exception | None, sock: socket.socket, token: Any) -> None:
+    def adopted(error: BaseException | None, sock: socket.socket, token: Any) -> None:
         reports.append((error, sock, token))
         order.append(f"adopted {token}")
         if len(reports) == 5:
@@ -66,7 +66,7 @@ async def test_a_batch_is_adopted_and_reported_after_each_connection_made() -> N
 async def test_a_failure_before_the_transport_is_reported_and_the_socket_left_to_the_caller() -> (
     None
 ):
-    reports: list[tuple[Exception | None, Any]] = []
+    reports: list[tuple[BaseException | None, Any]] = []
     adoptions = Adoptions(lambda error, _sock, token: reports.append((error, token)))
     adoptions.start(asyncio.get_running_loop())
     ours, theirs = socket.socketpair()
@@ -109,7 +109,7 @@ async def test_a_waiter_not_done_when_the_batch_ends_is_resumed_once_it_is() -> 
     reported = asyncio.Event()
     reports: list[Any] = []
 
-    def adopted(error: Exception | None, _sock: socket.socket, token: Any) -> None:
+    def adopted(error: BaseException | None, _sock: socket.socket, token: Any) -> None:
         reports.append((error, token))
         reported.set()
 
@@ -126,3 +126,59 @@ async def test_a_waiter_not_done_when_the_batch_ends_is_resumed_once_it_is() -> 
     assert reports == [(None, "late")]
     ours.close()
     theirs.close()
+
+
+async def test_a_cancelled_waiter_is_reported_as_a_failure() -> None:
+    loop = asyncio.get_running_loop()
+    slow = SlowLoop(loop)
+    reported = asyncio.Event()
+    reports: list[Any] = []
+
+    def adopted(error: BaseException | None, _sock: socket.socket, token: Any) -> None:
+        reports.append((type(error), token))
+        reported.set()
+
+    adoptions = Adoptions(adopted)
+    adoptions.start(cast(asyncio.AbstractEventLoop, slow))
+    ours, theirs = socket.socketpair()
+    adoptions.adopt(asyncio.Protocol, ours, "cancelled")
+    adoptions.batch_done()
+    await asyncio.sleep(0)  # the batch's end: the waiter is not done, so it is watched
+    slow.waiter.cancel()
+    await asyncio.wait_for(reported.wait(), 5)
+    assert reports == [(asyncio.CancelledError, "cancelled")]
+    ours.close()
+    theirs.close()
+
+
+async def test_one_reports_failure_leaves_the_rest_of_the_batch_reported() -> None:
+    """A bug in the caller's callback for one socket goes to the loop's exception
+    handler; the sockets after it in the batch are still finished."""
+    loop = asyncio.get_running_loop()
+    handled: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: handled.append(context))
+    reports: list[Any] = []
+    everyone = asyncio.Event()
+
+    def adopted(error: BaseException | None, _sock: socket.socket, name: Any) -> None:
+        reports.append(name)
+        if len(reports) == 3:
+            everyone.set()
+        if name == "0":
+            raise ValueError("the caller's bug")
+
+    adoptions = Adoptions(adopted)
+    adoptions.start(loop)
+    pairs = [socket.socketpair() for _ in range(3)]
+    try:
+        for n, (ours, _theirs) in enumerate(pairs):
+            adoptions.adopt(asyncio.Protocol, ours, str(n))
+        adoptions.batch_done()
+        await asyncio.wait_for(everyone.wait(), 5)
+    finally:
+        loop.set_exception_handler(previous)
+    assert reports == ["0", "1", "2"]
+    assert [type(context["exception"]) for context in handled] == [ValueError]
+    for _ours, theirs in pairs:  # the transports own their ends; close the others'
+        theirs.close()
