@@ -23,14 +23,11 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from portd.endpoints.base import SOCKET_TYPES, ProtocolName, SocketOptions
-from portd.endpoints.unix_paths import PEERCRED, clear_stale_socket
+from portd.endpoints.unix_paths import PEERCRED, clear_stale_socket, peer_credentials
 from portd.errors import AddressInUseError, BindError, BindPermissionError, BindSyntaxError
 
 MAX_PATH_BYTES = 107  # sun_path is 108 bytes with its NUL
 ABSTRACT = "@"
-# SO_PEERCRED's parts, looked up once: peer() runs for every accepted connection.
-SOL_SOCKET, SO_PEERCRED, CRED_SIZE = socket.SOL_SOCKET, socket.SO_PEERCRED, PEERCRED.size
-_getsockopt, _unpack_credentials = socket.socket.getsockopt, PEERCRED.unpack
 
 
 class UnixAddress(NamedTuple):
@@ -243,7 +240,7 @@ class UnixEndpoint(NamedTuple):
 
     def peer(self, sock: socket.socket, addr: Any) -> UnixPeer:
         """The connected client: the path it bound (rarely any) and its credentials."""
-        pid, uid, gid = _unpack_credentials(_getsockopt(sock, SOL_SOCKET, SO_PEERCRED, CRED_SIZE))
+        pid, uid, gid = peer_credentials(sock)
         return UnixPeer(unix_address(addr).path if addr else "", pid, uid, gid)
 
     def datagram_io(self, sock: socket.socket) -> tuple[Any, Any]:

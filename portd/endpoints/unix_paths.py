@@ -20,11 +20,15 @@ from portd.errors import AddressInUseError, BindError, NotASocketError, UnsafeDi
 PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
+# Looked up once: the daemon reads a unix peer's credentials for every connection.
+_getsockopt, _unpack = socket.socket.getsockopt, PEERCRED.unpack
+_SOL_SOCKET, _SO_PEERCRED, _SIZE = socket.SOL_SOCKET, socket.SO_PEERCRED, PEERCRED.size
+
+
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
     """``(pid, uid, gid)`` of a connected unix socket's peer (SO_PEERCRED)."""
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, PEERCRED.size)
-    pid, uid, gid = PEERCRED.unpack(raw)
-    return pid, uid, gid
+    credentials: tuple[int, int, int] = _unpack(_getsockopt(sock, _SOL_SOCKET, _SO_PEERCRED, _SIZE))
+    return credentials
 
 
 def clear_stale_socket(path: str, label: str) -> bool:
