@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 from portd.shell.stats import Transfer
-from portd.shell.threads import start_thread, wait_in_main
+from portd.shell.threads import join_in_main, start_thread, wait_in_main
 
 BUFFER_SIZE = 256 * 1024
 Receive = Callable[[memoryview], tuple[int, Any]]  # a datagram into the buffer: size, sender
@@ -179,7 +179,7 @@ class StreamRelay:
         wait_in_main(self.session.done)
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)  # unblocks the reader's recv
-        reader.join()
+        join_in_main(reader)  # it may still be writing to a stalled stdout
 
     def _socket_to_stdout(self) -> None:
         buffer = bytearray(BUFFER_SIZE)

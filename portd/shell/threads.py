@@ -7,8 +7,8 @@ by one delivered elsewhere: Ctrl-C that landed on the thread reading stdin did n
 Every thread here starts with the asynchronous signals blocked (a thread inherits its
 creator's mask), so the kernel always picks the main thread.
 
-The main thread itself waits with ``wait_in_main``, never with a bare ``Event.wait()``:
-see there for the signal a blocking wait can miss.
+The main thread itself waits with ``wait_in_main`` and ``join_in_main``, never with a bare
+``Event.wait()`` or ``join()``: see there for the signal a blocking wait can miss.
 """
 
 from __future__ import annotations
@@ -62,3 +62,9 @@ def wait_in_main(event: threading.Event) -> None:
     """
     while not event.wait(SIGNAL_CHECK_S):
         pass
+
+
+def join_in_main(thread: threading.Thread) -> None:
+    """``thread.join()`` for the main thread, in the slices of ``wait_in_main``."""
+    while thread.is_alive():
+        thread.join(SIGNAL_CHECK_S)

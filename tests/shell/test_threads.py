@@ -8,11 +8,11 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
-from portd.shell.threads import start_thread, wait_in_main
+from portd.shell.threads import join_in_main, start_thread, wait_in_main
 
 
 class SigintError(Exception):
@@ -32,27 +32,39 @@ def sigint_raises() -> Iterator[None]:
     signal.signal(signal.SIGINT, previous)
 
 
-def _blocked_in_a_wait(thread_id: int) -> bool:
-    """Whether that thread's innermost frame is threading's wait, called by wait_in_main."""
+def _blocked_in(thread_id: int, waiter: str) -> bool:
+    """Whether that thread is inside threading's own code, called by ``waiter``."""
     frame = sys._current_frames().get(thread_id)
+    innermost = frame.f_code.co_filename if frame is not None else ""
     names: list[str] = []
-    while frame is not None and len(names) < 3:
+    while frame is not None and len(names) < 4:
         names.append(frame.f_code.co_name)
         frame = frame.f_back
-    return names[:1] == ["wait"] and "wait_in_main" in names
+    return innermost == threading.__file__ and waiter in names
 
 
-def test_a_signal_that_missed_the_wait_still_ends_it(sigint_raises: None) -> None:
+def _wait(event: threading.Event) -> None:
+    wait_in_main(event)
+
+
+def _join(event: threading.Event) -> None:
+    join_in_main(start_thread(event.wait))
+
+
+@pytest.mark.parametrize(("waiter", "wait"), [("wait_in_main", _wait), ("join_in_main", _join)])
+def test_a_signal_that_missed_the_wait_still_ends_it(
+    sigint_raises: None, waiter: str, wait: Callable[[threading.Event], None]
+) -> None:
     """interrupt_main() marks SIGINT exactly as a signal that landed just before the wait
-    does: the handler is due, and no EINTR ever wakes the lock. A bare Event.wait() would
-    sleep on until the rescue below sets the event."""
+    does: the handler is due, and no EINTR ever wakes the lock. A bare Event.wait() (or
+    join()) would sleep on until the rescue below sets the event."""
     event = threading.Event()
     rescued = threading.Event()
     main = threading.get_ident()
 
     def interrupt_then_rescue() -> None:
         deadline = time.monotonic() + 5.0
-        while not _blocked_in_a_wait(main) and time.monotonic() < deadline:
+        while not _blocked_in(main, waiter) and time.monotonic() < deadline:
             time.sleep(0.001)
         _thread.interrupt_main()
         if not event.wait(5.0):
@@ -61,7 +73,7 @@ def test_a_signal_that_missed_the_wait_still_ends_it(sigint_raises: None) -> Non
 
     start_thread(interrupt_then_rescue)  # it interrupts once this thread waits
     with pytest.raises(SigintError):
-        wait_in_main(event)
+        wait(event)
     assert not rescued.is_set()
     event.set()  # ends the helper thread
 
