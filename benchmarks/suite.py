@@ -79,8 +79,9 @@ UDP_SPECS = (
     SOCAT_DATAGRAM,
     ServerSpec("reference", "reference", "udp"),
 )
-# The same three over a unix stream socket in the run's directory (socat UNIX-LISTEN with
-# the echo chosen for TCP; the reference's create_unix_server).
+# The same servers over a unix stream socket in the run's directory (socat UNIX-LISTEN
+# with the echo chosen for TCP; the reference's create_unix_server); short connections
+# also against reference-adopt, which accepts on its own socket as portd does.
 UNIX_THROUGHPUT = tuple(
     ServerSpec(spec.name, spec.program, socat_echo=spec.socat_echo, family="unix")
     for spec in (PORTD, SOCAT_STREAM, REFERENCE)
