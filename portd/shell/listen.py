@@ -164,7 +164,8 @@ def _accept_one(sockets: list[socket.socket], endpoint: Any) -> tuple[socket.soc
     client reset while it waited in the backlog, and such a connection is still returned.
     """
     while True:
-        # In slices, as wait_in_main waits: a Ctrl-C on the way into select() still ends it.
+        # In slices, as wait_in_main waits: a Ctrl-C on the main thread's way into
+        # select() still ends it (-k's accept thread, which blocks signals, just wakes).
         readable, _, _ = select.select(sockets, [], [], SIGNAL_CHECK_S)
         for sock in readable:
             try:
