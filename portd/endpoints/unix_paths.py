@@ -14,6 +14,7 @@ import os
 import socket
 import stat
 import struct
+from typing import Any
 
 from portd.errors import AddressInUseError, BindError, NotASocketError, UnsafeDirectoryError
 
@@ -21,13 +22,14 @@ PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
 # Looked up once: the daemon reads a unix peer's credentials for every connection.
-_getsockopt, _unpack = socket.socket.getsockopt, PEERCRED.unpack
+_unpack = PEERCRED.unpack
 _SOL_SOCKET, _SO_PEERCRED, _SIZE = socket.SOL_SOCKET, socket.SO_PEERCRED, PEERCRED.size
 
 
-def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
-    """``(pid, uid, gid)`` of a connected unix socket's peer (SO_PEERCRED)."""
-    credentials: tuple[int, int, int] = _unpack(_getsockopt(sock, _SOL_SOCKET, _SO_PEERCRED, _SIZE))
+def peer_credentials(sock: Any) -> tuple[int, int, int]:
+    """``(pid, uid, gid)`` of a connected unix socket's peer (SO_PEERCRED); ``sock`` is a
+    socket or what a transport offers for one (asyncio's TransportSocket)."""
+    credentials: tuple[int, int, int] = _unpack(sock.getsockopt(_SOL_SOCKET, _SO_PEERCRED, _SIZE))
     return credentials
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import stat
+from asyncio.trsock import TransportSocket
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from portd.endpoints import unix
 from portd.endpoints.base import SocketOptions
 from portd.endpoints.parse import parse_endpoint
 from portd.endpoints.unix import UnixAddress, UnixEndpoint, UnixPeer, parse_unix
+from portd.endpoints.unix_paths import peer_credentials
 from portd.errors import AddressInUseError, BindSyntaxError, NotASocketError
 
 
@@ -230,3 +232,13 @@ def test_unit_lines_carry_the_socket_file_settings() -> None:
 def test_families_do_not_apply_to_unix_sockets() -> None:
     with pytest.raises(BindSyntaxError, match="-4/-6 apply to IP addresses, not unix sockets"):
         UnixEndpoint("/x").resolve((socket.AF_INET,))
+
+
+def test_peer_credentials_read_a_socket_and_a_transports_socket_alike() -> None:
+    """The daemon's peers come as sockets, the control socket's as what its transport
+    offers (asyncio's TransportSocket, not a socket.socket)."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        mine = (os.getpid(), os.getuid(), os.getgid())
+        assert peer_credentials(ours) == mine
+        assert peer_credentials(TransportSocket(ours)) == mine
