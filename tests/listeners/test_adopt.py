@@ -103,52 +103,48 @@ class SlowLoop:
         return self.loop.call_soon(callback, *args)
 
 
+class SlowAdoption:
+    """One socketpair end adopted on a SlowLoop, its reports collected."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, token: str) -> None:
+        self.slow = SlowLoop(loop)
+        self.reports: list[tuple[BaseException | None, Any]] = []
+        self.reported = asyncio.Event()
+        self.ours, self.theirs = socket.socketpair()
+        adoptions = Adoptions(self._adopted)
+        adoptions.start(cast(asyncio.AbstractEventLoop, self.slow))
+        adoptions.adopt(asyncio.Protocol, self.ours, token)
+        adoptions.batch_done()
+
+    def _adopted(self, error: BaseException | None, _sock: socket.socket, token: Any) -> None:
+        self.reports.append((error, token))
+        self.reported.set()
+
+    def close(self) -> None:
+        self.ours.close()
+        self.theirs.close()
+
+
 async def test_a_waiter_not_done_when_the_batch_ends_is_resumed_once_it_is() -> None:
-    loop = asyncio.get_running_loop()
-    slow = SlowLoop(loop)
-    reported = asyncio.Event()
-    reports: list[Any] = []
-
-    def adopted(error: BaseException | None, _sock: socket.socket, token: Any) -> None:
-        reports.append((error, token))
-        reported.set()
-
-    adoptions = Adoptions(adopted)
-    adoptions.start(cast(asyncio.AbstractEventLoop, slow))
-    ours, theirs = socket.socketpair()
-    adoptions.adopt(asyncio.Protocol, ours, "late")
-    adoptions.batch_done()
+    adoption = SlowAdoption(asyncio.get_running_loop(), "late")
     for _ in range(3):  # the batch's end comes and goes: nothing to report yet
         await asyncio.sleep(0)
-    assert reports == []
-    slow.waiter.set_result(None)
-    await asyncio.wait_for(reported.wait(), 5)
-    assert reports == [(None, "late")]
-    ours.close()
-    theirs.close()
+    assert adoption.reports == []
+    adoption.slow.waiter.set_result(None)
+    await asyncio.wait_for(adoption.reported.wait(), 5)
+    assert adoption.reports == [(None, "late")]
+    adoption.close()
 
 
 async def test_a_cancelled_waiter_is_reported_as_a_failure() -> None:
-    loop = asyncio.get_running_loop()
-    slow = SlowLoop(loop)
-    reported = asyncio.Event()
-    reports: list[Any] = []
-
-    def adopted(error: BaseException | None, _sock: socket.socket, token: Any) -> None:
-        reports.append((type(error), token))
-        reported.set()
-
-    adoptions = Adoptions(adopted)
-    adoptions.start(cast(asyncio.AbstractEventLoop, slow))
-    ours, theirs = socket.socketpair()
-    adoptions.adopt(asyncio.Protocol, ours, "cancelled")
-    adoptions.batch_done()
+    adoption = SlowAdoption(asyncio.get_running_loop(), "cancelled")
     await asyncio.sleep(0)  # the batch's end: the waiter is not done, so it is watched
-    slow.waiter.cancel()
-    await asyncio.wait_for(reported.wait(), 5)
-    assert reports == [(asyncio.CancelledError, "cancelled")]
-    ours.close()
-    theirs.close()
+    adoption.slow.waiter.cancel()
+    await asyncio.wait_for(adoption.reported.wait(), 5)
+    assert [(type(error), token) for error, token in adoption.reports] == [
+        (asyncio.CancelledError, "cancelled")
+    ]
+    adoption.close()
 
 
 async def test_one_reports_failure_leaves_the_rest_of_the_batch_reported() -> None:
