@@ -87,6 +87,7 @@ class Adopter:
         self.sock = sock
         self.shape = int(sock.family), int(sock.type), sock.proto
         self.waiting: list[tuple[Coroutine[Any, Any, Any], socket.socket]] = []
+        self.scheduled = False  # a finish() is due
         loop.add_reader(sock.fileno(), self.ready)
 
     def ready(self) -> None:
@@ -98,7 +99,12 @@ class Adopter:
                 break
             conn = AcceptedSocket(*self.shape, fd)
             self.step(self.loop.connect_accepted_socket(EchoProtocol, conn), conn)
-        if self.waiting:
+        self.schedule()
+
+    def schedule(self) -> None:
+        """One finish() for whatever waits, as portd's Adoptions.batch_done."""
+        if self.waiting and not self.scheduled:
+            self.scheduled = True
             self.loop.call_soon(self.finish)
 
     def step(self, coro: Coroutine[Any, Any, Any], conn: socket.socket) -> None:
@@ -113,11 +119,11 @@ class Adopter:
         self.waiting.append((coro, conn))
 
     def finish(self) -> None:
+        self.scheduled = False
         waiting, self.waiting = self.waiting, []
         for coro, conn in waiting:
             self.step(coro, conn)
-        if self.waiting:  # not made yet: another turn
-            self.loop.call_soon(self.finish)
+        self.schedule()  # what is not made yet: another turn
 
 
 def listening_socket(protocol: str, path: str | None) -> socket.socket:
