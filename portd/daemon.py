@@ -190,8 +190,10 @@ class Daemon:
                 self.snapshot, self.reload, self.log,
             )  # fmt: skip
         try:
-            import portd.memory  # noqa: F401 - loaded as root: after the drop, ctypes may be unreadable
+            # imported as root: after the privilege drop, ctypes may be unreadable
+            from portd.memory import hold_heap_steady
 
+            hold_heap_steady()
             self.drop_privileges()
             return await self._serve(control.path if control is not None else "")
         finally:

@@ -1,9 +1,11 @@
-"""portd.memory: freed memory goes back to the system once enough was freed, with
-glibc's own allocator in the last test."""
+"""portd.memory: freed memory goes back to the system once enough was freed, and the
+heap holds steady while serving; glibc's own allocator in the last tests."""
 
 from __future__ import annotations
 
 import ctypes
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -104,3 +106,44 @@ def test_glibc_keeps_scattered_frees_until_the_keeper_trims_them() -> None:
     finally:
         for block in blocks[::64]:
             libc.free(block)
+
+
+CHURN = """
+import ctypes, resource, sys
+from portd.memory import hold_heap_steady
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+if sys.argv[1] == "steady":
+    assert hold_heap_steady()
+def churn(size, count):  # read buffers, as uvloop's TLS layer makes them
+    blocks = [libc.malloc(size) for _ in range(count)]
+    for block in blocks:
+        ctypes.memset(block, 1, size)
+    for block in reversed(blocks):
+        libc.free(block)
+churn(300 << 10, 1)  # an mmap'd block freed: glibc's thresholds move to 300 / 600 KiB
+churn(256 << 10, 4)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(50):
+    churn(256 << 10, 4)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+PAGES_PER_ROUND = 4 * (256 << 10) // 4096
+
+
+def faults_while_churning(mode: str) -> int:
+    done = subprocess.run(
+        [sys.executable, "-c", CHURN, mode], capture_output=True, text=True, timeout=60, check=True
+    )
+    return int(done.stdout)
+
+
+def test_the_heap_holds_steady_where_glibc_would_give_it_back_on_every_read() -> None:
+    """With glibc's moving thresholds, four 256 KiB buffers made and freed again and
+    again are faulted in afresh each time (the heap's top given back with brk);
+    with hold_heap_steady, once only, before the counted rounds."""
+    if Allocator().set_option is None:
+        pytest.skip("not glibc: no mallopt")
+    assert faults_while_churning("default") > 50 * PAGES_PER_ROUND // 2  # the trap is real
+    assert faults_while_churning("steady") < PAGES_PER_ROUND
