@@ -46,6 +46,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import cast
 
 from http_hello import BODY, CONNECTIONS, CONTENT_TYPE, run_wrk
 from model import Benchmark, BenchmarkError, Comparison, Measure, Sample, Session, Settings
@@ -340,8 +341,9 @@ class TlsPipe:
         self._incoming.write(memoryview(self._ciphertext)[:count])
         total = 0
         with contextlib.suppress(ssl.SSLWantReadError):
-            while count := self._tls.read(len(self._plaintext), self._plaintext):
-                total += count
+            # with a buffer, read() returns a count (typeshed says bytes)
+            while decrypted := cast(int, self._tls.read(len(self._plaintext), self._plaintext)):
+                total += decrypted
         return total
 
 
