@@ -268,9 +268,10 @@ def test_a_handler_class_default_idle_timeout_cuts_a_silent_client() -> None:
         name = "quick-echo"
         default_limits: ClassVar[dict[str, Any]] = {"idle_timeout_s": 0.3}
 
-    with serve(QuickEcho) as server, socket.create_connection(server.address, timeout=5) as c:
-        started = time.monotonic()
-        with pytest.raises(ConnectionResetError):
+    with serve(QuickEcho) as server:
+        started = time.monotonic()  # before the connect: the server may accept before we go on
+        c = socket.create_connection(server.address, timeout=5)
+        with c, pytest.raises(ConnectionResetError):
             c.recv(1)
         assert 0.3 <= time.monotonic() - started < 2.0
         (record,) = server.wait_connections(1)
