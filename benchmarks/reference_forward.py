@@ -5,10 +5,15 @@ reads to the other's transport; flow control both ways (a side whose write buffe
 passes its high-water mark pauses reading on the other side until it drains). It is
 what portd's forward would be with nothing of its own on the data path (no byte
 counting, no toxics, no limits, no connection bookkeeping or log line). It accepts
-by hand (``add_reader`` + ``accept`` + ``connect_accepted_socket``), as portd does:
-uvloop 0.23's ``create_server`` aborted ("double free or corruption") within seconds of
-this benchmark's connection churn. UDP: one connected upstream socket per client
-address, replies sent back to that client.
+by hand (``add_reader`` + ``accept`` + ``connect_accepted_socket``), as portd does.
+UDP: one connected upstream socket per client address, replies sent back to that client.
+
+Once both sides have sent their FIN it closes both transports, as portd does. It used
+to leave them half-closed: a transport whose ``write_eof`` was still pending could then
+be freed with nothing referring to it, and uvloop 0.23 aborted ("double free or
+corruption", in ``__uv_stream_on_shutdown`` called from libuv's ``uv__stream_destroy``,
+gdb) within seconds of ``fwd-connections``; the abort was first blamed on
+``create_server``.
 
 Run: ``python benchmarks/reference_forward.py {tcp,udp} PORT UPSTREAM_PORT`` on
 127.0.0.1 (PORT 0 lets the kernel choose). It prints one JSON line
@@ -38,6 +43,7 @@ class Side(asyncio.Protocol):
         self.peer = peer
         self.transport: Any = None
         self.pending: list[bytes] = []
+        self.ended = False  # this side's peer sent its FIN
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -57,10 +63,14 @@ class Side(asyncio.Protocol):
         return peer.transport
 
     def eof_received(self) -> bool:
+        self.ended = True
         other = self._other()
         if other is None:
             return False
         other.write_eof()
+        if self.peer is not None and self.peer.ended:  # both halves closed: close both
+            self.transport.close()
+            other.close()
         return True
 
     def pause_writing(self) -> None:
