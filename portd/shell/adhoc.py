@@ -126,6 +126,10 @@ def _run(
         listener = replace(listener, addresses=listener.endpoint.resolve(options.families))
     configure_logging("auto", "info" if options.verbose else "warning")
     exit_on_sigterm()  # as Ctrl-C: the supervisor's close removes a unix socket's file
+    if listener.tls is not None:  # TLS's 256 KiB buffers, as the daemon (portd/memory.py)
+        from portd.memory import hold_heap_steady
+
+        hold_heap_steady()
     supervisor = Supervisor(replace(config, listeners=(listener,)))
     supervisor.bind_all()
     try:
