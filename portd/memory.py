@@ -22,14 +22,15 @@ mmap threshold to its size and the top-of-heap trim threshold to twice that), so
 daemon's speed depended on its history: one TLS echo connection ran at 900 MB/s with
 no page faults, the next at 380 MB/s with 240,000 a second, the heap's top given back
 with brk and faulted in again on each read. ``hold_heap_steady`` fixes both thresholds
-at start (MMAP_THRESHOLD_BYTES, TRIM_THRESHOLD_BYTES); what a burst leaves behind is
-still returned by the keeper above.
+at start (MMAP_THRESHOLD_BYTES, TRIM_THRESHOLD_BYTES), unless the operator set them in
+the environment; what a burst leaves behind is still returned by the keeper above.
 """
 
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from typing import Any
 
 CHECK_INTERVAL_S = 10.0
@@ -37,6 +38,10 @@ TRIM_DROP_BYTES = 32 << 20
 MMAP_THRESHOLD_BYTES = 4 << 20  # larger blocks are mmap'd: far above a 256 KiB read
 TRIM_THRESHOLD_BYTES = 16 << 20  # free space the heap's top keeps between reads, at most
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameters (malloc.h)
+_THRESHOLDS = (  # mallopt's parameter, portd's value, and how an operator sets it
+    (_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES, "MALLOC_MMAP_THRESHOLD_", "malloc.mmap_threshold"),
+    (_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES, "MALLOC_TRIM_THRESHOLD_", "malloc.trim_threshold"),
+)
 
 
 class _MallInfo2(ctypes.Structure):
@@ -69,15 +74,24 @@ class Allocator:
         self.set_option = lambda option, value: mallopt(option, value) == 1
 
 
-def hold_heap_steady(allocator: Allocator | None = None) -> bool:
+def hold_heap_steady(
+    allocator: Allocator | None = None, environ: Mapping[str, str] = os.environ
+) -> bool:
     """Fix glibc's mmap and trim thresholds (see the module's docstring), once per
-    process before it serves; True if set, False where the allocator is not glibc's."""
+    process before it serves, except where the operator set one (``MALLOC_*_`` or
+    ``GLIBC_TUNABLES``); True if both are portd's now, False where it left any (or the
+    allocator is not glibc's)."""
     allocator = allocator or Allocator()
     if allocator.set_option is None:
         return False
-    mmap_set = allocator.set_option(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
-    trim_set = allocator.set_option(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
-    return mmap_set and trim_set
+    tunables = environ.get("GLIBC_TUNABLES", "")
+    steady = True
+    for option, value, variable, tunable in _THRESHOLDS:
+        if variable in environ or tunable in tunables:
+            steady = False
+        else:
+            steady = allocator.set_option(option, value) and steady
+    return steady
 
 
 class MemoryKeeper:

@@ -4,13 +4,14 @@ heap holds steady while serving; glibc's own allocator in the last tests."""
 from __future__ import annotations
 
 import ctypes
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from portd.memory import TRIM_DROP_BYTES, Allocator, MemoryKeeper
+from portd.memory import TRIM_DROP_BYTES, Allocator, MemoryKeeper, hold_heap_steady
 from portd.testing.kit import RecordingLog
 
 MIB = 1 << 20
@@ -114,8 +115,7 @@ from portd.memory import hold_heap_steady
 libc = ctypes.CDLL(None)
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
 libc.free.argtypes = [ctypes.c_void_p]
-if sys.argv[1] == "steady":
-    assert hold_heap_steady()
+held = hold_heap_steady() if sys.argv[1] == "steady" else None
 def churn(size, count):  # read buffers, as uvloop's TLS layer makes them
     blocks = [libc.malloc(size) for _ in range(count)]
     for block in blocks:
@@ -127,16 +127,19 @@ churn(256 << 10, 4)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(50):
     churn(256 << 10, 4)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(held, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 PAGES_PER_ROUND = 4 * (256 << 10) // 4096
 
 
-def faults_while_churning(mode: str) -> int:
-    done = subprocess.run(
-        [sys.executable, "-c", CHURN, mode], capture_output=True, text=True, timeout=60, check=True
-    )
-    return int(done.stdout)
+def churn(mode: str, **environ: str) -> tuple[str, int]:
+    """What hold_heap_steady returned ("None": not called) and the page faults counted."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MALLOC_")}
+    env.pop("GLIBC_TUNABLES", None)
+    done = subprocess.run([sys.executable, "-c", CHURN, mode], capture_output=True, text=True,
+                          timeout=60, check=True, env={**env, **environ})  # fmt: skip
+    held, faults = done.stdout.split()
+    return held, int(faults)
 
 
 def test_the_heap_holds_steady_where_glibc_would_give_it_back_on_every_read() -> None:
@@ -145,5 +148,45 @@ def test_the_heap_holds_steady_where_glibc_would_give_it_back_on_every_read() ->
     with hold_heap_steady, once only, before the counted rounds."""
     if Allocator().set_option is None:
         pytest.skip("not glibc: no mallopt")
-    assert faults_while_churning("default") > 50 * PAGES_PER_ROUND // 2  # the trap is real
-    assert faults_while_churning("steady") < PAGES_PER_ROUND
+    held, faults = churn("default")
+    assert (held, faults > 50 * PAGES_PER_ROUND // 2) == ("None", True)  # the trap is real
+    held, faults = churn("steady")
+    assert (held, faults < PAGES_PER_ROUND) == ("True", True)
+
+
+def test_thresholds_the_operator_set_in_the_environment_are_left_alone() -> None:
+    """MALLOC_MMAP_THRESHOLD_=128 KiB puts every 256 KiB buffer in an mmap of its own,
+    faulted in each time: hold_heap_steady leaves that setting as it is."""
+    if Allocator().set_option is None:
+        pytest.skip("not glibc: no mallopt")
+    held, faults = churn("steady", MALLOC_MMAP_THRESHOLD_="131072")
+    assert (held, faults > 50 * PAGES_PER_ROUND // 2) == ("False", True)
+
+
+class FakeOptions:
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int]] = []
+
+    def set_option(self, option: int, value: int) -> bool:
+        self.calls.append((option, value))
+        return True
+
+
+@pytest.mark.parametrize(
+    ("environ", "left"),
+    [
+        ({}, set()),
+        ({"MALLOC_TRIM_THRESHOLD_": "0"}, {"trim"}),
+        ({"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=65536"}, {"mmap"}),
+        ({"MALLOC_MMAP_THRESHOLD_": "1", "GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1"},
+         {"mmap", "trim"}),
+    ],
+)  # fmt: skip
+def test_hold_heap_steady_sets_what_the_environment_does_not(
+    environ: dict[str, str], left: set[str]
+) -> None:
+    options = FakeOptions()
+    held = hold_heap_steady(options, environ)  # type: ignore[arg-type]
+    expected = {("mmap", (-3, 4 << 20)), ("trim", (-1, 16 << 20))}
+    assert set(options.calls) == {call for name, call in expected if name not in left}
+    assert held is (not left)
