@@ -316,9 +316,9 @@ class TlsPipe:
         return True
 
     def write(self, data: bytes) -> int:
-        """Encrypt ``data`` into ``outgoing``; its length."""
+        """Encrypt ``data`` into ``outgoing``, which must be empty (all sent); its length."""
         self._tls.write(data)
-        self.outgoing = memoryview(bytes(self.outgoing) + self._outgoing.read())
+        self.outgoing = memoryview(self._outgoing.read())
         return len(data)
 
     def flush(self) -> None:

@@ -74,9 +74,7 @@ class Allocator:
         self.set_option = lambda option, value: mallopt(option, value) == 1
 
 
-def hold_heap_steady(
-    allocator: Allocator | None = None, environ: Mapping[str, str] = os.environ
-) -> bool:
+def hold_heap_steady(allocator: Any = None, environ: Mapping[str, str] = os.environ) -> bool:
     """Fix glibc's mmap and trim thresholds (see the module's docstring), once per
     process before it serves, except where the operator set one (``MALLOC_*_`` or
     ``GLIBC_TUNABLES``); True if both are portd's now, False where it left any (or the

@@ -186,7 +186,7 @@ def test_hold_heap_steady_sets_what_the_environment_does_not(
     environ: dict[str, str], left: set[str]
 ) -> None:
     options = FakeOptions()
-    held = hold_heap_steady(options, environ)  # type: ignore[arg-type]
+    held = hold_heap_steady(options, environ)
     expected = {("mmap", (-3, 4 << 20)), ("trim", (-1, 16 << 20))}
     assert set(options.calls) == {call for name, call in expected if name not in left}
     assert held is (not left)
